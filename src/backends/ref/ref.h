@@ -1,0 +1,28 @@
+/*
+ * ref.h — the portable reference backend: plain C11 kernels that are always
+ * present, serve every case, and are the fp32 twin every faster backend is
+ * tested against. Nothing here is tuned; everything here is meant to be
+ * obviously right.
+ */
+#ifndef KR_BACKENDS_REF_H
+#define KR_BACKENDS_REF_H
+
+#include "../../core/internal.h"
+
+kr_status kr_ref_attention(kr_context *ctx, const kr_attention_args *a);
+kr_status kr_ref_rope(kr_context *ctx, const kr_rope_args *a);
+
+/* Rotates the first 2*half channels of one f32 row in place. */
+void kr_ref_rope_row(float *row, double pos, const double *inv_freq, int64_t half,
+                     kr_rope_layout layout, double attention_factor);
+
+/* Appends new K/V rows to a cache layer (RoPE on K, then conversion or
+ * quantisation to the storage dtype). */
+kr_status kr_ref_kv_append(kr_context *ctx, const struct kr_kv_append_args *a);
+
+/* Quantises one row of n floats to symmetric int8 with a single scale
+ * (amax / 127); values are divided by chan[c] first when chan is not NULL.
+ * A non-finite row stores scale NaN (so attention over it yields NaN). */
+void kr_ref_quantize_row(const float *x, const float *chan, int64_t n, int8_t *q, float *scale);
+
+#endif /* KR_BACKENDS_REF_H */

@@ -1,0 +1,147 @@
+/*
+ * internal.h — what the library's own files share and nothing outside sees:
+ * the context structure, the error and log helpers, tensor element access,
+ * and the resolved argument structs that the op front-ends (ops.c,
+ * kv_cache.c) hand to a backend after validating everything.
+ */
+#ifndef KR_CORE_INTERNAL_H
+#define KR_CORE_INTERNAL_H
+
+#include "krserve/krserve.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+
+#if defined(__GNUC__)
+#define KR_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define KR_PRINTF(a, b)
+#endif
+
+#define KR_ERRMSG_LEN 512
+
+struct kr_context {
+    kr_context_options opts;
+    int32_t n_threads;
+    char last_error[KR_ERRMSG_LEN];
+};
+
+/* Records `status` and a formatted message on ctx (ctx may be NULL) and
+ * returns `status`, so callers write `return kr_fail(ctx, KR_ERR_SHAPE, ...)`. */
+kr_status kr_fail(kr_context *ctx, kr_status status, const char *fmt, ...) KR_PRINTF(3, 4);
+void kr_clear_error(kr_context *ctx);
+void kr_log(const kr_context *ctx, kr_log_level level, const char *fmt, ...) KR_PRINTF(3, 4);
+
+/* ---- tensors ----------------------------------------------------------- */
+
+static inline int64_t kr_offset(const kr_tensor *t, int64_t i0, int64_t i1, int64_t i2,
+                                int64_t i3) {
+    return i0 * t->stride[0] + i1 * t->stride[1] + i2 * t->stride[2] + i3 * t->stride[3];
+}
+
+static inline float kr_load(const kr_tensor *t, int64_t off) {
+    switch (t->dtype) {
+    case KR_F32: return ((const float *)t->data)[off];
+    case KR_F16: return kr_f16_to_f32(((const uint16_t *)t->data)[off]);
+    case KR_BF16: return kr_bf16_to_f32(((const uint16_t *)t->data)[off]);
+    case KR_I8: return (float)((const int8_t *)t->data)[off];
+    default: return 0.0f;
+    }
+}
+
+static inline void kr_store(const kr_tensor *t, int64_t off, float x) {
+    switch (t->dtype) {
+    case KR_F32: ((float *)t->data)[off] = x; break;
+    case KR_F16: ((uint16_t *)t->data)[off] = kr_f32_to_f16(x); break;
+    case KR_BF16: ((uint16_t *)t->data)[off] = kr_f32_to_bf16(x); break;
+    default: break;
+    }
+}
+
+/* Checks the parts of a view every op needs: non-NULL data, a known dtype,
+ * extents >= 1, strides >= 0. `name` names the argument in the message. */
+kr_status kr_check_tensor(kr_context *ctx, const char *op, const char *name, const kr_tensor *t);
+bool kr_dtype_is_float(kr_dtype dt);
+
+/* ---- resolved op arguments (validated; what a backend receives) --------- */
+
+/* K/V rows stored as int8 with per-row scales and per-channel factors (the
+ * layout kv_cache.h draws). Rows of sequence b, token t, kv head h start at
+ * data[((b * capacity + t) * Hkv + h) * D]. */
+typedef struct kr_kv_int8_view {
+    const int8_t *data;
+    const float *scale; /* [B][capacity][Hkv] */
+    const float *chan;  /* [Hkv][D] */
+    int64_t capacity;
+} kr_kv_int8_view;
+
+typedef struct kr_attention_args {
+    const kr_tensor *q; /* [B, Sq, H, D] */
+    const kr_tensor *k; /* [B, Skv, Hkv, D]; unused when k8 is set */
+    const kr_tensor *v;
+    const kr_kv_int8_view *k8; /* int8 cache storage, or NULL */
+    const kr_kv_int8_view *v8;
+    kr_tensor *out;
+    int64_t B, Sq, Skv, H, Hkv, D;
+    float scale;
+    bool causal;
+    int64_t window_left, window_right;
+    const kr_tensor *mask; /* shape [Bm, Hm, Sq, >= Skv] */
+    kr_tensor *lse;        /* [B, H, Sq, 1] */
+    const int64_t *kv_lens;
+} kr_attention_args;
+
+typedef struct kr_rope_args {
+    kr_tensor *x; /* [B, S, H, D] */
+    const int64_t *positions;
+    int64_t rotary_dim;
+    kr_rope_layout layout;
+    const double *inv_freq; /* rotary_dim / 2 */
+    double attention_factor;
+} kr_rope_args;
+
+/* ---- KV cache internals (the layout kv_cache.h draws) ------------------- */
+
+typedef struct kr_kv_layer {
+    void *k, *v;              /* [B][capacity][Hkv][D], storage dtype */
+    float *k_scale, *v_scale; /* int8 only: [B][capacity][Hkv] */
+    float *k_chan, *v_chan;   /* int8 only: [Hkv][D], fixed at the first append */
+    bool chan_set;
+} kr_kv_layer;
+
+struct kr_kv_cache {
+    kr_kv_cache_options o;
+    int64_t *len;        /* [n_layers][B] tokens held */
+    kr_kv_layer *layers; /* [n_layers] */
+};
+
+typedef struct kr_kv_append_args {
+    struct kr_kv_cache *cache;
+    int64_t layer;
+    const kr_tensor *k, *v;   /* [B, S, Hkv, D] */
+    const int64_t *n_new;     /* [B], resolved */
+    const int64_t *positions; /* [B*S], resolved */
+    const double *inv_freq;   /* rotary_dim / 2 values, or NULL: no RoPE */
+    int64_t rotary_dim;
+    kr_rope_layout layout;
+    double attention_factor;
+} kr_kv_append_args;
+
+/* Resolves a kr_rope_params into frequencies; inv_freq has room for D/2. */
+kr_status kr_rope_resolve(kr_context *ctx, const kr_rope_params *p, int64_t head_dim,
+                          double *inv_freq, double *attention_factor, int64_t *rotary_dim);
+
+/* The visible-key range [lo, hi) of query row i of a sequence with L keys. */
+static inline void kr_attention_row_range(const kr_attention_args *a, int64_t L, int64_t i,
+                                          int64_t *lo, int64_t *hi) {
+    int64_t p = L - a->Sq + i;
+    int64_t l = 0, h = L;
+    if (a->causal && p + 1 < h) h = p + 1;
+    if (a->window_right >= 0 && p + a->window_right + 1 < h) h = p + a->window_right + 1;
+    if (a->window_left >= 0 && p - a->window_left > l) l = p - a->window_left;
+    if (h < l) h = l;
+    *lo = l;
+    *hi = h;
+}
+
+#endif /* KR_CORE_INTERNAL_H */
