@@ -8,14 +8,21 @@
  *
  *   f32 / f16 / bf16:  data[B][capacity][Hkv][D]
  *
- *   int8:              data [B][capacity][Hkv][D]   int8, symmetric, in [-127, 127]
- *                      scale[B][capacity][Hkv]      f32, one per (token, kv head)
- *                      chan [Hkv][D]                f32, outlier-channel factors
+ *   int8:              data[B][capacity][Hkv][D]     int8, symmetric, in [-127, 127]
+ *                      meta[B][capacity][Hkv][M]     M = 2 + ceil(D / 32) bytes:
+ *                                                    f16 row scale, then one u8 per group
+ *                      chan[Hkv][D]                  f32, outlier-channel factors
  *
- *        value(b, t, h, c) = data[b][t][h][c] * scale[b][t][h] * chan[h][c]
+ *     group g = channels [32g, 32g + 32);  s_g = row_scale * u8[g] / 255
+ *     value(b, t, h, c) = data[b][t][h][c] * s_{c / 32} * chan[h][c]
  *
- *   One row, head_dim 128:  | 128 x int8 ............................ | f32 scale |
- *                           132 bytes against 256 for f16 (51.6 %).
+ *   One row, head_dim 128:
+ *     | 128 x int8 ..................................... | f16 row | u8 u8 u8 u8 |
+ *     134 bytes against 256 for f16 (52.3 %).
+ *
+ * The two-level scale lets each 32-channel group use the full int8 range
+ * (its own max, not the row's) for 6 bytes instead of 16 for f32 per-group
+ * scales.
  *
  * `chan` is fixed by the first append to a layer after create/reset: 1 for
  * ordinary channels, and amax(channel) / median(amax) for channels whose
@@ -30,8 +37,10 @@
 extern "C" {
 #endif
 
-/** Bytes of one int8 row's scale; pinned by a static assertion in the library. */
-#define KR_KV_INT8_SCALE_BYTES 4
+/** Channels per int8 scale group; the row metadata is 2 + ceil(D / 32) bytes
+ *  (pinned by static assertions in the library). */
+#define KR_KV_INT8_GROUP 32
+#define KR_KV_INT8_META_BYTES(head_dim) (2 + ((head_dim) + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP)
 
 typedef struct kr_kv_cache kr_kv_cache;
 

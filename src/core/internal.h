@@ -65,15 +65,28 @@ bool kr_dtype_is_float(kr_dtype dt);
 
 /* ---- resolved op arguments (validated; what a backend receives) --------- */
 
-/* K/V rows stored as int8 with per-row scales and per-channel factors (the
- * layout kv_cache.h draws). Rows of sequence b, token t, kv head h start at
- * data[((b * capacity + t) * Hkv + h) * D]. */
+/* K/V rows stored as int8 with two-level scales and per-channel factors
+ * (the layout kv_cache.h draws). Row r = (b * capacity + t) * Hkv + h has
+ * its values at data[r * D] and its metadata at meta[r * M]. */
 typedef struct kr_kv_int8_view {
     const int8_t *data;
-    const float *scale; /* [B][capacity][Hkv] */
-    const float *chan;  /* [Hkv][D] */
+    const uint8_t *meta; /* [B][capacity][Hkv][M], M = KR_KV_INT8_META_BYTES(D) */
+    const float *chan;   /* [Hkv][D] */
     int64_t capacity;
 } kr_kv_int8_view;
+
+/* The scale of group g of an int8 row, from its metadata. */
+static inline float kr_kv_int8_group_scale(const uint8_t *meta, int64_t g) {
+    const uint16_t h = (uint16_t)(meta[0] | (meta[1] << 8));
+    return kr_f16_to_f32(h) * ((float)meta[2 + g] * (1.0f / 255.0f));
+}
+
+/* Dequantises one int8 row of D values (chan: that kv head's factors). */
+static inline void kr_kv_int8_dequant_row(const int8_t *q, const uint8_t *meta, const float *chan,
+                                          int64_t D, float *out) {
+    for (int64_t c = 0; c < D; c++)
+        out[c] = (float)q[c] * kr_kv_int8_group_scale(meta, c / KR_KV_INT8_GROUP) * chan[c];
+}
 
 typedef struct kr_attention_args {
     const kr_tensor *q; /* [B, Sq, H, D] */
@@ -104,7 +117,7 @@ typedef struct kr_rope_args {
 
 typedef struct kr_kv_layer {
     void *k, *v;              /* [B][capacity][Hkv][D], storage dtype */
-    float *k_scale, *v_scale; /* int8 only: [B][capacity][Hkv] */
+    uint8_t *k_meta, *v_meta; /* int8 only: [B][capacity][Hkv][M] row scales */
     float *k_chan, *v_chan;   /* int8 only: [Hkv][D], fixed at the first append */
     bool chan_set;
 } kr_kv_layer;

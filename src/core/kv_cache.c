@@ -13,7 +13,7 @@ static bool storage_dtype_ok(kr_dtype dt) { return kr_dtype_is_float(dt) || dt =
 
 static size_t row_bytes(const kr_kv_cache_options *o) {
     return (size_t)o->head_dim * kr_dtype_size(o->dtype) +
-           (o->dtype == KR_I8 ? KR_KV_INT8_SCALE_BYTES : 0);
+           (o->dtype == KR_I8 ? (size_t)KR_KV_INT8_META_BYTES(o->head_dim) : 0);
 }
 
 size_t kr_kv_cache_bytes_per_token(const kr_kv_cache *c) {
@@ -54,8 +54,8 @@ void kr_kv_cache_free(kr_kv_cache *c) {
             kr_kv_layer *ly = &c->layers[l];
             free(ly->k);
             free(ly->v);
-            free(ly->k_scale);
-            free(ly->v_scale);
+            free(ly->k_meta);
+            free(ly->v_meta);
             free(ly->k_chan);
             free(ly->v_chan);
         }
@@ -87,6 +87,9 @@ kr_status kr_kv_cache_create(kr_context *ctx, const kr_kv_cache_options *o, kr_k
     if (!storage_dtype_ok(o->dtype))
         return kr_fail(ctx, KR_ERR_DTYPE, "%s: storage dtype %d is not f32, f16, bf16 or i8", op,
                        (int)o->dtype);
+    if (o->dtype == KR_I8 && o->head_dim > 256)
+        return kr_fail(ctx, KR_ERR_UNSUPPORTED, "%s: int8 storage supports head_dim <= 256, got %lld",
+                       op, (long long)o->head_dim);
     if (o->device.type != KR_DEVICE_CPU)
         return kr_fail(ctx, KR_ERR_DEVICE,
                        "%s: device type %d is not served here (only the CPU)", op,
@@ -111,11 +114,11 @@ kr_status kr_kv_cache_create(kr_context *ctx, const kr_kv_cache_options *o, kr_k
         ly->v = malloc(data_bytes);
         ok = ly->k && ly->v;
         if (ok && o->dtype == KR_I8) {
-            ly->k_scale = malloc(rows * sizeof(float));
-            ly->v_scale = malloc(rows * sizeof(float));
+            ly->k_meta = malloc(rows * (size_t)KR_KV_INT8_META_BYTES(o->head_dim));
+            ly->v_meta = malloc(rows * (size_t)KR_KV_INT8_META_BYTES(o->head_dim));
             ly->k_chan = malloc((size_t)(o->n_kv_heads * o->head_dim) * sizeof(float));
             ly->v_chan = malloc((size_t)(o->n_kv_heads * o->head_dim) * sizeof(float));
-            ok = ly->k_scale && ly->v_scale && ly->k_chan && ly->v_chan;
+            ok = ly->k_meta && ly->v_meta && ly->k_chan && ly->v_chan;
         }
     }
     if (!ok) {
@@ -263,8 +266,8 @@ kr_status kr_kv_cache_attention(kr_context *ctx, const kr_kv_cache *c, int64_t l
     const kr_kv_layer *ly = &c->layers[layer];
     kr_tensor kt = kr_tensor_bshd(ly->k, o->dtype, o->batch, o->capacity, o->n_kv_heads, o->head_dim);
     kr_tensor vt = kr_tensor_bshd(ly->v, o->dtype, o->batch, o->capacity, o->n_kv_heads, o->head_dim);
-    kr_kv_int8_view k8 = {ly->k, ly->k_scale, ly->k_chan, o->capacity};
-    kr_kv_int8_view v8 = {ly->v, ly->v_scale, ly->v_chan, o->capacity};
+    kr_kv_int8_view k8 = {ly->k, ly->k_meta, ly->k_chan, o->capacity};
+    kr_kv_int8_view v8 = {ly->v, ly->v_meta, ly->v_chan, o->capacity};
     if (o->dtype == KR_I8) {
         a.k8 = &k8;
         a.v8 = &v8;
@@ -306,21 +309,25 @@ kr_status kr_kv_cache_read(kr_context *ctx, const kr_kv_cache *c, int64_t layer,
                            (long long)o->head_dim);
     }
     const kr_kv_layer *ly = &c->layers[layer];
+    const int64_t D = o->head_dim;
+    float *row = malloc(sizeof(float) * (size_t)D);
+    if (!row) return kr_fail(ctx, KR_ERR_OUT_OF_MEMORY, "%s: out of memory", op);
     for (int w = 0; w < 2; w++) {
         const void *data = w ? ly->v : ly->k;
-        const float *scale = w ? ly->v_scale : ly->k_scale;
-        const float *chan = w ? ly->v_chan : ly->k_chan;
         kr_tensor src = kr_tensor_bshd((void *)data, o->dtype, o->batch, o->capacity,
-                                       o->n_kv_heads, o->head_dim);
+                                       o->n_kv_heads, D);
         for (int64_t t = 0; t < n; t++)
             for (int64_t h = 0; h < o->n_kv_heads; h++) {
-                const int64_t row = (b * o->capacity + start + t) * o->n_kv_heads + h;
-                for (int64_t d = 0; d < o->head_dim; d++) {
-                    float x = kr_load(&src, kr_offset(&src, b, start + t, h, d));
-                    if (o->dtype == KR_I8) x *= scale[row] * chan[h * o->head_dim + d];
-                    kr_store(outs[w], kr_offset(outs[w], 0, t, h, d), x);
-                }
+                const int64_t r = (b * o->capacity + start + t) * o->n_kv_heads + h;
+                if (o->dtype == KR_I8)
+                    kr_kv_int8_dequant_row((const int8_t *)data + r * D,
+                                           (w ? ly->v_meta : ly->k_meta) + r * KR_KV_INT8_META_BYTES(D),
+                                           (w ? ly->v_chan : ly->k_chan) + h * D, D, row);
+                else
+                    for (int64_t d = 0; d < D; d++) row[d] = kr_load(&src, kr_offset(&src, b, start + t, h, d));
+                for (int64_t d = 0; d < D; d++) kr_store(outs[w], kr_offset(outs[w], 0, t, h, d), row[d]);
             }
     }
+    free(row);
     return KR_OK;
 }

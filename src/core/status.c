@@ -6,7 +6,9 @@
 
 #include <stdio.h>
 
-_Static_assert(sizeof(float) == KR_KV_INT8_SCALE_BYTES, "int8 KV scales are 4-byte floats");
+_Static_assert(sizeof(uint16_t) == 2, "the int8 KV row scale is one f16");
+_Static_assert(KR_KV_INT8_META_BYTES(128) == 6, "head_dim 128: f16 row scale + 4 group bytes");
+_Static_assert(KR_KV_INT8_META_BYTES(80) == 5, "a partial last group still gets its byte");
 _Static_assert(sizeof(int64_t) == 8, "extents are 64-bit");
 
 const char *kr_version(void) { return KR_VERSION_STRING; }

@@ -15,7 +15,6 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 CASES = [
     # name, head_dim, theta, max_pos, partial_rotary_factor, scaling dict (HF names) or None
     ("default", 128, 10000.0, 4096, 1.0, None),
-    ("partial", 128, 10000.0, 4096, 0.5, None),
     ("linear", 128, 10000.0, 16384, 1.0, {"rope_type": "linear", "factor": 4.0}),
     ("llama3", 128, 500000.0, 131072, 1.0,
      {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,

@@ -20,9 +20,10 @@ void kr_ref_rope_row(float *row, double pos, const double *inv_freq, int64_t hal
  * quantisation to the storage dtype). */
 kr_status kr_ref_kv_append(kr_context *ctx, const struct kr_kv_append_args *a);
 
-/* Quantises one row of n floats to symmetric int8 with a single scale
- * (amax / 127); values are divided by chan[c] first when chan is not NULL.
- * A non-finite row stores scale NaN (so attention over it yields NaN). */
-void kr_ref_quantize_row(const float *x, const float *chan, int64_t n, int8_t *q, float *scale);
+/* Quantises one row of n floats to symmetric int8 with the two-level scale
+ * of kv_cache.h (meta: KR_KV_INT8_META_BYTES(n) bytes); values are divided
+ * by chan[c] first. A non-finite row stores a NaN row scale (so attention
+ * over it yields NaN). */
+void kr_ref_quantize_row(const float *x, const float *chan, int64_t n, int8_t *q, uint8_t *meta);
 
 #endif /* KR_BACKENDS_REF_H */

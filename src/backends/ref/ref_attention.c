@@ -16,10 +16,8 @@ static void load_kv_row(const kr_attention_args *a, int which, int64_t b, int64_
     const kr_kv_int8_view *q8 = which ? a->v8 : a->k8;
     if (q8) {
         const int64_t r = (b * q8->capacity + t) * a->Hkv + h;
-        const int8_t *src = q8->data + r * a->D;
-        const float s = q8->scale[r];
-        const float *chan = q8->chan + h * a->D;
-        for (int64_t c = 0; c < a->D; c++) row[c] = (float)src[c] * s * chan[c];
+        kr_kv_int8_dequant_row(q8->data + r * a->D, q8->meta + r * KR_KV_INT8_META_BYTES(a->D),
+                               q8->chan + h * a->D, a->D, row);
         return;
     }
     const kr_tensor *t4 = which ? a->v : a->k;

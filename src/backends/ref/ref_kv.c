@@ -98,7 +98,8 @@ kr_status kr_ref_kv_append(kr_context *ctx, const kr_kv_append_args *a) {
                         const int64_t r = (b * o->capacity + slot) * Hkv + h;
                         kr_ref_quantize_row(row, (is_k ? ly->k_chan : ly->v_chan) + h * D, D,
                                             (int8_t *)data + r * D,
-                                            (is_k ? ly->k_scale : ly->v_scale) + r);
+                                            (is_k ? ly->k_meta : ly->v_meta) +
+                                                r * KR_KV_INT8_META_BYTES(D));
                     } else {
                         for (int64_t d = 0; d < D; d++)
                             kr_store(&dst, kr_offset(&dst, b, slot, h, d), row[d]);

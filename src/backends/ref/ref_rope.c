@@ -47,26 +47,34 @@ kr_status kr_ref_rope(kr_context *ctx, const kr_rope_args *a) {
     return KR_OK;
 }
 
-void kr_ref_quantize_row(const float *x, const float *chan, int64_t n, int8_t *q, float *scale) {
+void kr_ref_quantize_row(const float *x, const float *chan, int64_t n, int8_t *q, uint8_t *meta) {
+    /* Pass 1: the row's and each group's largest magnitude. */
     float amax = 0.0f;
+    float gmax[256 / KR_KV_INT8_GROUP + 1] = {0};
+    const int64_t groups = (n + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
     for (int64_t c = 0; c < n; c++) {
-        float v = chan ? x[c] / chan[c] : x[c];
-        float av = fabsf(v);
+        const float av = fabsf(x[c] / chan[c]);
         if (!(av <= amax)) amax = av; /* NaN propagates into amax */
+        if (av > gmax[c / KR_KV_INT8_GROUP]) gmax[c / KR_KV_INT8_GROUP] = av;
     }
-    if (!isfinite(amax)) {
-        for (int64_t c = 0; c < n; c++) q[c] = 0;
-        *scale = NAN;
-        return;
+    /* Pass 2: the f16 row scale (amax / 127, rounded up so no group needs
+     * more than 255/255 of it) and each group's u8 share of it. */
+    uint16_t rh = kr_f32_to_f16(isfinite(amax) ? amax / 127.0f : NAN);
+    if (isfinite(amax) && kr_f16_to_f32(rh) * 127.0f < amax) rh++;
+    meta[0] = (uint8_t)(rh & 0xff);
+    meta[1] = (uint8_t)(rh >> 8);
+    const float row_scale = kr_f16_to_f32(rh);
+    for (int64_t g = 0; g < groups; g++) {
+        float u = row_scale > 0.0f ? ceilf(255.0f * gmax[g] / (127.0f * row_scale)) : 0.0f;
+        if (!(u <= 255.0f)) u = 255.0f;
+        meta[2 + g] = (uint8_t)u;
     }
-    const float s = amax / 127.0f;
-    const float inv = s > 0.0f ? 1.0f / s : 0.0f;
+    /* Pass 3: round each value to its group's step. */
     for (int64_t c = 0; c < n; c++) {
-        float v = (chan ? x[c] / chan[c] : x[c]) * inv;
-        float r = rintf(v);
+        const float s = kr_kv_int8_group_scale(meta, c / KR_KV_INT8_GROUP);
+        float r = s > 0.0f && isfinite(s) ? rintf(x[c] / chan[c] / s) : 0.0f;
         if (r > 127.0f) r = 127.0f;
         if (r < -127.0f) r = -127.0f;
         q[c] = (int8_t)r;
     }
-    *scale = s;
 }
