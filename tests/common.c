@@ -113,8 +113,8 @@ static bool oracle_visible(const kt_attn_case *c, int64_t L, int64_t i, int64_t 
     return true;
 }
 
-void kt_oracle_attention(const kt_attn_case *c, const double *q, const double *k,
-                         const double *v, double *out, double *lse) {
+void kt_oracle_attention(const kt_attn_case *c, const double *q, const double *k, const double *v,
+                         double *out, double *lse) {
     const int64_t D = c->D, group = c->H / c->Hkv;
     double *s = malloc(sizeof(double) * (size_t)c->Skv);
     assert_non_null(s);

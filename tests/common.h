@@ -39,7 +39,7 @@ typedef struct kt_buf {
 
 kt_buf kt_buf_new(kr_dtype dt, int64_t n);
 void kt_buf_free(kt_buf *b);
-void kt_poison(kt_buf *b);            /* NaN in every element */
+void kt_poison(kt_buf *b); /* NaN in every element */
 double kt_get(const kt_buf *b, int64_t i);
 void kt_set(kt_buf *b, int64_t i, double x); /* rounds to the dtype */
 double kt_round(kr_dtype dt, double x);      /* x rounded to dt and back */
@@ -61,8 +61,8 @@ typedef struct kt_attn_case {
 } kt_attn_case;
 
 /* q [B][Sq][H][D], k/v [B][Skv][Hkv][D], out [B][Sq][H][D], lse [B][H][Sq]. */
-void kt_oracle_attention(const kt_attn_case *c, const double *q, const double *k,
-                         const double *v, double *out, double *lse);
+void kt_oracle_attention(const kt_attn_case *c, const double *q, const double *k, const double *v,
+                         double *out, double *lse);
 
 /* Rotates x [n_tok][H][D] in place with float64 cos/sin. */
 void kt_oracle_rope(double *x, int64_t n_tok, int64_t H, int64_t D, const int64_t *pos,

@@ -89,8 +89,8 @@ static double run_case(kr_context *ctx, const acase *c) {
     p.causal = c->causal;
     p.window_left = c->wl;
     p.window_right = c->wr;
-    kt_attn_case oc = {c->B, c->Sq, c->Skv, c->H, c->Hkv, c->D, 1.0 / sqrt((double)c->D),
-                       c->causal, c->wl, c->wr, NULL, 1, 1, NULL};
+    kt_attn_case oc = {c->B,      c->Sq, c->Skv, c->H, c->Hkv, c->D, 1.0 / sqrt((double)c->D),
+                       c->causal, c->wl, c->wr,  NULL, 1,      1,    NULL};
 
     double *maskd = NULL;
     kt_buf mb = {0};
@@ -129,7 +129,8 @@ static double run_case(kr_context *ctx, const acase *c) {
     kt_poison(&ob);
     kt_poison(&lb);
     kr_status s = kr_attention(ctx, &q, &k, &v, &o, &p);
-    if (s != KR_OK) fail_msg("%s: status %s: %s", desc, kr_status_name(s), kr_context_last_error(ctx));
+    if (s != KR_OK)
+        fail_msg("%s: status %s: %s", desc, kr_status_name(s), kr_context_last_error(ctx));
     kt_oracle_attention(&oc, qd, kd, vd, od, lse_want);
 
     for (int64_t b = 0; b < c->B; b++)
@@ -142,7 +143,8 @@ static double run_case(kr_context *ctx, const acase *c) {
         fail_msg("%s: normwise error %.3g > tolerance %.1g", desc, err, tol_for(c->out_dt));
     /* Zero rows must be exactly zero (fully masked rows). */
     for (int64_t i = 0; i < nq; i++)
-        if (od[i] == 0.0 && got[i] != 0.0) fail_msg("%s: element %lld should be 0, got %g", desc, (long long)i, got[i]);
+        if (od[i] == 0.0 && got[i] != 0.0)
+            fail_msg("%s: element %lld should be 0, got %g", desc, (long long)i, got[i]);
     if (c->lse)
         for (int64_t i = 0; i < nl; i++) {
             const double g = kt_get(&lb, i), w = lse_want[i];
@@ -194,7 +196,7 @@ static void test_seq_pairs_f32(void **state) {
                 c.bhsd = idx % 2;
                 c.causal = causal;
                 c.wl = c.wr = -1;
-                if (idx % 4 == 1) c.wl = 5;              /* sliding window */
+                if (idx % 4 == 1) c.wl = 5;                /* sliding window */
                 if (idx % 4 == 2) c.mask = causal ? 2 : 1; /* additive mask */
                 if (idx % 4 == 3) c.ragged = 1;
                 c.lse = idx % 3 != 0;
@@ -228,11 +230,23 @@ static void test_small_grid_f32(void **state) {
                     switch (var) {
                     case 0: break;
                     case 1: c.causal = 1; break;
-                    case 2: c.wl = 9; c.wr = 3; break;
-                    case 3: c.causal = 1; c.wl = 20; break;
+                    case 2:
+                        c.wl = 9;
+                        c.wr = 3;
+                        break;
+                    case 3:
+                        c.causal = 1;
+                        c.wl = 20;
+                        break;
                     case 4: c.mask = 1; break;
-                    case 5: c.mask = 2; c.causal = 1; break;
-                    case 6: c.ragged = 1; c.causal = 1; break;
+                    case 5:
+                        c.mask = 2;
+                        c.causal = 1;
+                        break;
+                    case 6:
+                        c.ragged = 1;
+                        c.causal = 1;
+                        break;
                     }
                     c.id = id;
                     double e = run_case(ctx, &c);
@@ -276,19 +290,36 @@ static void test_half_dtypes(void **state) {
 static void test_scale_and_empty_rows(void **state) {
     kr_context *ctx = *state;
     acase c = {0};
-    c.B = 1; c.Sq = 9; c.Skv = 4; c.H = 4; c.Hkv = 1; c.D = 64;
+    c.B = 1;
+    c.Sq = 9;
+    c.Skv = 4;
+    c.H = 4;
+    c.Hkv = 1;
+    c.D = 64;
     c.dt = c.out_dt = KR_F32;
-    c.causal = 1; c.wl = c.wr = -1; c.lse = 1; c.id = 42;
+    c.causal = 1;
+    c.wl = c.wr = -1;
+    c.lse = 1;
+    c.id = 42;
     run_case(ctx, &c); /* rows 0..4 have no visible key: zeros, LSE -inf */
 
     /* scale: q*2 with scale s/2 equals q with scale s */
     float qv[64], q2[64], kv[3 * 64], vv[3 * 64], o1[64], o2[64];
     kt_rng r = kt_rng_for(43);
-    for (int i = 0; i < 64; i++) { qv[i] = (float)kt_normal(&r); q2[i] = 2.0f * qv[i]; }
-    for (int i = 0; i < 3 * 64; i++) { kv[i] = (float)kt_normal(&r); vv[i] = (float)kt_normal(&r); }
-    kr_tensor q = kr_tensor_bshd(qv, KR_F32, 1, 1, 1, 64), qq = kr_tensor_bshd(q2, KR_F32, 1, 1, 1, 64);
-    kr_tensor k = kr_tensor_bshd(kv, KR_F32, 1, 3, 1, 64), v = kr_tensor_bshd(vv, KR_F32, 1, 3, 1, 64);
-    kr_tensor a = kr_tensor_bshd(o1, KR_F32, 1, 1, 1, 64), b = kr_tensor_bshd(o2, KR_F32, 1, 1, 1, 64);
+    for (int i = 0; i < 64; i++) {
+        qv[i] = (float)kt_normal(&r);
+        q2[i] = 2.0f * qv[i];
+    }
+    for (int i = 0; i < 3 * 64; i++) {
+        kv[i] = (float)kt_normal(&r);
+        vv[i] = (float)kt_normal(&r);
+    }
+    kr_tensor q = kr_tensor_bshd(qv, KR_F32, 1, 1, 1, 64),
+              qq = kr_tensor_bshd(q2, KR_F32, 1, 1, 1, 64);
+    kr_tensor k = kr_tensor_bshd(kv, KR_F32, 1, 3, 1, 64),
+              v = kr_tensor_bshd(vv, KR_F32, 1, 3, 1, 64);
+    kr_tensor a = kr_tensor_bshd(o1, KR_F32, 1, 1, 1, 64),
+              b = kr_tensor_bshd(o2, KR_F32, 1, 1, 1, 64);
     kr_attention_params p = kr_attention_params_default();
     p.scale = 0.25f;
     assert_int_equal(kr_attention(ctx, &q, &k, &v, &a, &p), KR_OK);
@@ -304,15 +335,23 @@ static void test_nan_inf(void **state) {
     enum { S = 5, D = 64 };
     float q[S * D], k[S * D], v[S * D], o[S * D];
     kt_rng r = kt_rng_for(44);
-    for (int i = 0; i < S * D; i++) { q[i] = (float)kt_normal(&r); k[i] = (float)kt_normal(&r); v[i] = (float)kt_normal(&r); }
+    for (int i = 0; i < S * D; i++) {
+        q[i] = (float)kt_normal(&r);
+        k[i] = (float)kt_normal(&r);
+        v[i] = (float)kt_normal(&r);
+    }
     q[2 * D + 3] = NAN;
-    kr_tensor qt = kr_tensor_bshd(q, KR_F32, 1, S, 1, D), kt = kr_tensor_bshd(k, KR_F32, 1, S, 1, D);
-    kr_tensor vt = kr_tensor_bshd(v, KR_F32, 1, S, 1, D), ot = kr_tensor_bshd(o, KR_F32, 1, S, 1, D);
+    kr_tensor qt = kr_tensor_bshd(q, KR_F32, 1, S, 1, D),
+              kt = kr_tensor_bshd(k, KR_F32, 1, S, 1, D);
+    kr_tensor vt = kr_tensor_bshd(v, KR_F32, 1, S, 1, D),
+              ot = kr_tensor_bshd(o, KR_F32, 1, S, 1, D);
     assert_int_equal(kr_attention(ctx, &qt, &kt, &vt, &ot, NULL), KR_OK);
     for (int i = 0; i < S; i++)
         for (int d = 0; d < D; d++) {
-            if (i == 2) assert_true(isnan(o[i * D + d]));
-            else assert_true(isfinite(o[i * D + d]));
+            if (i == 2)
+                assert_true(isnan(o[i * D + d]));
+            else
+                assert_true(isfinite(o[i * D + d]));
         }
     q[2 * D + 3] = 0.5f;
     v[4 * D] = INFINITY; /* key 4 is seen only by row 4 under causal */
@@ -336,10 +375,8 @@ static int teardown(void **state) {
 int main(void) {
     kt_base_seed();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_small_grid_f32),
-        cmocka_unit_test(test_seq_pairs_f32),
-        cmocka_unit_test(test_half_dtypes),
-        cmocka_unit_test(test_scale_and_empty_rows),
+        cmocka_unit_test(test_small_grid_f32), cmocka_unit_test(test_seq_pairs_f32),
+        cmocka_unit_test(test_half_dtypes),    cmocka_unit_test(test_scale_and_empty_rows),
         cmocka_unit_test(test_nan_inf),
     };
     return cmocka_run_group_tests_name("attention", tests, setup, teardown);

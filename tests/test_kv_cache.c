@@ -27,7 +27,8 @@ static void append_random(kr_context *ctx, kr_kv_cache *c, int64_t l, kt_rng *r,
         const bool big = ch == 3 || ch == 70 || ch == D - 5;
         const double mk = big && outlier_k > 0 ? outlier_k : 1.0;
         const double mv = big && outlier_v > 0 ? outlier_v : 1.0;
-        const double kx = kt_round(in_dt, kt_normal(r) * mk), vx = kt_round(in_dt, kt_normal(r) * mv);
+        const double kx = kt_round(in_dt, kt_normal(r) * mk),
+                     vx = kt_round(in_dt, kt_normal(r) * mv);
         kt_set(&kb, i, kx);
         kt_set(&vb, i, vx);
         if (kd) kd[i] = kx;
@@ -48,7 +49,8 @@ static void read_back(kr_context *ctx, const kr_kv_cache *c, int64_t l, int64_t 
     float *k = malloc(sizeof(float) * (size_t)(len * Hkv * D));
     float *v = malloc(sizeof(float) * (size_t)(len * Hkv * D));
     assert_true(k && v);
-    kr_tensor kt = kr_tensor_bshd(k, KR_F32, 1, len, Hkv, D), vt = kr_tensor_bshd(v, KR_F32, 1, len, Hkv, D);
+    kr_tensor kt = kr_tensor_bshd(k, KR_F32, 1, len, Hkv, D),
+              vt = kr_tensor_bshd(v, KR_F32, 1, len, Hkv, D);
     assert_int_equal(kr_kv_cache_read(ctx, c, l, b, 0, len, &kt, &vt), KR_OK);
     for (int64_t i = 0; i < len * Hkv * D; i++) {
         kd[i] = k[i];
@@ -78,17 +80,26 @@ static double check_cache_attention(kr_context *ctx, const kr_kv_cache *c, int64
         read_back(ctx, c, l, b, lens[b], Hkv, D, kd + b * cap * Hkv * D, vd + b * cap * Hkv * D);
     }
     for (int64_t i = 0; i < nq; i++) o[i] = NAN;
-    kr_tensor qt = kr_tensor_bshd(q, KR_F32, B, Sq, H, D), ot = kr_tensor_bshd(o, KR_F32, B, Sq, H, D);
+    kr_tensor qt = kr_tensor_bshd(q, KR_F32, B, Sq, H, D),
+              ot = kr_tensor_bshd(o, KR_F32, B, Sq, H, D);
     kr_attention_params p = kr_attention_params_default();
     p.causal = causal;
     kr_status s = kr_kv_cache_attention(ctx, c, l, &qt, &ot, &p);
     if (s) fail_msg("kv attention: %s", kr_context_last_error(ctx));
-    kt_attn_case oc = {B, Sq, cap, H, Hkv, D, 1.0 / sqrt((double)D), causal, -1, -1, NULL, 1, 1, lens};
+    kt_attn_case oc = {B,      Sq, cap, H,    Hkv, D, 1.0 / sqrt((double)D),
+                       causal, -1, -1,  NULL, 1,   1, lens};
     kt_oracle_attention(&oc, qd, kd, vd, od, NULL);
     for (int64_t i = 0; i < nq; i++) got[i] = o[i];
     const double err = kt_rel_err(got, od, nq);
     if (out_f64) memcpy(out_f64, got, sizeof(double) * (size_t)nq);
-    free(qd); free(od); free(kd); free(vd); free(got); free(lens); free(q); free(o);
+    free(qd);
+    free(od);
+    free(kd);
+    free(vd);
+    free(got);
+    free(lens);
+    free(q);
+    free(o);
     return err;
 }
 
@@ -128,8 +139,12 @@ static void test_append_and_attend(void **state) {
             double *gk = malloc(sizeof(double) * (size_t)(len * Hkv * D));
             double *gv = malloc(sizeof(double) * (size_t)(len * Hkv * D));
             read_back(ctx, c, 1, b, len, Hkv, D, gk, gv);
-            const double tol = dts[t] == KR_F32 ? 1e-6 : dts[t] == KR_F16 ? 1e-3 : dts[t] == KR_BF16 ? 8e-3 : 1e-2;
-            const double ek = kt_rel_err(gk, wk, len * Hkv * D), ev = kt_rel_err(gv, wv, len * Hkv * D);
+            const double tol = dts[t] == KR_F32    ? 1e-6
+                               : dts[t] == KR_F16  ? 1e-3
+                               : dts[t] == KR_BF16 ? 8e-3
+                                                   : 1e-2;
+            const double ek = kt_rel_err(gk, wk, len * Hkv * D),
+                         ev = kt_rel_err(gv, wv, len * Hkv * D);
             if (!(ek <= tol && ev <= tol))
                 fail_msg("storage %s seq %lld: stored K error %.3g, V error %.3g > %.1g",
                          kr_dtype_name(dts[t]), (long long)b, ek, ev, tol);
@@ -161,7 +176,8 @@ static void test_int8_bytes(void **state) {
     assert_int_equal(kr_kv_cache_create(ctx, &o, &f16), KR_OK);
     o.dtype = KR_I8;
     assert_int_equal(kr_kv_cache_create(ctx, &o, &i8), KR_OK);
-    const double ratio_tok = (double)kr_kv_cache_bytes_per_token(i8) / (double)kr_kv_cache_bytes_per_token(f16);
+    const double ratio_tok =
+        (double)kr_kv_cache_bytes_per_token(i8) / (double)kr_kv_cache_bytes_per_token(f16);
     const double ratio_all = (double)kr_kv_cache_bytes(i8) / (double)kr_kv_cache_bytes(f16);
     printf("# int8 / f16 bytes at head_dim 128: per token %.4f, whole cache %.4f (bar 0.53)\n",
            ratio_tok, ratio_all);

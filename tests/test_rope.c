@@ -91,7 +91,8 @@ static void test_frequencies_match_hf(void **state) {
                          "(allowance %.3g)",
                          hc->name, ha->pos, ha->pair, x[ix], x[iy], ha->cos, ha->sin, allow);
             if (ec > worst_ang) worst_ang = ec;
-            if (fabs(ha->cos_hf_fp32 - ha->cos) > worst_hf32) worst_hf32 = fabs(ha->cos_hf_fp32 - ha->cos);
+            if (fabs(ha->cos_hf_fp32 - ha->cos) > worst_hf32)
+                worst_hf32 = fabs(ha->cos_hf_fp32 - ha->cos);
             free(x);
         }
         printf("# %-12s inv_freq worst rel %.2g; cos/sin worst abs %.2g (transformers' fp32 "
@@ -174,8 +175,11 @@ static void test_rope_oracle_grid(void **state) {
         for (int l = 0; l < 2; l++)
             for (int t = 0; t < 3; t++)
                 for (int partial = 0; partial < 2; partial++, id++) {
-                    rcase c = {variants[v], l ? KR_ROPE_HALF_SPLIT : KR_ROPE_INTERLEAVED, dts[t],
-                               (v + t) % 2, 2, 7, 3, dims[(v + l + t) % 5], 0, id};
+                    rcase c = {variants[v], l ? KR_ROPE_HALF_SPLIT : KR_ROPE_INTERLEAVED,
+                               dts[t],      (v + t) % 2,
+                               2,           7,
+                               3,           dims[(v + l + t) % 5],
+                               0,           id};
                     if (partial) c.rotary_dim = c.D / 2 - (c.D / 2) % 2; /* even, about half */
                     const double e = run_rope(ctx, &c);
                     if (e > worst[t]) worst[t] = e;

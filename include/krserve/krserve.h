@@ -53,20 +53,20 @@ KR_API int kr_version_number(void);
 /* ---- status ------------------------------------------------------------ */
 /* One list generates the enum and its strings (kr_status_string). New values
  * are only ever added at the end. */
-#define KR_STATUS_LIST(X)                                                        \
-    X(KR_OK, "ok")                                                               \
-    X(KR_ERR_INVALID_ARGUMENT, "invalid argument")                               \
-    X(KR_ERR_SHAPE, "shape mismatch")                                            \
-    X(KR_ERR_DTYPE, "unsupported or mismatched dtype")                           \
-    X(KR_ERR_DEVICE, "unsupported device")                                       \
-    X(KR_ERR_UNSUPPORTED, "unsupported case")                                    \
-    X(KR_ERR_CAPACITY, "capacity exceeded")                                      \
-    X(KR_ERR_OUT_OF_MEMORY, "out of memory")                                     \
-    X(KR_ERR_IO, "input/output error")                                           \
-    X(KR_ERR_FORMAT, "malformed file")                                           \
-    X(KR_ERR_CONFIG, "invalid configuration")                                    \
-    X(KR_ERR_BACKEND, "backend failure")                                         \
-    X(KR_ERR_FAULT_INJECTED, "injected fault")                                   \
+#define KR_STATUS_LIST(X)                                                                          \
+    X(KR_OK, "ok")                                                                                 \
+    X(KR_ERR_INVALID_ARGUMENT, "invalid argument")                                                 \
+    X(KR_ERR_SHAPE, "shape mismatch")                                                              \
+    X(KR_ERR_DTYPE, "unsupported or mismatched dtype")                                             \
+    X(KR_ERR_DEVICE, "unsupported device")                                                         \
+    X(KR_ERR_UNSUPPORTED, "unsupported case")                                                      \
+    X(KR_ERR_CAPACITY, "capacity exceeded")                                                        \
+    X(KR_ERR_OUT_OF_MEMORY, "out of memory")                                                       \
+    X(KR_ERR_IO, "input/output error")                                                             \
+    X(KR_ERR_FORMAT, "malformed file")                                                             \
+    X(KR_ERR_CONFIG, "invalid configuration")                                                      \
+    X(KR_ERR_BACKEND, "backend failure")                                                           \
+    X(KR_ERR_FAULT_INJECTED, "injected fault")                                                     \
     X(KR_ERR_INTERNAL, "internal error")
 
 #define KR_STATUS_ENUM_(name, str) name,
@@ -92,7 +92,8 @@ typedef enum kr_log_level {
 typedef struct kr_context_options {
     int32_t n_threads;      /* worker threads for CPU kernels; 0 = all online cores */
     kr_log_level log_level; /* messages below this level are dropped; default WARN */
-    const char *config_path; /* YAML configuration file; NULL = KRSERVE_CONFIG, then ./krserve.yaml */
+    const char
+        *config_path; /* YAML configuration file; NULL = KRSERVE_CONFIG, then ./krserve.yaml */
 } kr_context_options;
 
 typedef struct kr_context kr_context;
@@ -163,10 +164,10 @@ KR_API uint16_t kr_f32_to_bf16(float f);
 typedef struct kr_cpu_info {
     char model[128];
     char vendor[32];
-    int32_t cores;         /* physical cores of one package (as reported) */
-    int32_t logical_cpus;  /* online logical processors */
+    int32_t cores;        /* physical cores of one package (as reported) */
+    int32_t logical_cpus; /* online logical processors */
     int32_t avx2, fma, f16c, avx512f, avx512bw, avx512_vnni, amx, neon;
-    char detail[128];      /* how it was detected, or why it could not be */
+    char detail[128]; /* how it was detected, or why it could not be */
 } kr_cpu_info;
 
 /** Fills *out; never fails on a supported OS (fields it cannot read are -1). */

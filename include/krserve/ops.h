@@ -115,8 +115,7 @@ KR_API kr_rope_params kr_rope_params_default(void);
  * factor that multiplies cos and sin (1 except for yarn), as the op uses them.
  */
 KR_API kr_status kr_rope_frequencies(kr_context *ctx, const kr_rope_params *params,
-                                     int64_t head_dim, double *inv_freq,
-                                     double *attention_factor);
+                                     int64_t head_dim, double *inv_freq, double *attention_factor);
 
 /**
  * Rotates x in place. x: [B, S, H, D], f32 | f16 | bf16. positions: B*S

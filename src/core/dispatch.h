@@ -12,9 +12,8 @@ kr_status kr_dispatch_rope(kr_context *ctx, const kr_rope_args *a);
 kr_status kr_dispatch_kv_append(kr_context *ctx, const kr_kv_append_args *a);
 
 /* Shared validation of attention parameters (ops.c). */
-kr_status kr_attention_resolve_params(kr_context *ctx, const char *op,
-                                      const kr_attention_params *p, int64_t max_keys,
-                                      kr_attention_args *a);
+kr_status kr_attention_resolve_params(kr_context *ctx, const char *op, const kr_attention_params *p,
+                                      int64_t max_keys, kr_attention_args *a);
 kr_status kr_attention_check_q_out(kr_context *ctx, const char *op, const kr_tensor *q,
                                    const kr_tensor *out, int64_t hkv, int64_t d);
 

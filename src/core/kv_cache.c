@@ -88,14 +88,14 @@ kr_status kr_kv_cache_create(kr_context *ctx, const kr_kv_cache_options *o, kr_k
         return kr_fail(ctx, KR_ERR_DTYPE, "%s: storage dtype %d is not f32, f16, bf16 or i8", op,
                        (int)o->dtype);
     if (o->dtype == KR_I8 && o->head_dim > 256)
-        return kr_fail(ctx, KR_ERR_UNSUPPORTED, "%s: int8 storage supports head_dim <= 256, got %lld",
-                       op, (long long)o->head_dim);
+        return kr_fail(ctx, KR_ERR_UNSUPPORTED,
+                       "%s: int8 storage supports head_dim <= 256, got %lld", op,
+                       (long long)o->head_dim);
     if (o->device.type != KR_DEVICE_CPU)
-        return kr_fail(ctx, KR_ERR_DEVICE,
-                       "%s: device type %d is not served here (only the CPU)", op,
-                       (int)o->device.type);
-    const double per_layer = (double)o->batch * (double)o->capacity * (double)o->n_kv_heads *
-                             (double)o->head_dim * 2.0;
+        return kr_fail(ctx, KR_ERR_DEVICE, "%s: device type %d is not served here (only the CPU)",
+                       op, (int)o->device.type);
+    const double per_layer =
+        (double)o->batch * (double)o->capacity * (double)o->n_kv_heads * (double)o->head_dim * 2.0;
     if (per_layer * (double)o->n_layers > 1e15)
         return kr_fail(ctx, KR_ERR_OUT_OF_MEMORY, "%s: %.3g elements is beyond any memory", op,
                        per_layer * (double)o->n_layers);
@@ -158,8 +158,8 @@ kr_status kr_kv_cache_append(kr_context *ctx, kr_kv_cache *c, int64_t layer, con
     if (!s) s = kr_check_tensor(ctx, op, "v", v);
     if (s) return s;
     if (k->dtype != v->dtype || !kr_dtype_is_float(k->dtype))
-        return kr_fail(ctx, KR_ERR_DTYPE, "%s: k and v must share a float dtype, got %s and %s",
-                       op, kr_dtype_name(k->dtype), kr_dtype_name(v->dtype));
+        return kr_fail(ctx, KR_ERR_DTYPE, "%s: k and v must share a float dtype, got %s and %s", op,
+                       kr_dtype_name(k->dtype), kr_dtype_name(v->dtype));
     const kr_kv_cache_options *o = &c->o;
     for (int i = 0; i < 4; i++)
         if (k->shape[i] != v->shape[i])
@@ -184,8 +184,9 @@ kr_status kr_kv_cache_append(kr_context *ctx, kr_kv_cache *c, int64_t layer, con
     for (int64_t b = 0; b < B; b++) {
         nn[b] = n_new ? n_new[b] : S;
         if (nn[b] < 0 || nn[b] > S) {
-            s = kr_fail(ctx, KR_ERR_INVALID_ARGUMENT, "%s: n_new[%lld] = %lld is outside [0, S %lld]",
-                        op, (long long)b, (long long)nn[b], (long long)S);
+            s = kr_fail(ctx, KR_ERR_INVALID_ARGUMENT,
+                        "%s: n_new[%lld] = %lld is outside [0, S %lld]", op, (long long)b,
+                        (long long)nn[b], (long long)S);
             goto done;
         }
         if (len[b] + nn[b] > o->capacity) {
@@ -264,8 +265,10 @@ kr_status kr_kv_cache_attention(kr_context *ctx, const kr_kv_cache *c, int64_t l
     s = kr_attention_resolve_params(ctx, op, params, max_len, &a);
     if (s) return s;
     const kr_kv_layer *ly = &c->layers[layer];
-    kr_tensor kt = kr_tensor_bshd(ly->k, o->dtype, o->batch, o->capacity, o->n_kv_heads, o->head_dim);
-    kr_tensor vt = kr_tensor_bshd(ly->v, o->dtype, o->batch, o->capacity, o->n_kv_heads, o->head_dim);
+    kr_tensor kt =
+        kr_tensor_bshd(ly->k, o->dtype, o->batch, o->capacity, o->n_kv_heads, o->head_dim);
+    kr_tensor vt =
+        kr_tensor_bshd(ly->v, o->dtype, o->batch, o->capacity, o->n_kv_heads, o->head_dim);
     kr_kv_int8_view k8 = {ly->k, ly->k_meta, ly->k_chan, o->capacity};
     kr_kv_int8_view v8 = {ly->v, ly->v_meta, ly->v_chan, o->capacity};
     if (o->dtype == KR_I8) {
@@ -310,22 +313,25 @@ kr_status kr_kv_cache_read(kr_context *ctx, const kr_kv_cache *c, int64_t layer,
     }
     const kr_kv_layer *ly = &c->layers[layer];
     const int64_t D = o->head_dim;
-    float *row = malloc(sizeof(float) * (size_t)D);
+    float *row = calloc((size_t)D, sizeof(float));
     if (!row) return kr_fail(ctx, KR_ERR_OUT_OF_MEMORY, "%s: out of memory", op);
     for (int w = 0; w < 2; w++) {
         const void *data = w ? ly->v : ly->k;
-        kr_tensor src = kr_tensor_bshd((void *)data, o->dtype, o->batch, o->capacity,
-                                       o->n_kv_heads, D);
+        kr_tensor src =
+            kr_tensor_bshd((void *)data, o->dtype, o->batch, o->capacity, o->n_kv_heads, D);
         for (int64_t t = 0; t < n; t++)
             for (int64_t h = 0; h < o->n_kv_heads; h++) {
                 const int64_t r = (b * o->capacity + start + t) * o->n_kv_heads + h;
                 if (o->dtype == KR_I8)
                     kr_kv_int8_dequant_row((const int8_t *)data + r * D,
-                                           (w ? ly->v_meta : ly->k_meta) + r * KR_KV_INT8_META_BYTES(D),
+                                           (w ? ly->v_meta : ly->k_meta) +
+                                               r * KR_KV_INT8_META_BYTES(D),
                                            (w ? ly->v_chan : ly->k_chan) + h * D, D, row);
                 else
-                    for (int64_t d = 0; d < D; d++) row[d] = kr_load(&src, kr_offset(&src, b, start + t, h, d));
-                for (int64_t d = 0; d < D; d++) kr_store(outs[w], kr_offset(outs[w], 0, t, h, d), row[d]);
+                    for (int64_t d = 0; d < D; d++)
+                        row[d] = kr_load(&src, kr_offset(&src, b, start + t, h, d));
+                for (int64_t d = 0; d < D; d++)
+                    kr_store(outs[w], kr_offset(outs[w], 0, t, h, d), row[d]);
             }
     }
     free(row);

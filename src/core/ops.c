@@ -19,9 +19,8 @@ kr_attention_params kr_attention_params_default(void) {
 /* Checks mask, lse, kv_lens, window and scale against resolved extents and
  * fills them into `a`. Shared by kr_attention and kr_kv_cache_attention.
  * `max_keys` is the largest number of keys any sequence can see. */
-kr_status kr_attention_resolve_params(kr_context *ctx, const char *op,
-                                      const kr_attention_params *p, int64_t max_keys,
-                                      kr_attention_args *a) {
+kr_status kr_attention_resolve_params(kr_context *ctx, const char *op, const kr_attention_params *p,
+                                      int64_t max_keys, kr_attention_args *a) {
     kr_attention_params d = kr_attention_params_default();
     if (!p) p = &d;
     if (!isfinite(p->scale) || p->scale < 0.0f)
@@ -89,8 +88,8 @@ kr_status kr_attention_check_q_out(kr_context *ctx, const char *op, const kr_ten
                            "%lld, %lld, %lld]",
                            op, (long long)out->shape[0], (long long)out->shape[1],
                            (long long)out->shape[2], (long long)out->shape[3],
-                           (long long)q->shape[0], (long long)q->shape[1],
-                           (long long)q->shape[2], (long long)q->shape[3]);
+                           (long long)q->shape[0], (long long)q->shape[1], (long long)q->shape[2],
+                           (long long)q->shape[3]);
     if (q->shape[3] != d)
         return kr_fail(ctx, KR_ERR_SHAPE, "%s: q head_dim %lld differs from k/v head_dim %lld", op,
                        (long long)q->shape[3], (long long)d);
@@ -101,8 +100,8 @@ kr_status kr_attention_check_q_out(kr_context *ctx, const char *op, const kr_ten
     return KR_OK;
 }
 
-kr_status kr_attention(kr_context *ctx, const kr_tensor *q, const kr_tensor *k,
-                       const kr_tensor *v, kr_tensor *out, const kr_attention_params *params) {
+kr_status kr_attention(kr_context *ctx, const kr_tensor *q, const kr_tensor *k, const kr_tensor *v,
+                       kr_tensor *out, const kr_attention_params *params) {
     static const char op[] = "kr_attention";
     if (!ctx) return KR_ERR_INVALID_ARGUMENT;
     kr_clear_error(ctx);
@@ -110,8 +109,8 @@ kr_status kr_attention(kr_context *ctx, const kr_tensor *q, const kr_tensor *k,
     if (!s) s = kr_check_tensor(ctx, op, "v", v);
     if (s) return s;
     if (k->dtype != v->dtype || !kr_dtype_is_float(k->dtype))
-        return kr_fail(ctx, KR_ERR_DTYPE, "%s: k and v must share a float dtype, got %s and %s",
-                       op, kr_dtype_name(k->dtype), kr_dtype_name(v->dtype));
+        return kr_fail(ctx, KR_ERR_DTYPE, "%s: k and v must share a float dtype, got %s and %s", op,
+                       kr_dtype_name(k->dtype), kr_dtype_name(v->dtype));
     for (int i = 0; i < 4; i++)
         if (k->shape[i] != v->shape[i])
             return kr_fail(ctx, KR_ERR_SHAPE, "%s: k and v shapes differ in dim %d (%lld vs %lld)",

@@ -43,7 +43,8 @@ kr_status kr_rope_resolve(kr_context *ctx, const kr_rope_params *p, int64_t head
     double af = 1.0;
 
     /* Unscaled frequencies: theta^(-2i/dim). */
-    for (int64_t i = 0; i < half; i++) inv_freq[i] = 1.0 / pow(p->theta, (double)(2 * i) / (double)dim);
+    for (int64_t i = 0; i < half; i++)
+        inv_freq[i] = 1.0 / pow(p->theta, (double)(2 * i) / (double)dim);
 
     switch (p->scaling) {
     case KR_ROPE_SCALING_NONE: break;
@@ -55,8 +56,7 @@ kr_status kr_rope_resolve(kr_context *ctx, const kr_rope_params *p, int64_t head
         break;
     case KR_ROPE_SCALING_LLAMA3: {
         if (!(p->factor > 0.0) || !(p->low_freq_factor > 0.0) ||
-            !(p->high_freq_factor > p->low_freq_factor) ||
-            p->original_max_position_embeddings <= 0)
+            !(p->high_freq_factor > p->low_freq_factor) || p->original_max_position_embeddings <= 0)
             return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT,
                            "rope llama3: need factor > 0, 0 < low_freq_factor < high_freq_factor "
                            "and original_max_position_embeddings > 0 (got %g, %g, %g, %lld)",
@@ -118,8 +118,8 @@ kr_status kr_rope_resolve(kr_context *ctx, const kr_rope_params *p, int64_t head
         break;
     }
     default:
-        return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT, "rope: scaling %d is not a kr_rope_scaling_type",
-                       (int)p->scaling);
+        return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT,
+                       "rope: scaling %d is not a kr_rope_scaling_type", (int)p->scaling);
     }
     *attention_factor = af;
     *rotary_dim_out = dim;

@@ -50,11 +50,11 @@ kr_status kr_check_tensor(kr_context *ctx, const char *op, const char *name, con
                        name, (int)t->device.type, (int)t->device.index);
     for (int i = 0; i < 4; i++) {
         if (t->shape[i] < 1)
-            return kr_fail(ctx, KR_ERR_SHAPE, "%s: %s.shape[%d] must be >= 1, got %lld", op,
-                           name, i, (long long)t->shape[i]);
+            return kr_fail(ctx, KR_ERR_SHAPE, "%s: %s.shape[%d] must be >= 1, got %lld", op, name,
+                           i, (long long)t->shape[i]);
         if (t->stride[i] < 0)
-            return kr_fail(ctx, KR_ERR_SHAPE, "%s: %s.stride[%d] must be >= 0, got %lld", op,
-                           name, i, (long long)t->stride[i]);
+            return kr_fail(ctx, KR_ERR_SHAPE, "%s: %s.stride[%d] must be >= 0, got %lld", op, name,
+                           i, (long long)t->stride[i]);
     }
     return KR_OK;
 }

@@ -63,10 +63,10 @@ static int cmd_info(int argc, char **argv) {
         const struct {
             const char *n;
             int v;
-        } f[] = {{"avx2", cpu.avx2},       {"fma", cpu.fma},
-                 {"f16c", cpu.f16c},       {"avx512f", cpu.avx512f},
+        } f[] = {{"avx2", cpu.avx2},         {"fma", cpu.fma},
+                 {"f16c", cpu.f16c},         {"avx512f", cpu.avx512f},
                  {"avx512bw", cpu.avx512bw}, {"avx512_vnni", cpu.avx512_vnni},
-                 {"amx", cpu.amx},         {"neon", cpu.neon}};
+                 {"amx", cpu.amx},           {"neon", cpu.neon}};
         cJSON *feat = cJSON_AddObjectToObject(c, "features");
         for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
             if (f[i].v < 0)
@@ -85,11 +85,13 @@ static int cmd_info(int argc, char **argv) {
     printf("krserve %s\n", kr_version());
     printf("build:    %s\n", kr_build_info());
     printf("backends: ref (portable reference, always present)\n");
-    printf("cpu:      %s (%d cores, %d logical)\n", cpu.model, (int)cpu.cores, (int)cpu.logical_cpus);
-    printf("  AVX2 %s  FMA %s  F16C %s  AVX-512F %s  AVX-512BW %s  AVX-512VNNI %s  AMX %s  NEON %s\n",
-           flag(cpu.avx2, tty), flag(cpu.fma, tty), flag(cpu.f16c, tty), flag(cpu.avx512f, tty),
-           flag(cpu.avx512bw, tty), flag(cpu.avx512_vnni, tty), flag(cpu.amx, tty),
-           flag(cpu.neon, tty));
+    printf("cpu:      %s (%d cores, %d logical)\n", cpu.model, (int)cpu.cores,
+           (int)cpu.logical_cpus);
+    printf(
+        "  AVX2 %s  FMA %s  F16C %s  AVX-512F %s  AVX-512BW %s  AVX-512VNNI %s  AMX %s  NEON %s\n",
+        flag(cpu.avx2, tty), flag(cpu.fma, tty), flag(cpu.f16c, tty), flag(cpu.avx512f, tty),
+        flag(cpu.avx512bw, tty), flag(cpu.avx512_vnni, tty), flag(cpu.amx, tty),
+        flag(cpu.neon, tty));
     printf("  detected with %s\n", cpu.detail);
     return 0;
 }

@@ -45,7 +45,8 @@ kr_status kr_ref_attention(kr_context *ctx, const kr_attention_args *a) {
             for (int64_t i = 0; i < a->Sq; i++) {
                 int64_t lo, hi;
                 kr_attention_row_range(a, L, i, &lo, &hi);
-                for (int64_t c = 0; c < D; c++) qrow[c] = kr_load(a->q, kr_offset(a->q, b, i, h, c));
+                for (int64_t c = 0; c < D; c++)
+                    qrow[c] = kr_load(a->q, kr_offset(a->q, b, i, h, c));
 
                 /* Pass 1: scaled, masked scores and their maximum. */
                 float mx = -INFINITY;

@@ -58,9 +58,8 @@ static void fix_channel_factors(const kr_kv_append_args *a, const kr_tensor *src
         qsort(tmp, (size_t)D, sizeof(float), cmp_float);
         const float median = tmp[D / 2];
         for (int64_t c = 0; c < D; c++)
-            amax[c] = (median > 0.0f && amax[c] > KR_CHAN_OUTLIER_RATIO * median)
-                          ? amax[c] / median
-                          : 1.0f;
+            amax[c] = (median > 0.0f && amax[c] > KR_CHAN_OUTLIER_RATIO * median) ? amax[c] / median
+                                                                                  : 1.0f;
     }
 }
 
@@ -70,7 +69,7 @@ kr_status kr_ref_kv_append(kr_context *ctx, const kr_kv_append_args *a) {
     const int64_t D = o->head_dim, Hkv = o->n_kv_heads;
     kr_kv_layer *ly = &c->layers[a->layer];
     const int64_t *len = c->len + a->layer * o->batch;
-    float *row = malloc(sizeof(float) * (size_t)D);
+    float *row = calloc((size_t)D, sizeof(float));
     float *tmp = malloc(sizeof(float) * (size_t)D);
     if (!row || !tmp) {
         free(row);

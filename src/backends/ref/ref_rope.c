@@ -29,14 +29,14 @@ void kr_ref_rope_row(float *row, double pos, const double *inv_freq, int64_t hal
 kr_status kr_ref_rope(kr_context *ctx, const kr_rope_args *a) {
     const kr_tensor *x = a->x;
     const int64_t D = x->shape[3];
-    float *row = malloc(sizeof(float) * (size_t)D);
+    float *row = calloc((size_t)D, sizeof(float));
     if (!row) return kr_fail(ctx, KR_ERR_OUT_OF_MEMORY, "reference rope: out of memory");
     for (int64_t b = 0; b < x->shape[0]; b++)
         for (int64_t s = 0; s < x->shape[1]; s++)
             for (int64_t h = 0; h < x->shape[2]; h++) {
                 const double pos = (double)a->positions[b * x->shape[1] + s];
-                /* Only the rotated channels are read and written back. */
-                for (int64_t c = 0; c < a->rotary_dim; c++)
+                /* The whole row is read; only rotated channels are written back. */
+                for (int64_t c = 0; c < D; c++)
                     row[c] = kr_load(x, kr_offset(x, b, s, h, c));
                 kr_ref_rope_row(row, pos, a->inv_freq, a->rotary_dim / 2, a->layout,
                                 a->attention_factor);

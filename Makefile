@@ -1,0 +1,79 @@
+# krserve — the two commands the README gives, and the habits around them.
+#   make run    install missing Debian packages (as root), build, run the main job
+#   make test   install missing Debian packages (as root), build, run every test,
+#               then the whole suite again under ASan + UBSan
+# Other targets: build, lint, format, valgrind, install, clean.
+
+JOBS      ?= $(shell nproc 2>/dev/null || echo 2)
+BUILD     ?= build
+ASAN      ?= build-asan
+DEBUG     ?= build-debug
+PREFIX    ?= /usr/local
+# Debian packages the build and the tests need (see docs/DEPENDENCIES.md).
+DEB_PKGS  := build-essential cmake pkg-config libcjson-dev libcpuid-dev libyaml-dev \
+             libcmocka-dev gnuplot-nox valgrind cppcheck clang-format clang-tidy
+SOURCES   := $(shell git ls-files '*.c' '*.h' '*.cu' 2>/dev/null)
+
+.PHONY: all deps build run test test-release test-asan valgrind lint format format-check install clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "missing Debian packages; run:"; echo "  sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+build: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(BUILD) -j $(JOBS)
+
+run: build
+	./$(BUILD)/krserve info
+
+test: test-release test-asan
+
+test-release: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+test-asan: deps
+	cmake -S . -B $(ASAN) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKR_SANITIZE=ON
+	cmake --build $(ASAN) -j $(JOBS)
+	cd $(ASAN) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	  ctest --output-on-failure -j $(JOBS)
+
+# The suite under valgrind's memcheck, on the smaller grids (KR_TEST_QUICK).
+valgrind: deps
+	cmake -S . -B $(DEBUG) -DCMAKE_BUILD_TYPE=Debug
+	cmake --build $(DEBUG) -j $(JOBS)
+	cd $(DEBUG) && for t in tests/test_*; do \
+	  [ -x "$$t" ] || continue; echo "valgrind $$t"; \
+	  KR_TEST_QUICK=1 valgrind -q --leak-check=full --show-leak-kinds=definite,indirect,possible \
+	    --errors-for-leak-kinds=definite,indirect,possible --error-exitcode=3 ./$$t >/dev/null || exit 1; \
+	done; echo "valgrind: no errors, no leaks"
+
+lint: build
+	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
+	  --std=c11 --inline-suppr -I include --suppress=missingIncludeSystem \
+	  src tools tests
+	clang-tidy -p $(BUILD) --quiet --warnings-as-errors='*' \
+	  $(filter %.c,$(filter src/% tools/%,$(SOURCES)))
+
+format:
+	clang-format -i $(SOURCES)
+
+format-check:
+	clang-format --dry-run --Werror $(SOURCES)
+
+install: build
+	cmake --install $(BUILD) --prefix $(PREFIX)
+
+clean:
+	rm -rf $(BUILD) $(ASAN) $(DEBUG)
