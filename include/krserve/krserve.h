@@ -87,13 +87,29 @@ typedef enum kr_log_level {
     KR_LOG_OFF = 4
 } kr_log_level;
 
-/** Options for kr_context_create. Zero-initialise, then set what you need;
- *  kr_context_options_default() gives the documented defaults. */
+/** An embedder's log sink; msg has no trailing newline. */
+typedef void (*kr_log_fn)(void *user, kr_log_level level, const char *msg);
+
+/** "Not set here": the next level of the precedence decides. */
+#define KR_UNSET (-1)
+
+/** Options for kr_context_create. Start from kr_context_options_default()
+ *  (every switch KR_UNSET), then set what you need. Settings here override
+ *  the environment and the configuration file (accel.h). */
 typedef struct kr_context_options {
-    int32_t n_threads;      /* worker threads for CPU kernels; 0 = all online cores */
-    kr_log_level log_level; /* messages below this level are dropped; default WARN */
-    const char
-        *config_path; /* YAML configuration file; NULL = KRSERVE_CONFIG, then ./krserve.yaml */
+    int32_t n_threads;       /* worker threads for CPU kernels; 0 = all online cores */
+    kr_log_level log_level;  /* messages below this level are dropped; default WARN */
+    const char *config_path; /* YAML file; NULL = KRSERVE_CONFIG, then ./krserve.yaml */
+    kr_log_fn log_fn;        /* NULL = stderr */
+    void *log_user;
+    /* acceleration switches: 1, 0 or KR_UNSET */
+    int32_t acceleration;          /* acceleration.enabled */
+    int32_t fallback_to_reference; /* acceleration.fallback_to_reference */
+    int32_t prefer_reference;      /* acceleration.prefer_reference */
+    int32_t features[3];           /* acceleration.features, indexed by kr_feature */
+    const char *plugin_path;       /* acceleration.plugin_path (file or directory) */
+    const char *backends;          /* acceleration.backends.order, comma-separated */
+    const char *deny_backends;     /* acceleration.backends.deny, comma-separated */
 } kr_context_options;
 
 typedef struct kr_context kr_context;
@@ -182,5 +198,6 @@ KR_API const char *kr_build_info(void);
 
 #include "krserve/ops.h"
 #include "krserve/kv_cache.h"
+#include "krserve/accel.h"
 
 #endif /* KRSERVE_KRSERVE_H */

@@ -15,6 +15,8 @@ kr_context_options kr_context_options_default(void) {
     o.n_threads = 0;
     o.log_level = KR_LOG_WARN;
     o.config_path = NULL;
+    o.acceleration = o.fallback_to_reference = o.prefer_reference = KR_UNSET;
+    for (int f = 0; f < KR_FEATURE_COUNT_; f++) o.features[f] = KR_UNSET;
     return o;
 }
 
@@ -50,15 +52,28 @@ kr_status kr_context_create(const kr_context_options *opts, kr_context **out, ch
         return KR_ERR_OUT_OF_MEMORY;
     }
     ctx->opts = o;
-    ctx->opts.config_path = NULL; /* not owned; read at create time only */
+    /* strings are read at create time only and not kept */
+    ctx->opts.config_path = ctx->opts.plugin_path = ctx->opts.backends = ctx->opts.deny_backends = NULL;
     long online = sysconf(_SC_NPROCESSORS_ONLN);
     ctx->n_threads = o.n_threads > 0 ? o.n_threads : (int32_t)(online > 0 ? online : 1);
+    char msg[KR_ERRMSG_LEN] = "";
+    kr_status s = kr_config_load(&o, &ctx->cfg, msg, sizeof msg);
+    if (!s) s = kr_registry_init(ctx, msg, sizeof msg);
+    if (s) {
+        copy_err(err, err_len, msg);
+        kr_context_free(ctx);
+        return s;
+    }
     *out = ctx;
     copy_err(err, err_len, "");
     return KR_OK;
 }
 
-void kr_context_free(kr_context *ctx) { free(ctx); }
+void kr_context_free(kr_context *ctx) {
+    if (!ctx) return;
+    kr_registry_free(ctx);
+    free(ctx);
+}
 
 const char *kr_context_last_error(const kr_context *ctx) {
     return ctx ? ctx->last_error : "no context";
@@ -98,5 +113,8 @@ void kr_log(const kr_context *ctx, kr_log_level level, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "krserve %s: %s\n", level_name(level), msg);
+    if (ctx && ctx->opts.log_fn)
+        ctx->opts.log_fn(ctx->opts.log_user, level, msg);
+    else
+        fprintf(stderr, "krserve %s: %s\n", level_name(level), msg);
 }

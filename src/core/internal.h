@@ -19,12 +19,54 @@
 #endif
 
 #define KR_ERRMSG_LEN 512
+#define KR_MAX_BACKENDS 8
+#define KR_MAX_FAULTS 8
+
+struct kr_backend;
+
+/* One backend the registry found (or a plugin it refused: be == NULL). */
+typedef struct kr_backend_slot {
+    const struct kr_backend *be;
+    void *dl; /* dlopen handle of a plugin */
+    char name[32];
+    char version[32];
+    bool available;
+    bool denied;
+    int score;
+    char reason[512];
+    char path[512];
+    int64_t calls[KR_FEATURE_COUNT_];
+    bool warned[KR_FEATURE_COUNT_];
+} kr_backend_slot;
+
+/* KRSERVE_FAULT=op:backend[:n] — fail on purpose (n-th call, or every call). */
+typedef struct kr_fault {
+    char op[32];
+    char backend[32];
+    int64_t nth; /* 0 = every call */
+    int64_t seen;
+} kr_fault;
+
+#include "config.h"
 
 struct kr_context {
     kr_context_options opts;
     int32_t n_threads;
     char last_error[KR_ERRMSG_LEN];
+    kr_config cfg;
+    kr_backend_slot slots[KR_MAX_BACKENDS]; /* dispatch order, ref last */
+    int n_slots;
+    kr_feature_counters counters[KR_FEATURE_COUNT_];
+    bool sticky_off[KR_FEATURE_COUNT_]; /* switched off after a failure */
+    kr_fault faults[KR_MAX_FAULTS];
+    int n_faults;
+    char model[128]; /* current model for per-model switches, "" = none */
 };
+
+/* Registry (registry.c): loads and orders the backends of a new context,
+ * and releases them. */
+kr_status kr_registry_init(kr_context *ctx, char *err, size_t err_len);
+void kr_registry_free(kr_context *ctx);
 
 /* Records `status` and a formatted message on ctx (ctx may be NULL) and
  * returns `status`, so callers write `return kr_fail(ctx, KR_ERR_SHAPE, ...)`. */

@@ -7,10 +7,11 @@
 #ifndef KR_BACKENDS_REF_H
 #define KR_BACKENDS_REF_H
 
-#include "../../core/internal.h"
+#include "../../core/backend.h"
 
-kr_status kr_ref_attention(kr_context *ctx, const kr_attention_args *a);
-kr_status kr_ref_rope(kr_context *ctx, const kr_rope_args *a);
+/* Each kernel reports failure as a status and a message in err. */
+kr_status kr_ref_attention(const kr_attention_args *a, char *err, size_t err_len);
+kr_status kr_ref_rope(const kr_rope_args *a, char *err, size_t err_len);
 
 /* Rotates the first 2*half channels of one f32 row in place. */
 void kr_ref_rope_row(float *row, double pos, const double *inv_freq, int64_t half,
@@ -18,7 +19,7 @@ void kr_ref_rope_row(float *row, double pos, const double *inv_freq, int64_t hal
 
 /* Appends new K/V rows to a cache layer (RoPE on K, then conversion or
  * quantisation to the storage dtype). */
-kr_status kr_ref_kv_append(kr_context *ctx, const struct kr_kv_append_args *a);
+kr_status kr_ref_kv_append(const kr_kv_append_args *a, char *err, size_t err_len);
 
 /* Quantises one row of n floats to symmetric int8 with the two-level scale
  * of kv_cache.h (meta: KR_KV_INT8_META_BYTES(n) bytes); values are divided

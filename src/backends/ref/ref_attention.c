@@ -7,6 +7,7 @@
 #include "ref.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 /* Loads row (b, t, kv head h) of K (which = 0) or V (which = 1) as f32,
@@ -24,7 +25,7 @@ static void load_kv_row(const kr_attention_args *a, int which, int64_t b, int64_
     for (int64_t c = 0; c < a->D; c++) row[c] = kr_load(t4, kr_offset(t4, b, t, h, c));
 }
 
-kr_status kr_ref_attention(kr_context *ctx, const kr_attention_args *a) {
+kr_status kr_ref_attention(const kr_attention_args *a, char *err, size_t err_len) {
     const int64_t D = a->D, group = a->H / a->Hkv;
     float *scores = malloc(sizeof(float) * (size_t)(a->Skv + 1));
     float *qrow = malloc(sizeof(float) * (size_t)D);
@@ -35,8 +36,8 @@ kr_status kr_ref_attention(kr_context *ctx, const kr_attention_args *a) {
         free(qrow);
         free(kvrow);
         free(acc);
-        return kr_fail(ctx, KR_ERR_OUT_OF_MEMORY, "reference attention: out of memory (Skv %lld)",
-                       (long long)a->Skv);
+        snprintf(err, err_len, "reference attention: out of memory (Skv %lld)", (long long)a->Skv);
+        return KR_ERR_OUT_OF_MEMORY;
     }
     for (int64_t b = 0; b < a->B; b++) {
         const int64_t L = a->kv_lens ? a->kv_lens[b] : a->Skv;

@@ -11,6 +11,7 @@
 #include "ref.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -63,7 +64,7 @@ static void fix_channel_factors(const kr_kv_append_args *a, const kr_tensor *src
     }
 }
 
-kr_status kr_ref_kv_append(kr_context *ctx, const kr_kv_append_args *a) {
+kr_status kr_ref_kv_append(const kr_kv_append_args *a, char *err, size_t err_len) {
     kr_kv_cache *c = a->cache;
     const kr_kv_cache_options *o = &c->o;
     const int64_t D = o->head_dim, Hkv = o->n_kv_heads;
@@ -74,7 +75,8 @@ kr_status kr_ref_kv_append(kr_context *ctx, const kr_kv_append_args *a) {
     if (!row || !tmp) {
         free(row);
         free(tmp);
-        return kr_fail(ctx, KR_ERR_OUT_OF_MEMORY, "reference kv append: out of memory");
+        snprintf(err, err_len, "reference kv append: out of memory");
+        return KR_ERR_OUT_OF_MEMORY;
     }
     bool any_new = false;
     for (int64_t b = 0; b < o->batch; b++) any_new |= a->n_new[b] > 0;

@@ -9,6 +9,7 @@
 #include "ref.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 void kr_ref_rope_row(float *row, double pos, const double *inv_freq, int64_t half,
@@ -26,11 +27,14 @@ void kr_ref_rope_row(float *row, double pos, const double *inv_freq, int64_t hal
     }
 }
 
-kr_status kr_ref_rope(kr_context *ctx, const kr_rope_args *a) {
+kr_status kr_ref_rope(const kr_rope_args *a, char *err, size_t err_len) {
     const kr_tensor *x = a->x;
     const int64_t D = x->shape[3];
     float *row = calloc((size_t)D, sizeof(float));
-    if (!row) return kr_fail(ctx, KR_ERR_OUT_OF_MEMORY, "reference rope: out of memory");
+    if (!row) {
+        snprintf(err, err_len, "reference rope: out of memory");
+        return KR_ERR_OUT_OF_MEMORY;
+    }
     for (int64_t b = 0; b < x->shape[0]; b++)
         for (int64_t s = 0; s < x->shape[1]; s++)
             for (int64_t h = 0; h < x->shape[2]; h++) {

@@ -1,0 +1,47 @@
+/*
+ * backend.h — the backend interface: one function table per backend,
+ * carrying an API version. Built-in backends (ref, later cpu) and plugins
+ * (libkrserve-cuda.so) fill the same table; a plugin exports
+ *
+ *     const kr_backend *krserve_backend_entry(void);
+ *
+ * and the loader refuses it unless api_version == KR_BACKEND_API_VERSION.
+ * Kernels report failure as a status plus a message written into err.
+ */
+#ifndef KR_CORE_BACKEND_H
+#define KR_CORE_BACKEND_H
+
+#include "internal.h"
+
+#define KR_BACKEND_API_VERSION 1u
+#define KR_BACKEND_ENTRY_SYMBOL "krserve_backend_entry"
+
+typedef enum kr_op { KR_OP_ATTENTION = 0, KR_OP_ROPE = 1, KR_OP_KV_APPEND = 2, KR_OP_COUNT_ } kr_op;
+
+typedef struct kr_backend {
+    uint32_t api_version; /* KR_BACKEND_API_VERSION at build time */
+    const char *name;     /* "ref", "cpu", "cuda", ... */
+    const char *version;
+    kr_device_type device_type;
+    /* > 0: usable, higher is preferred; 0: not on this system, `reason` says why. */
+    int (*probe)(char *reason, size_t reason_len);
+    int (*device_count)(void);
+    kr_status (*device_info)(int device, kr_device_info *out);
+    /* Whether this backend can run this call (`args` is the op's args struct);
+     * false with a reason for cases it leaves to the next backend. */
+    bool (*supports)(kr_op op, const void *args, char *reason, size_t reason_len);
+    kr_status (*attention)(const kr_attention_args *a, char *err, size_t err_len);
+    kr_status (*rope)(const kr_rope_args *a, char *err, size_t err_len);
+    kr_status (*kv_append)(const kr_kv_append_args *a, char *err, size_t err_len);
+} kr_backend;
+
+typedef const kr_backend *(*kr_backend_entry_fn)(void);
+
+/* Runs op (whose feature is f, on device type dev) on the first backend
+ * that serves it, with counting and fallback (registry.c). */
+kr_status kr_dispatch(kr_context *ctx, kr_op op, kr_feature f, kr_device_type dev, const void *args);
+
+/* The built-in reference backend. */
+const kr_backend *kr_ref_backend(void);
+
+#endif /* KR_CORE_BACKEND_H */
