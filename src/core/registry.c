@@ -135,15 +135,18 @@ static void own_dir(char *out, size_t n) {
     }
 }
 
+/* A configured path (API > KRSERVE_PLUGIN_PATH > file) is the only place
+ * looked at; otherwise libkrserve's own directory, then the install libdir. */
 static void find_plugin(kr_context *ctx, kr_backend_slot *slot) {
-    char dirs[4][512];
+    char dirs[2][512];
     int n = 0;
-    if (ctx->cfg.plugin_path[0]) snprintf(dirs[n++], 512, "%s", ctx->cfg.plugin_path);
-    const char *env = getenv("KRSERVE_PLUGIN_PATH");
-    if (env && *env && strcmp(env, ctx->cfg.plugin_path)) snprintf(dirs[n++], 512, "%s", env);
-    own_dir(dirs[n], 512);
-    if (dirs[n][0]) n++;
-    snprintf(dirs[n++], 512, "%s", KR_INSTALL_LIBDIR);
+    if (ctx->cfg.plugin_path[0]) {
+        snprintf(dirs[n++], 512, "%s", ctx->cfg.plugin_path);
+    } else {
+        own_dir(dirs[n], 512);
+        if (dirs[n][0]) n++;
+        snprintf(dirs[n++], 512, "%s", KR_INSTALL_LIBDIR);
+    }
     char looked[400] = "";
     for (int i = 0; i < n; i++) {
         char file[600];

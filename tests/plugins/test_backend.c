@@ -1,0 +1,50 @@
+/*
+ * test_backend.c — a test-only acceleration plugin standing in for an
+ * accelerated backend until real ones land: it runs the reference kernels
+ * (compiled into it) under the name "test", so tests can prove plugin
+ * loading, API-version refusal, fault injection, fallback and counters
+ * without a GPU. TEST_API_VERSION builds a deliberately mismatched copy;
+ * TEST_NO_ENTRY builds a library that is not a plugin at all. It declines
+ * head_dim 80 attention, to show a supported-case refusal.
+ */
+#include "../../src/backends/ref/ref.h"
+
+#include <stdio.h>
+
+#ifndef TEST_API_VERSION
+#define TEST_API_VERSION KR_BACKEND_API_VERSION
+#endif
+
+static int test_probe(char *reason, size_t n) {
+    snprintf(reason, n, "test plugin running the reference kernels");
+    return 10;
+}
+
+static int test_device_count(void) { return 1; }
+
+static kr_status test_device_info(int device, kr_device_info *out) {
+    (void)device;
+    snprintf(out->name, sizeof out->name, "test device");
+    return KR_OK;
+}
+
+static bool test_supports(kr_op op, const void *args, char *reason, size_t n) {
+    if (op == KR_OP_ATTENTION && args && ((const kr_attention_args *)args)->D == 80) {
+        snprintf(reason, n, "head_dim 80 not supported by the test backend");
+        return false;
+    }
+    return true;
+}
+
+static const kr_backend test_table = {
+    TEST_API_VERSION, "test",           "0.0-test",    KR_DEVICE_CPU,   test_probe,      test_device_count,
+    test_device_info, test_supports,    kr_ref_attention, kr_ref_rope, kr_ref_kv_append,
+};
+
+#ifndef TEST_NO_ENTRY
+__attribute__((visibility("default"))) const kr_backend *krserve_backend_entry(void);
+const kr_backend *krserve_backend_entry(void) { return &test_table; }
+#else
+__attribute__((visibility("default"))) const kr_backend *not_the_entry(void);
+const kr_backend *not_the_entry(void) { return &test_table; }
+#endif
