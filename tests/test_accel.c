@@ -26,14 +26,17 @@ static void count_log(void *user, kr_log_level level, const char *msg) {
     }
 }
 
-static kr_context *make_ctx(const char *plugin, kr_context_options *o_in, kr_status want, char *err) {
+static kr_context *make_ctx(const char *plugin, kr_context_options *o_in, kr_status want,
+                            char *err) {
     kr_context_options o = o_in ? *o_in : kr_context_options_default();
     o.plugin_path = plugin;
     o.log_fn = count_log;
     kr_context *ctx = NULL;
     char buf[512];
     kr_status s = kr_context_create(&o, &ctx, err ? err : buf, 512);
-    if (s != want) fail_msg("context create: %s (want %s): %s", kr_status_name(s), kr_status_name(want), err ? err : buf);
+    if (s != want)
+        fail_msg("context create: %s (want %s): %s", kr_status_name(s), kr_status_name(want),
+                 err ? err : buf);
     return ctx;
 }
 
@@ -79,7 +82,8 @@ static void test_plugin_states(void **state) {
         printf("# plugin %s%s%s -> %s: %s\n", refusals[i].path, refusals[i].fault ? " with " : "",
                refusals[i].fault ? refusals[i].fault : "", bi.name, bi.reason);
         assert_false(bi.available);
-        if (!strstr(bi.reason, refusals[i].reason)) fail_msg("reason '%s' lacks '%s'", bi.reason, refusals[i].reason);
+        if (!strstr(bi.reason, refusals[i].reason))
+            fail_msg("reason '%s' lacks '%s'", bi.reason, refusals[i].reason);
         assert_false(kr_accel_enabled(ctx, &why));
         assert_string_equal(why, "no accelerated backend is available");
         /* calls still work, on ref */
@@ -108,8 +112,12 @@ static kr_status run_op(kr_context *ctx, int op, op_run *r) {
     kt_rng g = kt_rng_for(900);
     static float q[2 * 7 * 8 * 64], k[2 * 7 * 2 * 64], v[2 * 7 * 2 * 64];
     for (size_t i = 0; i < sizeof q / sizeof q[0]; i++) q[i] = (float)kt_normal(&g);
-    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) { k[i] = (float)kt_normal(&g); v[i] = (float)kt_normal(&g); }
-    kr_tensor tq = kr_tensor_bshd(q, KR_F32, 2, 7, 8, 64), tk = kr_tensor_bshd(k, KR_F32, 2, 7, 2, 64);
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
+        k[i] = (float)kt_normal(&g);
+        v[i] = (float)kt_normal(&g);
+    }
+    kr_tensor tq = kr_tensor_bshd(q, KR_F32, 2, 7, 8, 64),
+              tk = kr_tensor_bshd(k, KR_F32, 2, 7, 2, 64);
     kr_tensor tv = kr_tensor_bshd(v, KR_F32, 2, 7, 2, 64);
     if (op == 0) {
         kr_tensor to = kr_tensor_bshd(r->out, KR_F32, 2, 7, 8, 64);
@@ -140,7 +148,8 @@ static kr_status run_op(kr_context *ctx, int op, op_run *r) {
     return s;
 }
 
-static const kr_feature op_feature[3] = {KR_FEATURE_FLASH_ATTENTION, KR_FEATURE_FUSED_ROPE, KR_FEATURE_KV_QUANTIZATION};
+static const kr_feature op_feature[3] = {KR_FEATURE_FLASH_ATTENTION, KR_FEATURE_FUSED_ROPE,
+                                         KR_FEATURE_KV_QUANTIZATION};
 static const char *const op_fault[3] = {"attention:test", "rope:test", "kv_append:test"};
 
 static void test_fault_injection_every_op(void **state) {
@@ -167,7 +176,8 @@ static void test_fault_injection_every_op(void **state) {
             assert_memory_equal(got, want, sizeof *got); /* same reference kernels: bit-identical */
         }
         assert_int_equal(kr_accel_feature_info(ctx, op_feature[op], &fi), KR_OK);
-        printf("# %-15s fallback on: calls %lld accelerated %lld fallbacks %lld warnings %d; reason: %s\n",
+        printf("# %-15s fallback on: calls %lld accelerated %lld fallbacks %lld warnings %d; "
+               "reason: %s\n",
                op_fault[op], (long long)fi.counters.calls, (long long)fi.counters.accelerated,
                (long long)fi.counters.fallbacks, n_warnings, fi.counters.last_reason);
         assert_int_equal(fi.counters.calls, 2);
@@ -226,8 +236,10 @@ static void test_unsupported_case_and_switches(void **state) {
     /* head_dim 80: the test backend declines, ref serves, no fallback */
     float q[80], k[80], v[80], ob[80];
     for (int i = 0; i < 80; i++) q[i] = k[i] = v[i] = 0.1f * (float)i;
-    kr_tensor tq = kr_tensor_bshd(q, KR_F32, 1, 1, 1, 80), tk = kr_tensor_bshd(k, KR_F32, 1, 1, 1, 80);
-    kr_tensor tv = kr_tensor_bshd(v, KR_F32, 1, 1, 1, 80), to = kr_tensor_bshd(ob, KR_F32, 1, 1, 1, 80);
+    kr_tensor tq = kr_tensor_bshd(q, KR_F32, 1, 1, 1, 80),
+              tk = kr_tensor_bshd(k, KR_F32, 1, 1, 1, 80);
+    kr_tensor tv = kr_tensor_bshd(v, KR_F32, 1, 1, 1, 80),
+              to = kr_tensor_bshd(ob, KR_F32, 1, 1, 1, 80);
     assert_int_equal(kr_attention(ctx, &tq, &tk, &tv, &to, NULL), KR_OK);
     kr_feature_info fi;
     assert_int_equal(kr_accel_feature_info(ctx, KR_FEATURE_FLASH_ATTENTION, &fi), KR_OK);
@@ -237,7 +249,8 @@ static void test_unsupported_case_and_switches(void **state) {
 
     /* per-model switch: model A without flash attention, model B with */
     op_run *r = calloc(1, sizeof *r);
-    assert_int_equal(kr_accel_set_model_feature(ctx, "model-a", KR_FEATURE_FLASH_ATTENTION, 0), KR_OK);
+    assert_int_equal(kr_accel_set_model_feature(ctx, "model-a", KR_FEATURE_FLASH_ATTENTION, 0),
+                     KR_OK);
     assert_int_equal(kr_context_set_model(ctx, "model-a"), KR_OK);
     assert_int_equal(run_op(ctx, 0, r), KR_OK);
     assert_int_equal(kr_accel_feature_info(ctx, KR_FEATURE_FLASH_ATTENTION, &fi), KR_OK);
@@ -259,7 +272,8 @@ static void test_unsupported_case_and_switches(void **state) {
     assert_int_equal(fi.counters.accelerated, 1);
     assert_string_equal(fi.reason, "disabled by configuration");
     assert_int_equal(kr_accel_set_feature(ctx, (kr_feature)7, 0), KR_ERR_INVALID_ARGUMENT);
-    assert_int_equal(kr_accel_set_model_feature(ctx, "", KR_FEATURE_FUSED_ROPE, 0), KR_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kr_accel_set_model_feature(ctx, "", KR_FEATURE_FUSED_ROPE, 0),
+                     KR_ERR_INVALID_ARGUMENT);
     kr_context_free(ctx);
 
     /* prefer_reference and enabled = false keep everything on ref */
@@ -288,23 +302,23 @@ static const char *write_file(const char *name, const char *text) {
 
 static void test_config_file(void **state) {
     (void)state;
-    const char *good = write_file("good.yaml",
-                                  "# every key\n"
-                                  "acceleration:\n"
-                                  "  enabled: true\n"
-                                  "  fallback_to_reference: false\n"
-                                  "  prefer_reference: no\n"
-                                  "  fallback_log_level: error\n"
-                                  "  plugin_path: " PLUGIN("test") "\n"
-                                  "  features:\n"
-                                  "    flash_attention: false\n"
-                                  "    fused_rope: true\n"
-                                  "    kv_quantization: on\n"
-                                  "  backends:\n"
-                                  "    order: [test, ref]\n"
-                                  "    deny: [cpu]\n"
-                                  "  models:\n"
-                                  "    model-a: {fused_rope: false}\n");
+    const char *good = write_file(
+        "good.yaml", "# every key\n"
+                     "acceleration:\n"
+                     "  enabled: true\n"
+                     "  fallback_to_reference: false\n"
+                     "  prefer_reference: no\n"
+                     "  fallback_log_level: error\n"
+                     "  plugin_path: " PLUGIN("test") "\n"
+                                                      "  features:\n"
+                                                      "    flash_attention: false\n"
+                                                      "    fused_rope: true\n"
+                                                      "    kv_quantization: on\n"
+                                                      "  backends:\n"
+                                                      "    order: [test, ref]\n"
+                                                      "    deny: [cpu]\n"
+                                                      "  models:\n"
+                                                      "    model-a: {fused_rope: false}\n");
     kr_context_options o = kr_context_options_default();
     o.config_path = good;
     kr_context *ctx = NULL;
@@ -348,14 +362,20 @@ static void test_config_file(void **state) {
     const struct {
         const char *name, *text, *want;
     } bad[] = {
-        {"unknown.yaml", "acceleration:\n  enabled: true\n  flash: true\n", "unknown.yaml:3: acceleration.flash: unknown key"},
-        {"type.yaml", "acceleration:\n  enabled: perhaps\n", "type.yaml:2: acceleration.enabled: expected true or false"},
+        {"unknown.yaml", "acceleration:\n  enabled: true\n  flash: true\n",
+         "unknown.yaml:3: acceleration.flash: unknown key"},
+        {"type.yaml", "acceleration:\n  enabled: perhaps\n",
+         "type.yaml:2: acceleration.enabled: expected true or false"},
         {"syntax.yaml", "acceleration:\n  enabled: [true\n  x: 1\n", "syntax.yaml:"},
-        {"feature.yaml", "acceleration:\n  features:\n    flash_atention: true\n", "feature.yaml:3: acceleration.features.flash_atention: unknown key"},
-        {"level.yaml", "acceleration:\n  fallback_log_level: loud\n", "level.yaml:2: acceleration.fallback_log_level"},
-        {"order.yaml", "acceleration:\n  backends:\n    order: [ref, test]\n", "order.yaml:3: acceleration.backends.order"},
+        {"feature.yaml", "acceleration:\n  features:\n    flash_atention: true\n",
+         "feature.yaml:3: acceleration.features.flash_atention: unknown key"},
+        {"level.yaml", "acceleration:\n  fallback_log_level: loud\n",
+         "level.yaml:2: acceleration.fallback_log_level"},
+        {"order.yaml", "acceleration:\n  backends:\n    order: [ref, test]\n",
+         "order.yaml:3: acceleration.backends.order"},
         {"deny.yaml", "acceleration:\n  backends: {deny: [ref]}\n", "cannot be denied"},
-        {"top.yaml", "accelerashun:\n  enabled: true\n", "top.yaml:1: accelerashun: unknown top-level key"},
+        {"top.yaml", "accelerashun:\n  enabled: true\n",
+         "top.yaml:1: accelerashun: unknown top-level key"},
         {"list.yaml", "- a\n- b\n", "top.yaml"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {

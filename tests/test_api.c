@@ -29,7 +29,8 @@ typedef struct attn_setup {
 static void attn_init(attn_setup *s) {
     kt_rng r = kt_rng_for(7);
     for (size_t i = 0; i < sizeof s->q / sizeof s->q[0]; i++) s->q[i] = (float)kt_normal(&r);
-    for (size_t i = 0; i < sizeof s->k / sizeof s->k[0]; i++) s->k[i] = s->v[i] = (float)kt_normal(&r);
+    for (size_t i = 0; i < sizeof s->k / sizeof s->k[0]; i++)
+        s->k[i] = s->v[i] = (float)kt_normal(&r);
     for (size_t i = 0; i < sizeof s->mask / sizeof s->mask[0]; i++) s->mask[i] = 0.0f;
     s->tq = kr_tensor_bshd(s->q, KR_F32, B_, S_, H_, D_);
     s->tk = kr_tensor_bshd(s->k, KR_F32, B_, S_, HKV_, D_);
@@ -65,15 +66,27 @@ typedef struct bad_case {
 static void m_q_null(attn_setup *s) { s->tq.data = NULL; }
 static void m_k_shape(attn_setup *s) { s->tk.shape[1] = 4; }
 static void m_out_shape(attn_setup *s) { s->tout.shape[2] = 2; }
-static void m_head_dim(attn_setup *s) { s->tq.shape[3] = 32; s->tout.shape[3] = 32; }
-static void m_gqa(attn_setup *s) { s->tq.shape[2] = 3; s->tout.shape[2] = 3; }
-static void m_dtype_mix(attn_setup *s) { s->tk.dtype = KR_F16; s->tv.dtype = KR_F16; }
+static void m_head_dim(attn_setup *s) {
+    s->tq.shape[3] = 32;
+    s->tout.shape[3] = 32;
+}
+static void m_gqa(attn_setup *s) {
+    s->tq.shape[2] = 3;
+    s->tout.shape[2] = 3;
+}
+static void m_dtype_mix(attn_setup *s) {
+    s->tk.dtype = KR_F16;
+    s->tv.dtype = KR_F16;
+}
 static void m_dtype_i8(attn_setup *s) { s->tq.dtype = KR_I8; }
 static void m_dtype_bad(attn_setup *s) { s->tv.dtype = (kr_dtype)42; }
 static void m_device(attn_setup *s) { s->tq.device.type = KR_DEVICE_CUDA; }
 static void m_zero_extent(attn_setup *s) { s->tq.shape[1] = 0; }
 static void m_neg_stride(attn_setup *s) { s->tk.stride[1] = -1; }
-static void m_batch(attn_setup *s) { s->tk.shape[0] = 1; s->tv.shape[0] = 1; }
+static void m_batch(attn_setup *s) {
+    s->tk.shape[0] = 1;
+    s->tv.shape[0] = 1;
+}
 static void m_mask_shape(attn_setup *s) { s->tmask.shape[2] = 3; }
 static void m_mask_dtype(attn_setup *s) { s->tmask.dtype = KR_F16; }
 static void m_lse_shape(attn_setup *s) { s->tlse.shape[1] = 1; }
@@ -123,9 +136,12 @@ static void test_attention_bad_input(void **state) {
         printf("# %-20s -> %s: %s\n", cases[i].what, kr_status_name(st), msg);
     }
     attn_init(s);
-    assert_int_equal(kr_attention(NULL, &s->tq, &s->tk, &s->tv, &s->tout, &s->p), KR_ERR_INVALID_ARGUMENT);
-    assert_int_equal(kr_attention(ctx, NULL, &s->tk, &s->tv, &s->tout, &s->p), KR_ERR_INVALID_ARGUMENT);
-    assert_int_equal(kr_attention(ctx, &s->tq, &s->tk, &s->tv, NULL, &s->p), KR_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kr_attention(NULL, &s->tq, &s->tk, &s->tv, &s->tout, &s->p),
+                     KR_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kr_attention(ctx, NULL, &s->tk, &s->tv, &s->tout, &s->p),
+                     KR_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kr_attention(ctx, &s->tq, &s->tk, &s->tv, NULL, &s->p),
+                     KR_ERR_INVALID_ARGUMENT);
     assert_true(untouched(s));
     free(s);
 }
@@ -149,14 +165,32 @@ static void test_rope_bad_input(void **state) {
         cases[i].pos = pos;
         cases[i].want = KR_ERR_INVALID_ARGUMENT;
     }
-    cases[0].what = "positions NULL"; cases[0].pos = NULL; cases[0].msg_has = "positions";
-    cases[1].what = "negative position"; cases[1].pos = neg; cases[1].msg_has = "positions[1]";
-    cases[2].what = "odd rotary_dim"; cases[2].p.rotary_dim = 33; cases[2].msg_has = "rotary_dim";
-    cases[3].what = "rotary_dim > D"; cases[3].p.rotary_dim = 66; cases[3].msg_has = "rotary_dim";
-    cases[4].what = "theta <= 1"; cases[4].p.theta = 0.5; cases[4].msg_has = "theta";
-    cases[5].what = "bad scaling"; cases[5].p.scaling = (kr_rope_scaling_type)9; cases[5].msg_has = "scaling";
-    cases[6].what = "llama3 no params"; cases[6].p.scaling = KR_ROPE_SCALING_LLAMA3; cases[6].p.factor = 8; cases[6].msg_has = "llama3";
-    cases[7].what = "yarn no original"; cases[7].p.scaling = KR_ROPE_SCALING_YARN; cases[7].p.factor = 4; cases[7].msg_has = "yarn";
+    cases[0].what = "positions NULL";
+    cases[0].pos = NULL;
+    cases[0].msg_has = "positions";
+    cases[1].what = "negative position";
+    cases[1].pos = neg;
+    cases[1].msg_has = "positions[1]";
+    cases[2].what = "odd rotary_dim";
+    cases[2].p.rotary_dim = 33;
+    cases[2].msg_has = "rotary_dim";
+    cases[3].what = "rotary_dim > D";
+    cases[3].p.rotary_dim = 66;
+    cases[3].msg_has = "rotary_dim";
+    cases[4].what = "theta <= 1";
+    cases[4].p.theta = 0.5;
+    cases[4].msg_has = "theta";
+    cases[5].what = "bad scaling";
+    cases[5].p.scaling = (kr_rope_scaling_type)9;
+    cases[5].msg_has = "scaling";
+    cases[6].what = "llama3 no params";
+    cases[6].p.scaling = KR_ROPE_SCALING_LLAMA3;
+    cases[6].p.factor = 8;
+    cases[6].msg_has = "llama3";
+    cases[7].what = "yarn no original";
+    cases[7].p.scaling = KR_ROPE_SCALING_YARN;
+    cases[7].p.factor = 4;
+    cases[7].msg_has = "yarn";
     for (int i = 0; i < 8; i++) {
         kr_status st = kr_rope(ctx, &t, cases[i].pos, &cases[i].p);
         const char *msg = kr_context_last_error(ctx);
@@ -204,11 +238,16 @@ static void test_kv_cache_bad_input(void **state) {
     /* append: 6 tokens fit, 3 more do not */
     float k[2 * 6 * 2 * 64], v[2 * 6 * 2 * 64];
     kt_rng r = kt_rng_for(8);
-    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) { k[i] = (float)kt_normal(&r); v[i] = (float)kt_normal(&r); }
-    kr_tensor tk = kr_tensor_bshd(k, KR_F32, 2, 6, 2, 64), tv = kr_tensor_bshd(v, KR_F32, 2, 6, 2, 64);
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
+        k[i] = (float)kt_normal(&r);
+        v[i] = (float)kt_normal(&r);
+    }
+    kr_tensor tk = kr_tensor_bshd(k, KR_F32, 2, 6, 2, 64),
+              tv = kr_tensor_bshd(v, KR_F32, 2, 6, 2, 64);
     assert_int_equal(kr_kv_cache_append(ctx, c, 0, &tk, &tv, NULL, NULL, NULL), KR_OK);
     float before[6 * 2 * 64], bv[6 * 2 * 64], after[6 * 2 * 64], av[6 * 2 * 64];
-    kr_tensor rb = kr_tensor_bshd(before, KR_F32, 1, 6, 2, 64), rbv = kr_tensor_bshd(bv, KR_F32, 1, 6, 2, 64);
+    kr_tensor rb = kr_tensor_bshd(before, KR_F32, 1, 6, 2, 64),
+              rbv = kr_tensor_bshd(bv, KR_F32, 1, 6, 2, 64);
     assert_int_equal(kr_kv_cache_read(ctx, c, 0, 1, 0, 6, &rb, &rbv), KR_OK);
     const size_t used = kr_kv_cache_bytes_used(c);
 
@@ -218,14 +257,17 @@ static void test_kv_cache_bad_input(void **state) {
     printf("# append past capacity -> %s\n", kr_context_last_error(ctx));
     assert_non_null(strstr(kr_context_last_error(ctx), "capacity 8"));
     int64_t n_new[2] = {1, 7};
-    assert_int_equal(kr_kv_cache_append(ctx, c, 0, &tk, &tv, n_new, NULL, NULL), KR_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kr_kv_cache_append(ctx, c, 0, &tk, &tv, n_new, NULL, NULL),
+                     KR_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(kr_context_last_error(ctx), "n_new[1]"));
     int64_t pos[12] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, -3, 11};
     kr_rope_params rope = kr_rope_params_default();
     t3k.shape[1] = t3v.shape[1] = 2;
-    assert_int_equal(kr_kv_cache_append(ctx, c, 0, &t3k, &t3v, NULL, pos + 8, &rope), KR_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kr_kv_cache_append(ctx, c, 0, &t3k, &t3v, NULL, pos + 8, &rope),
+                     KR_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(kr_context_last_error(ctx), "negative"));
-    assert_int_equal(kr_kv_cache_append(ctx, c, 2, &tk, &tv, NULL, NULL, NULL), KR_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kr_kv_cache_append(ctx, c, 2, &tk, &tv, NULL, NULL, NULL),
+                     KR_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(kr_context_last_error(ctx), "layer 2"));
     kr_tensor wrong = tk;
     wrong.shape[2] = 1;
@@ -235,28 +277,36 @@ static void test_kv_cache_bad_input(void **state) {
     assert_int_equal(kr_kv_cache_append(ctx, c, 0, &tk, &wrong, NULL, NULL, NULL), KR_ERR_DTYPE);
     kr_rope_params badrope = rope;
     badrope.rotary_dim = 3;
-    assert_int_equal(kr_kv_cache_append(ctx, c, 0, &t3k, &t3v, NULL, NULL, &badrope), KR_ERR_INVALID_ARGUMENT);
+    assert_int_equal(kr_kv_cache_append(ctx, c, 0, &t3k, &t3v, NULL, NULL, &badrope),
+                     KR_ERR_INVALID_ARGUMENT);
     /* nothing was written by any failed append */
     assert_int_equal(kr_kv_cache_seq_len(c, 0, 0), 6);
     assert_int_equal(kr_kv_cache_seq_len(c, 0, 1), 6);
     assert_int_equal(kr_kv_cache_bytes_used(c), used);
-    kr_tensor ra = kr_tensor_bshd(after, KR_F32, 1, 6, 2, 64), rav = kr_tensor_bshd(av, KR_F32, 1, 6, 2, 64);
+    kr_tensor ra = kr_tensor_bshd(after, KR_F32, 1, 6, 2, 64),
+              rav = kr_tensor_bshd(av, KR_F32, 1, 6, 2, 64);
     assert_int_equal(kr_kv_cache_read(ctx, c, 0, 1, 0, 6, &ra, &rav), KR_OK);
     assert_memory_equal(before, after, sizeof before);
     assert_memory_equal(bv, av, sizeof bv);
 
     /* attention over the cache */
     float q[2 * 1 * 4 * 64], out[2 * 1 * 4 * 64];
-    for (size_t i = 0; i < sizeof q / sizeof q[0]; i++) { q[i] = 1.0f; out[i] = 777.0f; }
-    kr_tensor tq = kr_tensor_bshd(q, KR_F32, 2, 1, 4, 64), to = kr_tensor_bshd(out, KR_F32, 2, 1, 4, 64);
+    for (size_t i = 0; i < sizeof q / sizeof q[0]; i++) {
+        q[i] = 1.0f;
+        out[i] = 777.0f;
+    }
+    kr_tensor tq = kr_tensor_bshd(q, KR_F32, 2, 1, 4, 64),
+              to = kr_tensor_bshd(out, KR_F32, 2, 1, 4, 64);
     kr_attention_params p = kr_attention_params_default();
     int64_t lens[2] = {1, 1};
     p.kv_lens = lens;
     assert_int_equal(kr_kv_cache_attention(ctx, c, 0, &tq, &to, &p), KR_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(kr_context_last_error(ctx), "kv_lens"));
-    kr_tensor tq3 = kr_tensor_bshd(q, KR_F32, 2, 1, 3, 64), to3 = kr_tensor_bshd(out, KR_F32, 2, 1, 3, 64);
+    kr_tensor tq3 = kr_tensor_bshd(q, KR_F32, 2, 1, 3, 64),
+              to3 = kr_tensor_bshd(out, KR_F32, 2, 1, 3, 64);
     assert_int_equal(kr_kv_cache_attention(ctx, c, 0, &tq3, &to3, NULL), KR_ERR_SHAPE);
-    kr_tensor tq1 = kr_tensor_bshd(q, KR_F32, 1, 1, 4, 64), to1 = kr_tensor_bshd(out, KR_F32, 1, 1, 4, 64);
+    kr_tensor tq1 = kr_tensor_bshd(q, KR_F32, 1, 1, 4, 64),
+              to1 = kr_tensor_bshd(out, KR_F32, 1, 1, 4, 64);
     assert_int_equal(kr_kv_cache_attention(ctx, c, 0, &tq1, &to1, NULL), KR_ERR_SHAPE);
     assert_non_null(strstr(kr_context_last_error(ctx), "batch"));
     assert_int_equal(kr_kv_cache_attention(ctx, c, -1, &tq, &to, NULL), KR_ERR_INVALID_ARGUMENT);
@@ -328,10 +378,10 @@ static void test_half_conversions(void **state) {
     assert_int_equal(kr_f32_to_f16(1.0f), 0x3c00);
     assert_int_equal(kr_f32_to_f16(-2.0f), 0xc000);
     assert_int_equal(kr_f32_to_f16(65504.0f), 0x7bff);
-    assert_int_equal(kr_f32_to_f16(65520.0f), 0x7c00);      /* rounds to inf */
+    assert_int_equal(kr_f32_to_f16(65520.0f), 0x7c00);          /* rounds to inf */
     assert_int_equal(kr_f32_to_f16(1.0f + 0x1.0p-11f), 0x3c00); /* tie to even */
     assert_int_equal(kr_f32_to_f16(1.0f + 0x1.8p-11f), 0x3c01);
-    assert_int_equal(kr_f32_to_f16(0x1.0p-24f), 0x0001);    /* smallest subnormal */
+    assert_int_equal(kr_f32_to_f16(0x1.0p-24f), 0x0001); /* smallest subnormal */
     assert_int_equal(kr_f32_to_f16(0x1.0p-26f), 0x0000);
     assert_int_equal(kr_f32_to_f16(INFINITY), 0x7c00);
     assert_true(isnan(kr_f16_to_f32(kr_f32_to_f16(NAN))));
@@ -364,8 +414,8 @@ static int teardown(void **state) {
 int main(void) {
     kt_base_seed();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_attention_bad_input), cmocka_unit_test(test_rope_bad_input),
-        cmocka_unit_test(test_kv_cache_bad_input),  cmocka_unit_test(test_context),
+        cmocka_unit_test(test_attention_bad_input),   cmocka_unit_test(test_rope_bad_input),
+        cmocka_unit_test(test_kv_cache_bad_input),    cmocka_unit_test(test_context),
         cmocka_unit_test(test_status_version_dtypes), cmocka_unit_test(test_half_conversions),
     };
     return cmocka_run_group_tests_name("api", tests, setup, teardown);

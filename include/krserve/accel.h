@@ -35,18 +35,18 @@ KR_API const char *kr_feature_name(kr_feature f);
 
 /** Counters of one feature in one context since it was created. */
 typedef struct kr_feature_counters {
-    int64_t calls;       /* op calls that used this feature's op */
-    int64_t accelerated; /* of which a backend other than ref did the work */
-    int64_t fallbacks;   /* accelerated attempts that failed and were re-run */
+    int64_t calls;         /* op calls that used this feature's op */
+    int64_t accelerated;   /* of which a backend other than ref did the work */
+    int64_t fallbacks;     /* accelerated attempts that failed and were re-run */
     char last_reason[256]; /* why the last fallback (or refusal) happened; "" if none */
 } kr_feature_counters;
 
 /** What one feature does in this context. */
 typedef struct kr_feature_info {
-    int32_t enabled;       /* switched on by configuration (globally) */
-    int32_t available;     /* some accelerated backend can serve it now */
-    char backend[32];      /* the backend that serves it now ("ref" if none) */
-    char reason[256];      /* why it is not accelerated, when it is not */
+    int32_t enabled;   /* switched on by configuration (globally) */
+    int32_t available; /* some accelerated backend can serve it now */
+    char backend[32];  /* the backend that serves it now ("ref" if none) */
+    char reason[256];  /* why it is not accelerated, when it is not */
     kr_feature_counters counters;
 } kr_feature_info;
 
@@ -74,8 +74,8 @@ typedef struct kr_backend_info {
     int32_t score;
     kr_device_type device_type;
     int32_t n_devices;
-    char reason[512]; /* why it is unavailable, or what it is */
-    char path[512];   /* where a plugin was loaded from ("" if built in) */
+    char reason[512];                 /* why it is unavailable, or what it is */
+    char path[512];                   /* where a plugin was loaded from ("" if built in) */
     int64_t calls[KR_FEATURE_COUNT_]; /* calls this backend served, per feature */
 } kr_backend_info;
 

@@ -39,7 +39,8 @@ typedef const kr_backend *(*kr_backend_entry_fn)(void);
 
 /* Runs op (whose feature is f, on device type dev) on the first backend
  * that serves it, with counting and fallback (registry.c). */
-kr_status kr_dispatch(kr_context *ctx, kr_op op, kr_feature f, kr_device_type dev, const void *args);
+kr_status kr_dispatch(kr_context *ctx, kr_op op, kr_feature f, kr_device_type dev,
+                      const void *args);
 
 /* The built-in reference backend. */
 const kr_backend *kr_ref_backend(void);

@@ -29,8 +29,14 @@ static bool parse_bool(const char *s, int32_t *out) {
     static const char *const yes[] = {"true", "yes", "on", "1"};
     static const char *const no[] = {"false", "no", "off", "0"};
     for (int i = 0; i < 4; i++) {
-        if (!strcasecmp(s, yes[i])) { *out = 1; return true; }
-        if (!strcasecmp(s, no[i])) { *out = 0; return true; }
+        if (!strcasecmp(s, yes[i])) {
+            *out = 1;
+            return true;
+        }
+        if (!strcasecmp(s, no[i])) {
+            *out = 0;
+            return true;
+        }
     }
     return false;
 }
@@ -38,8 +44,14 @@ static bool parse_bool(const char *s, int32_t *out) {
 static bool parse_level(const char *s, kr_log_level *out) {
     static const char *const names[] = {"debug", "info", "warn", "error", "off"};
     for (int i = 0; i < 5; i++)
-        if (!strcasecmp(s, names[i])) { *out = (kr_log_level)i; return true; }
-    if (!strcasecmp(s, "warning")) { *out = KR_LOG_WARN; return true; }
+        if (!strcasecmp(s, names[i])) {
+            *out = (kr_log_level)i;
+            return true;
+        }
+    if (!strcasecmp(s, "warning")) {
+        *out = KR_LOG_WARN;
+        return true;
+    }
     return false;
 }
 
@@ -81,8 +93,8 @@ static kr_status check_names(char names[][32], int n, bool is_deny, const char *
                 return KR_ERR_CONFIG;
             }
         if (!strcmp(names[i], "ref") && (is_deny || i != n - 1)) {
-            snprintf(err, err_len, "%s: 'ref' is the fallback: it cannot be denied and must be last",
-                     what);
+            snprintf(err, err_len,
+                     "%s: 'ref' is the fallback: it cannot be denied and must be last", what);
             return KR_ERR_CONFIG;
         }
     }
@@ -132,13 +144,20 @@ static kr_status ybool(const yctx *y, const yaml_node_t *n, const char *key, int
 
 static kr_status yfeatures(const yctx *y, const yaml_node_t *map, const char *key, int32_t *feat) {
     if (map->type != YAML_MAPPING_NODE)
-        return yfail(y, map, key, "expected a mapping of flash_attention, fused_rope, kv_quantization");
-    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
-        yaml_node_t *k = yaml_document_get_node(y->doc, p->key), *v = yaml_document_get_node(y->doc, p->value);
+        return yfail(y, map, key,
+                     "expected a mapping of flash_attention, fused_rope, kv_quantization");
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
+        yaml_node_t *k = yaml_document_get_node(y->doc, p->key),
+                    *v = yaml_document_get_node(y->doc, p->value);
         char full[256];
-        snprintf(full, sizeof full, "%s.%s", key, k->type == YAML_SCALAR_NODE ? (const char *)k->data.scalar.value : "?");
-        const int f = k->type == YAML_SCALAR_NODE ? feature_index((const char *)k->data.scalar.value) : -1;
-        if (f < 0) return yfail(y, k, full, "unknown key (expected flash_attention, fused_rope or kv_quantization)");
+        snprintf(full, sizeof full, "%s.%s", key,
+                 k->type == YAML_SCALAR_NODE ? (const char *)k->data.scalar.value : "?");
+        const int f =
+            k->type == YAML_SCALAR_NODE ? feature_index((const char *)k->data.scalar.value) : -1;
+        if (f < 0)
+            return yfail(y, k, full,
+                         "unknown key (expected flash_attention, fused_rope or kv_quantization)");
         kr_status s = ybool(y, v, full, &feat[f]);
         if (s) return s;
     }
@@ -147,11 +166,14 @@ static kr_status yfeatures(const yctx *y, const yaml_node_t *map, const char *ke
 
 static kr_status ynames(const yctx *y, const yaml_node_t *seq, const char *key, char names[][32],
                         int *n) {
-    if (seq->type != YAML_SEQUENCE_NODE) return yfail(y, seq, key, "expected a list of backend names");
+    if (seq->type != YAML_SEQUENCE_NODE)
+        return yfail(y, seq, key, "expected a list of backend names");
     *n = 0;
-    for (yaml_node_item_t *it = seq->data.sequence.items.start; it < seq->data.sequence.items.top; it++) {
+    for (yaml_node_item_t *it = seq->data.sequence.items.start; it < seq->data.sequence.items.top;
+         it++) {
         yaml_node_t *v = yaml_document_get_node(y->doc, *it);
-        if (v->type != YAML_SCALAR_NODE || *n == KR_MAX_NAMES || strlen((const char *)v->data.scalar.value) >= 32)
+        if (v->type != YAML_SCALAR_NODE || *n == KR_MAX_NAMES ||
+            strlen((const char *)v->data.scalar.value) >= 32)
             return yfail(y, v, key, "expected at most 8 short backend names");
         snprintf(names[(*n)++], 32, "%s", (const char *)v->data.scalar.value);
     }
@@ -160,35 +182,50 @@ static kr_status ynames(const yctx *y, const yaml_node_t *seq, const char *key, 
 
 static kr_status yacceleration(const yctx *y, const yaml_node_t *map, kr_config *c) {
     if (map->type != YAML_MAPPING_NODE) return yfail(y, map, "acceleration", "expected a mapping");
-    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
-        yaml_node_t *k = yaml_document_get_node(y->doc, p->key), *v = yaml_document_get_node(y->doc, p->value);
-        if (k->type != YAML_SCALAR_NODE) return yfail(y, k, "acceleration", "keys must be plain names");
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
+        yaml_node_t *k = yaml_document_get_node(y->doc, p->key),
+                    *v = yaml_document_get_node(y->doc, p->value);
+        if (k->type != YAML_SCALAR_NODE)
+            return yfail(y, k, "acceleration", "keys must be plain names");
         const char *name = (const char *)k->data.scalar.value;
         char key[256];
         snprintf(key, sizeof key, "acceleration.%s", name);
         kr_status s = KR_OK;
-        if (!strcmp(name, "enabled")) s = ybool(y, v, key, &c->enabled);
-        else if (!strcmp(name, "fallback_to_reference")) s = ybool(y, v, key, &c->fallback_to_reference);
-        else if (!strcmp(name, "prefer_reference")) s = ybool(y, v, key, &c->prefer_reference);
+        if (!strcmp(name, "enabled"))
+            s = ybool(y, v, key, &c->enabled);
+        else if (!strcmp(name, "fallback_to_reference"))
+            s = ybool(y, v, key, &c->fallback_to_reference);
+        else if (!strcmp(name, "prefer_reference"))
+            s = ybool(y, v, key, &c->prefer_reference);
         else if (!strcmp(name, "fallback_log_level")) {
-            if (v->type != YAML_SCALAR_NODE || !parse_level((const char *)v->data.scalar.value, &c->fallback_log_level))
+            if (v->type != YAML_SCALAR_NODE ||
+                !parse_level((const char *)v->data.scalar.value, &c->fallback_log_level))
                 s = yfail(y, v, key, "expected debug, info, warn, error or off");
         } else if (!strcmp(name, "plugin_path")) {
-            if (v->type != YAML_SCALAR_NODE) s = yfail(y, v, key, "expected a path");
-            else snprintf(c->plugin_path, sizeof c->plugin_path, "%s", (const char *)v->data.scalar.value);
+            if (v->type != YAML_SCALAR_NODE)
+                s = yfail(y, v, key, "expected a path");
+            else
+                snprintf(c->plugin_path, sizeof c->plugin_path, "%s",
+                         (const char *)v->data.scalar.value);
         } else if (!strcmp(name, "features")) {
             s = yfeatures(y, v, key, c->features);
         } else if (!strcmp(name, "backends")) {
-            if (v->type != YAML_MAPPING_NODE) return yfail(y, v, key, "expected a mapping with order and/or deny");
-            for (yaml_node_pair_t *q = v->data.mapping.pairs.start; !s && q < v->data.mapping.pairs.top; q++) {
-                yaml_node_t *bk = yaml_document_get_node(y->doc, q->key), *bv = yaml_document_get_node(y->doc, q->value);
-                const char *bn = bk->type == YAML_SCALAR_NODE ? (const char *)bk->data.scalar.value : "?";
+            if (v->type != YAML_MAPPING_NODE)
+                return yfail(y, v, key, "expected a mapping with order and/or deny");
+            for (yaml_node_pair_t *q = v->data.mapping.pairs.start;
+                 !s && q < v->data.mapping.pairs.top; q++) {
+                yaml_node_t *bk = yaml_document_get_node(y->doc, q->key),
+                            *bv = yaml_document_get_node(y->doc, q->value);
+                const char *bn =
+                    bk->type == YAML_SCALAR_NODE ? (const char *)bk->data.scalar.value : "?";
                 char bkey[300];
                 snprintf(bkey, sizeof bkey, "%s.%s", key, bn);
                 const bool deny = !strcmp(bn, "deny");
                 if (deny || !strcmp(bn, "order")) {
                     char why[256];
-                    s = ynames(y, bv, bkey, deny ? c->deny : c->order, deny ? &c->n_deny : &c->n_order);
+                    s = ynames(y, bv, bkey, deny ? c->deny : c->order,
+                               deny ? &c->n_deny : &c->n_order);
                     if (!s && check_names(deny ? c->deny : c->order, deny ? c->n_deny : c->n_order,
                                           deny, "list", why, sizeof why))
                         s = yfail(y, bv, bkey, why);
@@ -197,10 +234,14 @@ static kr_status yacceleration(const yctx *y, const yaml_node_t *map, kr_config 
                 }
             }
         } else if (!strcmp(name, "models")) {
-            if (v->type != YAML_MAPPING_NODE) return yfail(y, v, key, "expected a mapping of model id to features");
-            for (yaml_node_pair_t *q = v->data.mapping.pairs.start; !s && q < v->data.mapping.pairs.top; q++) {
-                yaml_node_t *mk = yaml_document_get_node(y->doc, q->key), *mv = yaml_document_get_node(y->doc, q->value);
-                if (mk->type != YAML_SCALAR_NODE) return yfail(y, mk, key, "model ids must be plain names");
+            if (v->type != YAML_MAPPING_NODE)
+                return yfail(y, v, key, "expected a mapping of model id to features");
+            for (yaml_node_pair_t *q = v->data.mapping.pairs.start;
+                 !s && q < v->data.mapping.pairs.top; q++) {
+                yaml_node_t *mk = yaml_document_get_node(y->doc, q->key),
+                            *mv = yaml_document_get_node(y->doc, q->value);
+                if (mk->type != YAML_SCALAR_NODE)
+                    return yfail(y, mk, key, "model ids must be plain names");
                 kr_model_switch *m = kr_config_model(c, (const char *)mk->data.scalar.value, true);
                 if (!m) return yfail(y, mk, key, "too many models (at most 32)");
                 char mkey[400];
@@ -241,12 +282,17 @@ static kr_status load_file(const char *path, kr_config *c, char *err, size_t err
         if (root->type != YAML_MAPPING_NODE) {
             s = yfail(&y, root, "(top level)", "expected a mapping with an 'acceleration' key");
         } else {
-            for (yaml_node_pair_t *p = root->data.mapping.pairs.start; !s && p < root->data.mapping.pairs.top; p++) {
-                yaml_node_t *k = yaml_document_get_node(&doc, p->key), *v = yaml_document_get_node(&doc, p->value);
-                if (k->type == YAML_SCALAR_NODE && !strcmp((const char *)k->data.scalar.value, "acceleration"))
+            for (yaml_node_pair_t *p = root->data.mapping.pairs.start;
+                 !s && p < root->data.mapping.pairs.top; p++) {
+                yaml_node_t *k = yaml_document_get_node(&doc, p->key),
+                            *v = yaml_document_get_node(&doc, p->value);
+                if (k->type == YAML_SCALAR_NODE &&
+                    !strcmp((const char *)k->data.scalar.value, "acceleration"))
                     s = yacceleration(&y, v, c);
                 else
-                    s = yfail(&y, k, k->type == YAML_SCALAR_NODE ? (const char *)k->data.scalar.value : "?",
+                    s = yfail(&y, k,
+                              k->type == YAML_SCALAR_NODE ? (const char *)k->data.scalar.value
+                                                          : "?",
                               "unknown top-level key (expected acceleration)");
             }
         }
@@ -264,7 +310,8 @@ static kr_status env_bool(const char *var, int32_t *out, char *err, size_t err_l
     const char *v = getenv(var);
     if (!v || !*v) return KR_OK;
     if (!parse_bool(v, out)) {
-        snprintf(err, err_len, "environment %s=%s: expected 1/0, true/false, yes/no or on/off", var, v);
+        snprintf(err, err_len, "environment %s=%s: expected 1/0, true/false, yes/no or on/off", var,
+                 v);
         return KR_ERR_CONFIG;
     }
     return KR_OK;
@@ -304,30 +351,39 @@ kr_status kr_config_load(const kr_context_options *o, kr_config *c, char *err, s
         if ((s = env_bool(feature_vars[f], &c->features[f], err, err_len))) return s;
     const char *v = getenv("KRSERVE_FALLBACK_LOG_LEVEL");
     if (v && *v && !parse_level(v, &c->fallback_log_level)) {
-        snprintf(err, err_len, "environment KRSERVE_FALLBACK_LOG_LEVEL=%s: expected debug, info, warn, error or off", v);
+        snprintf(
+            err, err_len,
+            "environment KRSERVE_FALLBACK_LOG_LEVEL=%s: expected debug, info, warn, error or off",
+            v);
         return KR_ERR_CONFIG;
     }
     v = getenv("KRSERVE_PLUGIN_PATH");
     if (v && *v) snprintf(c->plugin_path, sizeof c->plugin_path, "%s", v);
     v = getenv("KRSERVE_BACKENDS");
     if (v && *v &&
-        ((s = split_names(v, c->order, &c->n_order, "environment KRSERVE_BACKENDS", err, err_len)) ||
-         (s = check_names(c->order, c->n_order, false, "environment KRSERVE_BACKENDS", err, err_len))))
+        ((s = split_names(v, c->order, &c->n_order, "environment KRSERVE_BACKENDS", err,
+                          err_len)) ||
+         (s = check_names(c->order, c->n_order, false, "environment KRSERVE_BACKENDS", err,
+                          err_len))))
         return s;
     v = getenv("KRSERVE_DENY_BACKENDS");
     if (v && *v &&
-        ((s = split_names(v, c->deny, &c->n_deny, "environment KRSERVE_DENY_BACKENDS", err, err_len)) ||
-         (s = check_names(c->deny, c->n_deny, true, "environment KRSERVE_DENY_BACKENDS", err, err_len))))
+        ((s = split_names(v, c->deny, &c->n_deny, "environment KRSERVE_DENY_BACKENDS", err,
+                          err_len)) ||
+         (s = check_names(c->deny, c->n_deny, true, "environment KRSERVE_DENY_BACKENDS", err,
+                          err_len))))
         return s;
 
     /* 3. the API */
     const int32_t *api[] = {&o->acceleration, &o->fallback_to_reference, &o->prefer_reference};
     int32_t *dst[] = {&c->enabled, &c->fallback_to_reference, &c->prefer_reference};
-    static const char *const api_names[] = {"acceleration", "fallback_to_reference", "prefer_reference"};
+    static const char *const api_names[] = {"acceleration", "fallback_to_reference",
+                                            "prefer_reference"};
     for (int i = 0; i < 3; i++) {
         if (*api[i] == KR_UNSET) continue;
         if (*api[i] != 0 && *api[i] != 1) {
-            snprintf(err, err_len, "kr_context_options.%s = %d: expected 1, 0 or KR_UNSET", api_names[i], (int)*api[i]);
+            snprintf(err, err_len, "kr_context_options.%s = %d: expected 1, 0 or KR_UNSET",
+                     api_names[i], (int)*api[i]);
             return KR_ERR_CONFIG;
         }
         *dst[i] = *api[i];
@@ -335,20 +391,23 @@ kr_status kr_config_load(const kr_context_options *o, kr_config *c, char *err, s
     for (int f = 0; f < KR_FEATURE_COUNT_; f++) {
         if (o->features[f] == KR_UNSET) continue;
         if (o->features[f] != 0 && o->features[f] != 1) {
-            snprintf(err, err_len, "kr_context_options.features[%s] = %d: expected 1, 0 or KR_UNSET",
+            snprintf(err, err_len,
+                     "kr_context_options.features[%s] = %d: expected 1, 0 or KR_UNSET",
                      kr_feature_name((kr_feature)f), (int)o->features[f]);
             return KR_ERR_CONFIG;
         }
         c->features[f] = o->features[f];
     }
     if (o->plugin_path) snprintf(c->plugin_path, sizeof c->plugin_path, "%s", o->plugin_path);
-    if (o->backends &&
-        ((s = split_names(o->backends, c->order, &c->n_order, "kr_context_options.backends", err, err_len)) ||
-         (s = check_names(c->order, c->n_order, false, "kr_context_options.backends", err, err_len))))
+    if (o->backends && ((s = split_names(o->backends, c->order, &c->n_order,
+                                         "kr_context_options.backends", err, err_len)) ||
+                        (s = check_names(c->order, c->n_order, false, "kr_context_options.backends",
+                                         err, err_len))))
         return s;
-    if (o->deny_backends &&
-        ((s = split_names(o->deny_backends, c->deny, &c->n_deny, "kr_context_options.deny_backends", err, err_len)) ||
-         (s = check_names(c->deny, c->n_deny, true, "kr_context_options.deny_backends", err, err_len))))
+    if (o->deny_backends && ((s = split_names(o->deny_backends, c->deny, &c->n_deny,
+                                              "kr_context_options.deny_backends", err, err_len)) ||
+                             (s = check_names(c->deny, c->n_deny, true,
+                                              "kr_context_options.deny_backends", err, err_len))))
         return s;
     return KR_OK;
 }

@@ -53,7 +53,8 @@ kr_status kr_context_create(const kr_context_options *opts, kr_context **out, ch
     }
     ctx->opts = o;
     /* strings are read at create time only and not kept */
-    ctx->opts.config_path = ctx->opts.plugin_path = ctx->opts.backends = ctx->opts.deny_backends = NULL;
+    ctx->opts.config_path = ctx->opts.plugin_path = ctx->opts.backends = ctx->opts.deny_backends =
+        NULL;
     long online = sysconf(_SC_NPROCESSORS_ONLN);
     ctx->n_threads = o.n_threads > 0 ? o.n_threads : (int32_t)(online > 0 ? online : 1);
     char msg[KR_ERRMSG_LEN] = "";

@@ -30,6 +30,8 @@ kr_status kr_cpu_info_get(kr_cpu_info *out) {
         return KR_OK;
     }
     snprintf(out->model, sizeof out->model, "%s", id.brand_str);
+    for (size_t n = strlen(out->model); n > 0 && out->model[n - 1] == ' '; n--)
+        out->model[n - 1] = '\0';
     snprintf(out->vendor, sizeof out->vendor, "%s", id.vendor_str);
     out->cores = id.num_cores;
     out->avx2 = id.flags[CPU_FEATURE_AVX2] ? 1 : 0;
@@ -49,11 +51,11 @@ kr_status kr_cpu_info_get(kr_cpu_info *out) {
 }
 
 const char *kr_build_info(void) {
-    return "compiler " KR_COMPILER ", build " KR_BUILD_TYPE ", cuda package "
+    return "compiler " KR_COMPILER ", build " KR_BUILD_TYPE ", CUDA package "
 #if KR_HAVE_CUDA
-           "compiled (nvcc found)"
+           "built (libkrserve-cuda.so)"
 #else
-           "not compiled (no nvcc)"
+           "not built (no nvcc)"
 #endif
         ;
 }

@@ -15,6 +15,7 @@ kr_status kr_dispatch_rope(kr_context *ctx, const kr_rope_args *a) {
 }
 
 kr_status kr_dispatch_kv_append(kr_context *ctx, const kr_kv_append_args *a) {
-    const kr_feature f = a->cache->o.dtype == KR_I8 ? KR_FEATURE_KV_QUANTIZATION : KR_FEATURE_FUSED_ROPE;
+    const kr_feature f =
+        a->cache->o.dtype == KR_I8 ? KR_FEATURE_KV_QUANTIZATION : KR_FEATURE_FUSED_ROPE;
     return kr_dispatch(ctx, KR_OP_KV_APPEND, f, a->cache->o.device.type, a);
 }

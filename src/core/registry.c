@@ -37,12 +37,26 @@ static kr_status parse_faults(kr_context *ctx, char *err, size_t err_len) {
     char *save = NULL;
     for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         kr_fault f = {0};
-        char extra = 0;
+        /* op:backend[:n] */
+        char *colon1 = strchr(tok, ':');
+        char *colon2 = colon1 ? strchr(colon1 + 1, ':') : NULL;
         long long nth = 0;
-        int got = sscanf(tok, "%31[^:]:%31[^:]:%lld%c", f.op, f.backend, &nth, &extra);
+        bool ok = colon1 && colon1 > tok && (size_t)(colon1 - tok) < sizeof f.op;
+        if (ok) {
+            memcpy(f.op, tok, (size_t)(colon1 - tok));
+            const char *be = colon1 + 1;
+            const size_t be_len = colon2 ? (size_t)(colon2 - be) : strlen(be);
+            ok = be_len > 0 && be_len < sizeof f.backend;
+            if (ok) memcpy(f.backend, be, be_len);
+            if (ok && colon2) {
+                char *end = NULL;
+                nth = strtoll(colon2 + 1, &end, 10);
+                ok = end != colon2 + 1 && *end == '\0' && nth > 0;
+            }
+        }
         bool op_ok = false;
         for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) op_ok |= !strcmp(f.op, ops[i]);
-        if (got < 2 || got > 3 || !op_ok || nth < 0 || ctx->n_faults == KR_MAX_FAULTS) {
+        if (!ok || !op_ok || ctx->n_faults == KR_MAX_FAULTS) {
             snprintf(err, err_len,
                      "environment KRSERVE_FAULT=%s: '%s' is not op:backend[:n] with op one of "
                      "attention, rope, kv_append, probe, load",
@@ -59,7 +73,7 @@ static kr_status parse_faults(kr_context *ctx, char *err, size_t err_len) {
 static bool fault_hit(kr_context *ctx, const char *op, const char *backend) {
     for (int i = 0; i < ctx->n_faults; i++) {
         kr_fault *f = &ctx->faults[i];
-        if (strcmp(f->op, op) || strcmp(f->backend, backend)) continue;
+        if (strcmp(f->op, op) != 0 || strcmp(f->backend, backend) != 0) continue;
         f->seen++;
         if (f->nth == 0 || f->seen == f->nth) return true;
     }
@@ -130,8 +144,10 @@ static void own_dir(char *out, size_t n) {
     if (dladdr((void *)&kr_registry_init, &info) && info.dli_fname) {
         snprintf(out, n, "%s", info.dli_fname);
         char *slash = strrchr(out, '/');
-        if (slash) *slash = '\0';
-        else out[0] = '\0';
+        if (slash)
+            *slash = '\0';
+        else
+            out[0] = '\0';
     }
 }
 
@@ -160,7 +176,8 @@ static void find_plugin(kr_context *ctx, kr_backend_slot *slot) {
         return;
     }
     snprintf(slot->name, sizeof slot->name, "cuda");
-    snprintf(slot->reason, sizeof slot->reason, "%s not found (looked in %s)", KR_PLUGIN_FILE, looked);
+    snprintf(slot->reason, sizeof slot->reason, "%s not found (looked in %s)", KR_PLUGIN_FILE,
+             looked);
 }
 
 /* ---- the registry -------------------------------------------------------- */
@@ -221,7 +238,8 @@ static bool feature_on(const kr_context *ctx, kr_feature f) {
     if (!ctx->cfg.features[f]) return false;
     if (ctx->model[0]) {
         for (int i = 0; i < ctx->cfg.n_models; i++)
-            if (!strcmp(ctx->cfg.models[i].model, ctx->model) && ctx->cfg.models[i].features[f] != KR_UNSET)
+            if (!strcmp(ctx->cfg.models[i].model, ctx->model) &&
+                ctx->cfg.models[i].features[f] != KR_UNSET)
                 return ctx->cfg.models[i].features[f] != 0;
     }
     return true;
@@ -232,7 +250,9 @@ static const char *accel_blocked(const kr_context *ctx, kr_feature f) {
     if (!ctx->cfg.enabled) return "acceleration disabled by configuration";
     if (ctx->cfg.prefer_reference) return "prefer_reference is set";
     if (ctx->sticky_off[f]) return "switched off after an accelerated call failed";
-    if (!feature_on(ctx, f)) return ctx->cfg.features[f] ? "disabled for the current model" : "disabled by configuration";
+    if (!feature_on(ctx, f))
+        return ctx->cfg.features[f] ? "disabled for the current model"
+                                    : "disabled by configuration";
     return "";
 }
 
@@ -241,7 +261,8 @@ static const char *op_name(kr_op op) {
     return (unsigned)op < KR_OP_COUNT_ ? names[op] : "?";
 }
 
-static kr_status call_backend(const kr_backend *be, kr_op op, const void *args, char *err, size_t n) {
+static kr_status call_backend(const kr_backend *be, kr_op op, const void *args, char *err,
+                              size_t n) {
     switch (op) {
     case KR_OP_ATTENTION: return be->attention(args, err, n);
     case KR_OP_ROPE: return be->rope(args, err, n);
@@ -250,7 +271,8 @@ static kr_status call_backend(const kr_backend *be, kr_op op, const void *args, 
     }
 }
 
-kr_status kr_dispatch(kr_context *ctx, kr_op op, kr_feature f, kr_device_type dev, const void *args) {
+kr_status kr_dispatch(kr_context *ctx, kr_op op, kr_feature f, kr_device_type dev,
+                      const void *args) {
     kr_feature_counters *cnt = &ctx->counters[f];
     cnt->calls++;
     char err[KR_ERRMSG_LEN];
@@ -266,12 +288,15 @@ kr_status kr_dispatch(kr_context *ctx, kr_op op, kr_feature f, kr_device_type de
                 continue;
             }
         } else if (dev != KR_DEVICE_CPU) {
-            return kr_fail(ctx, KR_ERR_DEVICE, "%s: no backend serves this device type %d", op_name(op), (int)dev);
+            return kr_fail(ctx, KR_ERR_DEVICE, "%s: no backend serves this device type %d",
+                           op_name(op), (int)dev);
         }
         err[0] = '\0';
-        kr_status st = fault_hit(ctx, op_name(op), s->name) ? KR_ERR_FAULT_INJECTED
-                                                             : call_backend(s->be, op, args, err, sizeof err);
-        if (st == KR_ERR_FAULT_INJECTED && !err[0]) snprintf(err, sizeof err, "injected fault (KRSERVE_FAULT)");
+        kr_status st = fault_hit(ctx, op_name(op), s->name)
+                           ? KR_ERR_FAULT_INJECTED
+                           : call_backend(s->be, op, args, err, sizeof err);
+        if (st == KR_ERR_FAULT_INJECTED && !err[0])
+            snprintf(err, sizeof err, "injected fault (KRSERVE_FAULT)");
         if (st == KR_OK) {
             s->calls[f]++;
             if (!is_ref) cnt->accelerated++;
@@ -284,8 +309,8 @@ kr_status kr_dispatch(kr_context *ctx, kr_op op, kr_feature f, kr_device_type de
         snprintf(cnt->last_reason, sizeof cnt->last_reason, "%s on %s failed: %s (%s)", op_name(op),
                  s->name, err, kr_status_name(st));
         if (!ctx->cfg.fallback_to_reference)
-            return kr_fail(ctx, st, "%s on %s failed: %s; fallback_to_reference is off", op_name(op),
-                           s->name, err);
+            return kr_fail(ctx, st, "%s on %s failed: %s; fallback_to_reference is off",
+                           op_name(op), s->name, err);
         if (!s->warned[f]) {
             s->warned[f] = true;
             kr_log(ctx, ctx->cfg.fallback_log_level,
@@ -302,7 +327,8 @@ kr_status kr_dispatch(kr_context *ctx, kr_op op, kr_feature f, kr_device_type de
 kr_status kr_accel_feature_info(kr_context *ctx, kr_feature f, kr_feature_info *out) {
     if (!ctx) return KR_ERR_INVALID_ARGUMENT;
     if (!out || (unsigned)f >= KR_FEATURE_COUNT_)
-        return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT, "kr_accel_feature_info: bad feature %d or NULL out", (int)f);
+        return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT,
+                       "kr_accel_feature_info: bad feature %d or NULL out", (int)f);
     memset(out, 0, sizeof *out);
     out->enabled = ctx->cfg.features[f];
     out->counters = ctx->counters[f];
@@ -318,16 +344,19 @@ kr_status kr_accel_feature_info(kr_context *ctx, kr_feature f, kr_feature_info *
         const kr_backend_slot *s = &ctx->slots[i];
         if (s->be == kr_ref_backend()) break;
         char why[256] = "";
-        if (!s->be || !s->available) snprintf(why, sizeof why, "%s unavailable", s->name);
-        else if (s->denied) snprintf(why, sizeof why, "%s denied by configuration", s->name);
+        if (!s->be || !s->available)
+            snprintf(why, sizeof why, "%s unavailable", s->name);
+        else if (s->denied)
+            snprintf(why, sizeof why, "%s denied by configuration", s->name);
         else if (!s->be->supports(op_of[f], NULL, why, sizeof why)) {
         } else {
             out->available = 1;
             snprintf(out->backend, sizeof out->backend, "%s", s->name);
             return KR_OK;
         }
-        len += (size_t)snprintf(out->reason + len, len < sizeof out->reason ? sizeof out->reason - len : 0,
-                                "%s%s", len ? "; " : "", why);
+        len += (size_t)snprintf(out->reason + len,
+                                len < sizeof out->reason ? sizeof out->reason - len : 0, "%s%s",
+                                len ? "; " : "", why);
         if (len >= sizeof out->reason) len = sizeof out->reason - 1;
     }
     if (!out->reason[0]) snprintf(out->reason, sizeof out->reason, "no accelerated backend");
@@ -337,20 +366,27 @@ kr_status kr_accel_feature_info(kr_context *ctx, kr_feature f, kr_feature_info *
 kr_status kr_accel_set_feature(kr_context *ctx, kr_feature f, int32_t enabled) {
     if (!ctx) return KR_ERR_INVALID_ARGUMENT;
     if ((unsigned)f >= KR_FEATURE_COUNT_ || (enabled != 0 && enabled != 1))
-        return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT, "kr_accel_set_feature: feature %d / value %d invalid", (int)f, (int)enabled);
+        return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT,
+                       "kr_accel_set_feature: feature %d / value %d invalid", (int)f, (int)enabled);
     ctx->cfg.features[f] = enabled;
     if (enabled) ctx->sticky_off[f] = false;
     return KR_OK;
 }
 
-kr_status kr_accel_set_model_feature(kr_context *ctx, const char *model, kr_feature f, int32_t enabled) {
+kr_status kr_accel_set_model_feature(kr_context *ctx, const char *model, kr_feature f,
+                                     int32_t enabled) {
     if (!ctx) return KR_ERR_INVALID_ARGUMENT;
     if (!model || !*model || strlen(model) >= 128)
-        return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT, "kr_accel_set_model_feature: model id must be 1..127 characters");
+        return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT,
+                       "kr_accel_set_model_feature: model id must be 1..127 characters");
     if ((unsigned)f >= KR_FEATURE_COUNT_ || (enabled != 0 && enabled != 1 && enabled != KR_UNSET))
-        return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT, "kr_accel_set_model_feature: feature %d / value %d invalid", (int)f, (int)enabled);
+        return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT,
+                       "kr_accel_set_model_feature: feature %d / value %d invalid", (int)f,
+                       (int)enabled);
     kr_model_switch *m = kr_config_model(&ctx->cfg, model, true);
-    if (!m) return kr_fail(ctx, KR_ERR_CAPACITY, "kr_accel_set_model_feature: at most %d models", KR_MAX_MODELS);
+    if (!m)
+        return kr_fail(ctx, KR_ERR_CAPACITY, "kr_accel_set_model_feature: at most %d models",
+                       KR_MAX_MODELS);
     m->features[f] = enabled;
     return KR_OK;
 }
@@ -358,7 +394,8 @@ kr_status kr_accel_set_model_feature(kr_context *ctx, const char *model, kr_feat
 kr_status kr_context_set_model(kr_context *ctx, const char *model) {
     if (!ctx) return KR_ERR_INVALID_ARGUMENT;
     if (model && strlen(model) >= sizeof ctx->model)
-        return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT, "kr_context_set_model: model id longer than 127 characters");
+        return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT,
+                       "kr_context_set_model: model id longer than 127 characters");
     snprintf(ctx->model, sizeof ctx->model, "%s", model ? model : "");
     return KR_OK;
 }
@@ -368,7 +405,8 @@ int32_t kr_accel_backend_count(const kr_context *ctx) { return ctx ? ctx->n_slot
 kr_status kr_accel_backend_info(kr_context *ctx, int32_t i, kr_backend_info *out) {
     if (!ctx) return KR_ERR_INVALID_ARGUMENT;
     if (!out || i < 0 || i >= ctx->n_slots)
-        return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT, "kr_accel_backend_info: index %d outside [0, %d)", (int)i, ctx->n_slots);
+        return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT,
+                       "kr_accel_backend_info: index %d outside [0, %d)", (int)i, ctx->n_slots);
     const kr_backend_slot *s = &ctx->slots[i];
     memset(out, 0, sizeof *out);
     snprintf(out->name, sizeof out->name, "%s", s->name);
@@ -387,10 +425,13 @@ kr_status kr_accel_backend_info(kr_context *ctx, int32_t i, kr_backend_info *out
 kr_status kr_accel_device_info(kr_context *ctx, int32_t b, int32_t d, kr_device_info *out) {
     if (!ctx) return KR_ERR_INVALID_ARGUMENT;
     if (!out || b < 0 || b >= ctx->n_slots || !ctx->slots[b].be || !ctx->slots[b].available)
-        return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT, "kr_accel_device_info: backend %d is not available", (int)b);
+        return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT,
+                       "kr_accel_device_info: backend %d is not available", (int)b);
     const kr_backend *be = ctx->slots[b].be;
     if (d < 0 || d >= be->device_count())
-        return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT, "kr_accel_device_info: device %d outside [0, %d)", (int)d, be->device_count());
+        return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT,
+                       "kr_accel_device_info: device %d outside [0, %d)", (int)d,
+                       be->device_count());
     memset(out, 0, sizeof *out);
     return be->device_info(d, out);
 }
@@ -398,12 +439,16 @@ kr_status kr_accel_device_info(kr_context *ctx, int32_t b, int32_t d, kr_device_
 int32_t kr_accel_enabled(const kr_context *ctx, const char **reason) {
     const char *r = "";
     int32_t on = 0;
-    if (!ctx) r = "no context";
-    else if (!ctx->cfg.enabled) r = "acceleration.enabled is false";
-    else if (ctx->cfg.prefer_reference) r = "acceleration.prefer_reference is true";
+    if (!ctx)
+        r = "no context";
+    else if (!ctx->cfg.enabled)
+        r = "acceleration.enabled is false";
+    else if (ctx->cfg.prefer_reference)
+        r = "acceleration.prefer_reference is true";
     else {
         for (int i = 0; i < ctx->n_slots; i++)
-            if (ctx->slots[i].be && ctx->slots[i].be != kr_ref_backend() && ctx->slots[i].available && !ctx->slots[i].denied)
+            if (ctx->slots[i].be && ctx->slots[i].be != kr_ref_backend() &&
+                ctx->slots[i].available && !ctx->slots[i].denied)
                 on = 1;
         if (!on) r = "no accelerated backend is available";
     }

@@ -37,8 +37,9 @@ static bool test_supports(kr_op op, const void *args, char *reason, size_t n) {
 }
 
 static const kr_backend test_table = {
-    TEST_API_VERSION, "test",           "0.0-test",    KR_DEVICE_CPU,   test_probe,      test_device_count,
-    test_device_info, test_supports,    kr_ref_attention, kr_ref_rope, kr_ref_kv_append,
+    TEST_API_VERSION,  "test",           "0.0-test",    KR_DEVICE_CPU,    test_probe,
+    test_device_count, test_device_info, test_supports, kr_ref_attention, kr_ref_rope,
+    kr_ref_kv_append,
 };
 
 #ifndef TEST_NO_ENTRY

@@ -58,8 +58,10 @@ static kr_status cuda_device_info(int device, kr_device_info *out) {
     out->cc_minor = p.minor;
     out->multiprocessors = p.multiProcessorCount;
     int v = 0;
-    if (cudaDriverGetVersion(&v) == cudaSuccess) version_string(v, out->driver_version, sizeof out->driver_version);
-    if (cudaRuntimeGetVersion(&v) == cudaSuccess) version_string(v, out->runtime_version, sizeof out->runtime_version);
+    if (cudaDriverGetVersion(&v) == cudaSuccess)
+        version_string(v, out->driver_version, sizeof out->driver_version);
+    if (cudaRuntimeGetVersion(&v) == cudaSuccess)
+        version_string(v, out->runtime_version, sizeof out->runtime_version);
     return KR_OK;
 }
 
@@ -89,7 +91,7 @@ static kr_status cuda_kv_append(const kr_kv_append_args *a, char *err, size_t n)
 }
 
 static const kr_backend cuda_table = {
-    KR_BACKEND_API_VERSION, "cuda",          KR_VERSION_STRING, KR_DEVICE_CUDA, cuda_probe,
+    KR_BACKEND_API_VERSION, "cuda",           KR_VERSION_STRING, KR_DEVICE_CUDA, cuda_probe,
     cuda_device_count,      cuda_device_info, cuda_supports,     cuda_attention, cuda_rope,
     cuda_kv_append,
 };

@@ -31,8 +31,9 @@ static bool ref_supports(kr_op op, const void *args, char *reason, size_t n) {
 }
 
 static const kr_backend ref_table = {
-    KR_BACKEND_API_VERSION, "ref", KR_VERSION_STRING, KR_DEVICE_CPU, ref_probe, ref_device_count,
-    ref_device_info, ref_supports, kr_ref_attention, kr_ref_rope, kr_ref_kv_append,
+    KR_BACKEND_API_VERSION, "ref",           KR_VERSION_STRING, KR_DEVICE_CPU,    ref_probe,
+    ref_device_count,       ref_device_info, ref_supports,      kr_ref_attention, kr_ref_rope,
+    kr_ref_kv_append,
 };
 
 const kr_backend *kr_ref_backend(void) { return &ref_table; }

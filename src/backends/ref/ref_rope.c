@@ -40,8 +40,7 @@ kr_status kr_ref_rope(const kr_rope_args *a, char *err, size_t err_len) {
             for (int64_t h = 0; h < x->shape[2]; h++) {
                 const double pos = (double)a->positions[b * x->shape[1] + s];
                 /* The whole row is read; only rotated channels are written back. */
-                for (int64_t c = 0; c < D; c++)
-                    row[c] = kr_load(x, kr_offset(x, b, s, h, c));
+                for (int64_t c = 0; c < D; c++) row[c] = kr_load(x, kr_offset(x, b, s, h, c));
                 kr_ref_rope_row(row, pos, a->inv_freq, a->rotary_dim / 2, a->layout,
                                 a->attention_factor);
                 for (int64_t c = 0; c < a->rotary_dim; c++)
