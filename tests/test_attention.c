@@ -216,7 +216,8 @@ static void test_small_grid_f32(void **state) {
         for (int g = 0; g < 3; g++)
             for (int l = 0; l < 2; l++)
                 for (int var = 0; var < 7; var++, id++) {
-                    if (kt_quick() && (d + g + l + var) % 3 != 0) continue; /* a third of the grid */
+                    if (kt_quick() && (d + g + l + var) % 3 != 0)
+                        continue; /* a third of the grid */
                     acase c = {0};
                     c.B = 2;
                     c.Sq = 7;
