@@ -187,3 +187,13 @@ kr_context *kt_context(void) {
     if (s != KR_OK) fail_msg("kr_context_create: %s", err);
     return ctx;
 }
+
+int kt_setup_context(void **state) {
+    *state = kt_context();
+    return 0;
+}
+
+int kt_teardown_context(void **state) {
+    kr_context_free(*state);
+    return 0;
+}

@@ -71,5 +71,8 @@ void kt_oracle_rope(double *x, int64_t n_tok, int64_t H, int64_t D, const int64_
 
 /* A context with default options; fails the test if it cannot be made. */
 kr_context *kt_context(void);
+/* cmocka group fixtures: *state is such a context. */
+int kt_setup_context(void **state);
+int kt_teardown_context(void **state);
 
 #endif /* KR_TESTS_COMMON_H */

@@ -401,16 +401,6 @@ static void test_half_conversions(void **state) {
     }
 }
 
-static int setup(void **state) {
-    *state = kt_context();
-    return 0;
-}
-
-static int teardown(void **state) {
-    kr_context_free(*state);
-    return 0;
-}
-
 int main(void) {
     kt_base_seed();
     const struct CMUnitTest tests[] = {
@@ -418,5 +408,5 @@ int main(void) {
         cmocka_unit_test(test_kv_cache_bad_input),    cmocka_unit_test(test_context),
         cmocka_unit_test(test_status_version_dtypes), cmocka_unit_test(test_half_conversions),
     };
-    return cmocka_run_group_tests_name("api", tests, setup, teardown);
+    return cmocka_run_group_tests_name("api", tests, kt_setup_context, kt_teardown_context);
 }

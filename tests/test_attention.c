@@ -365,16 +365,6 @@ static void test_nan_inf(void **state) {
     assert_false(isfinite(o[4 * D]));
 }
 
-static int setup(void **state) {
-    *state = kt_context();
-    return 0;
-}
-
-static int teardown(void **state) {
-    kr_context_free(*state);
-    return 0;
-}
-
 int main(void) {
     kt_base_seed();
     const struct CMUnitTest tests[] = {
@@ -382,5 +372,5 @@ int main(void) {
         cmocka_unit_test(test_half_dtypes),    cmocka_unit_test(test_scale_and_empty_rows),
         cmocka_unit_test(test_nan_inf),
     };
-    return cmocka_run_group_tests_name("attention", tests, setup, teardown);
+    return cmocka_run_group_tests_name("attention", tests, kt_setup_context, kt_teardown_context);
 }

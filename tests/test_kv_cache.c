@@ -240,16 +240,6 @@ static void test_int8_accuracy(void **state) {
     assert_true(e_kv <= 0.02);
 }
 
-static int setup(void **state) {
-    *state = kt_context();
-    return 0;
-}
-
-static int teardown(void **state) {
-    kr_context_free(*state);
-    return 0;
-}
-
 int main(void) {
     kt_base_seed();
     const struct CMUnitTest tests[] = {
@@ -257,5 +247,5 @@ int main(void) {
         cmocka_unit_test(test_int8_bytes),
         cmocka_unit_test(test_int8_accuracy),
     };
-    return cmocka_run_group_tests_name("kv_cache", tests, setup, teardown);
+    return cmocka_run_group_tests_name("kv_cache", tests, kt_setup_context, kt_teardown_context);
 }

@@ -188,21 +188,11 @@ static void test_rope_oracle_grid(void **state) {
            worst[1], worst[2]);
 }
 
-static int setup(void **state) {
-    *state = kt_context();
-    return 0;
-}
-
-static int teardown(void **state) {
-    kr_context_free(*state);
-    return 0;
-}
-
 int main(void) {
     kt_base_seed();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_frequencies_match_hf),
         cmocka_unit_test(test_rope_oracle_grid),
     };
-    return cmocka_run_group_tests_name("rope", tests, setup, teardown);
+    return cmocka_run_group_tests_name("rope", tests, kt_setup_context, kt_teardown_context);
 }
