@@ -5,11 +5,15 @@
  * loading, API-version refusal, fault injection, fallback and counters
  * without a GPU. TEST_API_VERSION builds a deliberately mismatched copy;
  * TEST_NO_ENTRY builds a library that is not a plugin at all. It declines
- * head_dim 80 attention, to show a supported-case refusal.
+ * head_dim 80 attention, to show a supported-case refusal. With
+ * KRSERVE_TEST_WRONG=1 in the environment its attention is deliberately
+ * wrong (twice the score scale), so `krserve bench` can show it refuses to
+ * time a wrong answer.
  */
 #include "../../src/backends/ref/ref.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 
 #ifndef TEST_API_VERSION
 #define TEST_API_VERSION KR_BACKEND_API_VERSION
@@ -36,9 +40,17 @@ static bool test_supports(kr_op op, const void *args, char *reason, size_t n) {
     return true;
 }
 
+static kr_status test_attention(const kr_attention_args *a, char *err, size_t n) {
+    const char *wrong = getenv("KRSERVE_TEST_WRONG");
+    if (!wrong || wrong[0] != '1') return kr_ref_attention(a, err, n);
+    kr_attention_args w = *a;
+    w.scale *= 2;
+    return kr_ref_attention(&w, err, n);
+}
+
 static const kr_backend test_table = {
-    TEST_API_VERSION,  "test",           "0.0-test",    KR_DEVICE_CPU,    test_probe,
-    test_device_count, test_device_info, test_supports, kr_ref_attention, kr_ref_rope,
+    TEST_API_VERSION,  "test",           "0.0-test",    KR_DEVICE_CPU,  test_probe,
+    test_device_count, test_device_info, test_supports, test_attention, kr_ref_rope,
     kr_ref_kv_append,
 };
 

@@ -1,8 +1,10 @@
 /*
  * main.c — the `krserve` command line: `info` (what this build and machine
- * offer), with `--version` and `--help`. Each sub-command is one function;
+ * offer) and `bench` (bench_*.c), with `--version` and `--help`. Each sub-command is one function;
  * main() only picks it.
  */
+#include "bench.h"
+
 #include <krserve/krserve.h>
 
 #include <cjson/cJSON.h>
@@ -20,6 +22,8 @@ static void usage(FILE *f) {
             "  info [--json]   version, acceleration and why, features and the backend serving\n"
             "                  each, backends and their devices, CPU model and SIMD features,\n"
             "                  counters\n"
+            "  bench [SUB...]  accelerated vs reference benchmarks: attention, decode, rope,\n"
+            "                  kv-append (krserve bench --help)\n"
             "\n"
             "--config FILE     the YAML configuration (default: KRSERVE_CONFIG, ./krserve.yaml)\n"
             "\n"
@@ -207,6 +211,35 @@ static int cmd_info(int argc, char **argv, const char *config) {
     return 0;
 }
 
+static int cmd_bench(int argc, char **argv, const char *config) {
+    kb_options o;
+    kb_options_default(&o);
+    o.config = config;
+    char err[512] = "";
+    const int p = kb_parse_args(argc, argv, &o, stdout, err, sizeof err);
+    if (p > 0) return 0;
+    if (p < 0) {
+        fprintf(stderr, "krserve bench: %s\n", err);
+        return 2;
+    }
+    kb_report rep;
+    if (kb_run(&o, &rep, err, sizeof err)) {
+        fprintf(stderr, "krserve bench: %s\n", err);
+        kb_report_free(&rep);
+        return 1;
+    }
+    kb_print_summary(stdout, &rep);
+    int rc = 0;
+    if (o.json && kb_write_json(&rep, o.json, err, sizeof err)) rc = 1;
+    if (!rc && o.csv && kb_write_csv(&rep, o.csv, err, sizeof err)) rc = 1;
+    if (!rc && o.plot && kb_write_plot(&rep, o.plot, err, sizeof err)) rc = 1;
+    if (rc) fprintf(stderr, "krserve bench: %s\n", err);
+    for (int i = 0; i < rep.n_results && !rc; i++)
+        if (rep.results[i].state == KB_WRONG || rep.results[i].state == KB_FAILED) rc = 3;
+    kb_report_free(&rep);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         usage(stderr);
@@ -232,6 +265,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(cmd, "info")) return cmd_info(argc - first - 1, argv + first + 1, config);
+    if (!strcmp(cmd, "bench")) return cmd_bench(argc - first - 1, argv + first + 1, config);
     fprintf(stderr, "krserve: unknown command '%s' (try --help)\n", cmd);
     return 2;
 }

@@ -1,0 +1,170 @@
+/*
+ * bench_ceiling.c — this machine's ceilings, measured in the same run as the
+ * cases they judge:
+ *   FMA peak   each thread runs independent chains of 8-wide fp32 FMAs held
+ *              in registers (enough chains to cover the FMA latency), so the
+ *              loop is bound by FMA issue alone;
+ *   read BW    each thread sums its share of a buffer larger than the
+ *              last-level cache (twice the LLC the OS reports, 256 MiB at
+ *              least, 1 GiB at most), so the bytes come from DRAM.
+ * Each is the best of a few trials. Threads are plain pthreads.
+ */
+#include "bench.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define KB_X86 1
+#else
+#define KB_X86 0
+#endif
+
+double kb_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+typedef struct worker {
+    pthread_t tid;
+    int64_t iters;
+    const float *buf;
+    size_t n; /* floats */
+    double sink;
+    double flops;
+} worker;
+
+#if KB_X86
+/* 12 chains x 8 lanes x 2 FLOP per iteration. */
+__attribute__((target("avx2,fma"))) static void *fma_avx2(void *p) {
+    worker *w = p;
+    __m256 a[12];
+    const __m256 x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
+    for (int i = 0; i < 12; i++) a[i] = _mm256_set1_ps((float)i);
+    for (int64_t it = 0; it < w->iters; it++) {
+        for (int i = 0; i < 12; i++) a[i] = _mm256_fmadd_ps(a[i], x, y);
+    }
+    __m256 s = a[0];
+    for (int i = 1; i < 12; i++) s = _mm256_add_ps(s, a[i]);
+    float out[8];
+    _mm256_storeu_ps(out, s);
+    w->sink = out[0];
+    w->flops = (double)w->iters * 12 * 8 * 2;
+    return NULL;
+}
+
+__attribute__((target("avx2"))) static void *read_avx2(void *p) {
+    worker *w = p;
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    size_t i = 0;
+    for (; i + 32 <= w->n; i += 32) {
+        s0 = _mm256_add_ps(s0, _mm256_load_ps(w->buf + i));
+        s1 = _mm256_add_ps(s1, _mm256_load_ps(w->buf + i + 8));
+        s2 = _mm256_add_ps(s2, _mm256_load_ps(w->buf + i + 16));
+        s3 = _mm256_add_ps(s3, _mm256_load_ps(w->buf + i + 24));
+    }
+    s0 = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+    float out[8];
+    _mm256_storeu_ps(out, s0);
+    w->sink = out[0];
+    return NULL;
+}
+#endif
+
+/* Portable versions: 8 scalar chains; a plain summing loop. */
+static void *fma_scalar(void *p) {
+    worker *w = p;
+    float a[8];
+    for (int i = 0; i < 8; i++) a[i] = (float)i;
+    for (int64_t it = 0; it < w->iters; it++)
+        for (int i = 0; i < 8; i++) a[i] = a[i] * 0.999999f + 1e-7f;
+    w->sink = a[0] + a[7];
+    w->flops = (double)w->iters * 8 * 2;
+    return NULL;
+}
+
+static void *read_scalar(void *p) {
+    worker *w = p;
+    float s[8] = {0};
+    for (size_t i = 0; i + 8 <= w->n; i += 8)
+        for (int j = 0; j < 8; j++) s[j] += w->buf[i + j];
+    w->sink = s[0];
+    return NULL;
+}
+
+/* Runs fn on `threads` workers; returns the wall time. */
+static double run_workers(worker *w, int threads, void *(*fn)(void *)) {
+    const double t0 = kb_now();
+    int started = 0;
+    for (int t = 1; t < threads; t++) {
+        if (pthread_create(&w[t].tid, NULL, fn, &w[t]) != 0) break;
+        started = t;
+    }
+    fn(&w[0]);
+    for (int t = 1; t <= started; t++) pthread_join(w[t].tid, NULL);
+    /* threads that could not start did no work: count only what ran */
+    for (int t = started + 1; t < threads; t++) w[t].flops = 0;
+    return kb_now() - t0;
+}
+
+static size_t stream_size(void) {
+    long llc = 0;
+#ifdef _SC_LEVEL3_CACHE_SIZE
+    llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+    size_t n = llc > 0 ? 2 * (size_t)llc : 0;
+    if (n < ((size_t)256 << 20)) n = (size_t)256 << 20;
+    if (n > ((size_t)1 << 30)) n = (size_t)1 << 30;
+    return n;
+}
+
+void kb_measure_ceilings(int threads, bool tiny, kb_ceilings *c) {
+    memset(c, 0, sizeof *c);
+    if (threads < 1) threads = 1;
+    c->threads = threads;
+    worker *w = calloc((size_t)threads, sizeof *w);
+    if (!w) return;
+    void *(*fma)(void *) = fma_scalar;
+    void *(*rd)(void *) = read_scalar;
+    snprintf(c->fma_kernel, sizeof c->fma_kernel, "scalar");
+#if KB_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        fma = fma_avx2;
+        rd = read_avx2;
+        snprintf(c->fma_kernel, sizeof c->fma_kernel, "avx2-fma");
+    }
+#endif
+    /* FMA: ~0.1 s per trial at 3 GHz, best of 3. */
+    for (int trial = 0; trial < 3; trial++) {
+        for (int t = 0; t < threads; t++) w[t].iters = tiny ? 1000 : 40000000;
+        const double dt = run_workers(w, threads, fma);
+        double fl = 0;
+        for (int t = 0; t < threads; t++) fl += w[t].flops;
+        if (dt > 0 && fl / dt / 1e9 > c->fma_gflops) c->fma_gflops = fl / dt / 1e9;
+    }
+    /* Read bandwidth: best of 3 passes over the buffer. */
+    const size_t bytes = tiny ? (size_t)1 << 20 : stream_size();
+    float *buf = aligned_alloc(64, bytes);
+    if (buf) {
+        memset(buf, 0, bytes); /* touch every page before timing */
+        const size_t n = bytes / sizeof(float), per = (n / (size_t)threads) & ~(size_t)31;
+        for (int trial = 0; trial < 3; trial++) {
+            for (int t = 0; t < threads; t++) {
+                w[t].buf = buf + (size_t)t * per;
+                w[t].n = per;
+            }
+            const double dt = run_workers(w, threads, rd);
+            const double gbps = (double)per * (double)threads * sizeof(float) / dt / 1e9;
+            if (dt > 0 && gbps > c->read_gbps) c->read_gbps = gbps;
+        }
+        c->stream_bytes = (double)bytes;
+        free(buf);
+    }
+    free(w);
+}
