@@ -31,6 +31,9 @@ static kr_context *make_ctx(const char *plugin, kr_context_options *o_in, kr_sta
     kr_context_options o = o_in ? *o_in : kr_context_options_default();
     o.plugin_path = plugin;
     o.log_fn = count_log;
+    /* These tests are about plugins and the framework: the built-in cpu
+     * backend is kept out of the way (test_cpu_backend covers it). */
+    if (!o.deny_backends) o.deny_backends = "cpu";
     kr_context *ctx = NULL;
     char buf[512];
     kr_status s = kr_context_create(&o, &ctx, err ? err : buf, 512);
@@ -43,10 +46,11 @@ static kr_context *make_ctx(const char *plugin, kr_context_options *o_in, kr_sta
 /* The slot of the plugin (index of the first non-ref backend). */
 static kr_backend_info plugin_info(kr_context *ctx) {
     kr_backend_info bi;
-    assert_int_equal(kr_accel_backend_count(ctx), 2);
+    const int n = kr_accel_backend_count(ctx);
+    assert_int_equal(n, 3); /* plugin slot, cpu (denied here), ref */
     assert_int_equal(kr_accel_backend_info(ctx, 0, &bi), KR_OK);
     kr_backend_info last;
-    assert_int_equal(kr_accel_backend_info(ctx, 1, &last), KR_OK);
+    assert_int_equal(kr_accel_backend_info(ctx, n - 1, &last), KR_OK);
     assert_string_equal(last.name, "ref");
     return bi;
 }
@@ -69,7 +73,7 @@ static void test_plugin_states(void **state) {
         const char *path, *fault, *reason;
     } refusals[] = {
         {"/nonexistent/krserve", NULL, "not found (looked in /nonexistent/krserve)"},
-        {PLUGIN("badapi"), NULL, "API version 999; this libkrserve needs 1"},
+        {PLUGIN("badapi"), NULL, "API version 999; this libkrserve needs 2"},
         {PLUGIN("noentry"), NULL, "no krserve_backend_entry symbol"},
         {PLUGIN("test"), "probe:test", "injected fault at probe"},
         {PLUGIN("test"), "load:test", "injected fault at load"},
@@ -402,7 +406,7 @@ static void test_config_file(void **state) {
 
     /* deny-list through the API keeps the plugin out */
     o = kr_context_options_default();
-    o.deny_backends = "test";
+    o.deny_backends = "test,cpu";
     ctx = make_ctx(PLUGIN("test"), &o, KR_OK, NULL);
     assert_int_equal(kr_accel_feature_info(ctx, KR_FEATURE_FLASH_ATTENTION, &fi), KR_OK);
     assert_false(fi.available);

@@ -45,9 +45,10 @@ static void test_parse_good(void **state) {
     (void)state;
     kb_options o;
     char err[256] = "";
-    const char *a1[] = {"decode", "rope", "--context", "7,4k", "--heads=16:4", "--dtype",
-                        "f32,bf16", "--kv-dtype", "int8", "--causal", "--reps", "3",
-                        "--backend", "cpu,ref", "--plot", "x.svg", "--budget", "0.5"};
+    const char *a1[] = {"decode",  "rope",     "--context",  "7,4k",    "--heads=16:4",
+                        "--dtype", "f32,bf16", "--kv-dtype", "int8",    "--causal",
+                        "--reps",  "3",        "--backend",  "cpu,ref", "--plot",
+                        "x.svg",   "--budget", "0.5"};
     assert_int_equal(parse(&o, err, sizeof err, 18, a1), 0);
     assert_false(o.kinds[KB_ATTENTION]);
     assert_true(o.kinds[KB_DECODE]);
@@ -140,8 +141,8 @@ static void test_formulas(void **state) {
     (void)state;
     assert_true(kb_attention_pairs(4, 4, true) == 10);
     assert_true(kb_attention_pairs(4, 4, false) == 16);
-    assert_true(kb_attention_pairs(2, 5, true) == 9);  /* rows see 4 and 5 keys */
-    assert_true(kb_attention_pairs(5, 2, true) == 3);  /* rows see 0, 0, 0, 1, 2 */
+    assert_true(kb_attention_pairs(2, 5, true) == 9); /* rows see 4 and 5 keys */
+    assert_true(kb_attention_pairs(5, 2, true) == 3); /* rows see 0, 0, 0, 1, 2 */
     assert_true(kb_attention_pairs(0, 5, true) == 0);
     const int64_t sizes[] = {1, 2, 7, 16, 33, 100};
     for (size_t a = 0; a < 6; a++)
@@ -196,7 +197,8 @@ static void tiny_options(kb_options *o) {
 
 static void expect_number_or_null(const cJSON *o, const char *key) {
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!x || !(cJSON_IsNumber(x) || cJSON_IsNull(x))) fail_msg("field '%s' missing or not a number/null", key);
+    if (!x || !(cJSON_IsNumber(x) || cJSON_IsNull(x)))
+        fail_msg("field '%s' missing or not a number/null", key);
 }
 
 static const cJSON *expect(const cJSON *o, const char *key, int type) {
@@ -250,9 +252,9 @@ static void test_json_schema(void **state) {
         const char *st = expect(r, "state", cJSON_String)->valuestring;
         expect(r, "note", cJSON_String);
         expect(r, "reps", cJSON_Number);
-        const char *nums[] = {"median_s", "min_s", "max_s",      "spread",           "sampled",
-                              "flops",    "bytes", "tolerance", "ceiling_fraction", "speedup",
-                              "error"};
+        const char *nums[] = {"median_s",         "min_s",   "max_s", "spread",
+                              "sampled",          "flops",   "bytes", "tolerance",
+                              "ceiling_fraction", "speedup", "error"};
         for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) expect_number_or_null(r, nums[i]);
         expect(r, "bound", cJSON_String);
         const cJSON *t = expect(r, "throughput", cJSON_Object);
@@ -387,8 +389,8 @@ static void test_plot(void **state) {
 int main(void) {
     kt_base_seed();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_defaults),   cmocka_unit_test(test_parse_good),
-        cmocka_unit_test(test_parse_bad),  cmocka_unit_test(test_formulas),
+        cmocka_unit_test(test_defaults),    cmocka_unit_test(test_parse_good),
+        cmocka_unit_test(test_parse_bad),   cmocka_unit_test(test_formulas),
         cmocka_unit_test(test_json_schema), cmocka_unit_test(test_checked_before_timed),
         cmocka_unit_test(test_plot),
     };

@@ -13,7 +13,8 @@
 
 #include "internal.h"
 
-#define KR_BACKEND_API_VERSION 1u
+/* 2: the args structs carry n_threads. */
+#define KR_BACKEND_API_VERSION 2u
 #define KR_BACKEND_ENTRY_SYMBOL "krserve_backend_entry"
 
 typedef enum kr_op { KR_OP_ATTENTION = 0, KR_OP_ROPE = 1, KR_OP_KV_APPEND = 2, KR_OP_COUNT_ } kr_op;
@@ -44,5 +45,8 @@ kr_status kr_dispatch(kr_context *ctx, kr_op op, kr_feature f, kr_device_type de
 
 /* The built-in reference backend. */
 const kr_backend *kr_ref_backend(void);
+/* The built-in CPU SIMD backend (src/backends/cpu), or NULL in a build
+ * without one (its probe says why when the CPU lacks the features). */
+const kr_backend *kr_cpu_backend(void);
 
 #endif /* KR_CORE_BACKEND_H */

@@ -144,6 +144,7 @@ typedef struct kr_attention_args {
     const kr_tensor *mask; /* shape [Bm, Hm, Sq, >= Skv] */
     kr_tensor *lse;        /* [B, H, Sq, 1] */
     const int64_t *kv_lens;
+    int32_t n_threads; /* worker threads the context allows */
 } kr_attention_args;
 
 typedef struct kr_rope_args {
@@ -153,6 +154,7 @@ typedef struct kr_rope_args {
     kr_rope_layout layout;
     const double *inv_freq; /* rotary_dim / 2 */
     double attention_factor;
+    int32_t n_threads;
 } kr_rope_args;
 
 /* ---- KV cache internals (the layout kv_cache.h draws) ------------------- */
@@ -180,6 +182,7 @@ typedef struct kr_kv_append_args {
     int64_t rotary_dim;
     kr_rope_layout layout;
     double attention_factor;
+    int32_t n_threads;
 } kr_kv_append_args;
 
 /* Resolves a kr_rope_params into frequencies; inv_freq has room for D/2. */

@@ -220,6 +220,7 @@ kr_status kr_kv_cache_append(kr_context *ctx, kr_kv_cache *c, int64_t layer, con
         a.inv_freq = inv_freq;
         a.layout = rope->layout;
     }
+    a.n_threads = ctx->n_threads;
     s = kr_dispatch_kv_append(ctx, &a);
     if (!s)
         for (int64_t b = 0; b < B; b++) len[b] += nn[b];
@@ -278,6 +279,7 @@ kr_status kr_kv_cache_attention(kr_context *ctx, const kr_kv_cache *c, int64_t l
         a.k = &kt;
         a.v = &vt;
     }
+    a.n_threads = ctx->n_threads;
     return kr_dispatch_attention(ctx, &a);
 }
 

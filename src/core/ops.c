@@ -145,6 +145,7 @@ kr_status kr_attention(kr_context *ctx, const kr_tensor *q, const kr_tensor *k, 
                                (long long)b, (long long)params->kv_lens[b], (long long)a.Skv);
         a.kv_lens = params->kv_lens;
     }
+    a.n_threads = ctx->n_threads;
     return kr_dispatch_attention(ctx, &a);
 }
 
@@ -173,6 +174,7 @@ kr_status kr_rope(kr_context *ctx, kr_tensor *x, const int64_t *positions,
     a.layout = params ? params->layout : KR_ROPE_HALF_SPLIT;
     a.inv_freq = inv_freq;
     s = kr_rope_resolve(ctx, params, D, inv_freq, &a.attention_factor, &a.rotary_dim);
+    a.n_threads = ctx->n_threads;
     if (!s) s = kr_dispatch_rope(ctx, &a);
     free(inv_freq);
     return s;

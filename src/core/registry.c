@@ -207,6 +207,16 @@ kr_status kr_registry_init(kr_context *ctx, char *err, size_t err_len) {
     kr_backend_slot *plugin = &ctx->slots[ctx->n_slots++];
     find_plugin(ctx, plugin);
     probe_slot(ctx, plugin);
+    /* The built-in CPU backend sits before ref; its probe says whether this
+     * CPU runs it. */
+    const kr_backend *cpu = kr_cpu_backend();
+    if (cpu) {
+        kr_backend_slot *cs = &ctx->slots[ctx->n_slots++];
+        cs->be = cpu;
+        snprintf(cs->name, sizeof cs->name, "%s", cpu->name);
+        snprintf(cs->version, sizeof cs->version, "%s", cpu->version);
+        probe_slot(ctx, cs);
+    }
     kr_backend_slot *ref = &ctx->slots[ctx->n_slots++];
     ref->be = kr_ref_backend();
     snprintf(ref->name, sizeof ref->name, "ref");

@@ -54,15 +54,15 @@ typedef struct kb_options {
     int n_backends;
     bool all_backends;
     int reps, warmup;
-    int threads;        /* 0 = the context's default (all online cores) */
-    double budget_s;    /* time cap per case and backend */
-    const char *json;   /* output files, NULL = none */
+    int threads;      /* 0 = the context's default (all online cores) */
+    double budget_s;  /* time cap per case and backend */
+    const char *json; /* output files, NULL = none */
     const char *csv;
     const char *plot;
     const char *config; /* --config, NULL = default */
     uint64_t seed;
-    bool progress; /* false: never draw the progress bar */
-    bool quiet;    /* no per-case lines, only the summary */
+    bool progress;      /* false: never draw the progress bar */
+    bool quiet;         /* no per-case lines, only the summary */
     bool tiny_ceilings; /* tests: measure the ceilings in milliseconds (meaningless values) */
 } kb_options;
 
@@ -94,9 +94,9 @@ typedef struct kb_shape {
 } kb_shape;
 
 typedef struct kb_cost {
-    double flops;  /* minimal floating-point operations (0 where not counted) */
-    double bytes;  /* minimal bytes moved to and from memory */
-    bool compute;  /* bound by compute (FLOP/s) or by memory (GB/s) */
+    double flops; /* minimal floating-point operations (0 where not counted) */
+    double bytes; /* minimal bytes moved to and from memory */
+    bool compute; /* bound by compute (FLOP/s) or by memory (GB/s) */
 } kb_cost;
 
 /* The minimal counts `krserve bench --help` states. */
@@ -107,10 +107,10 @@ double kb_kv_token_bytes(int64_t kv_heads, int64_t head_dim, kr_dtype kv_dtype);
 /* ---- ceilings (bench_ceiling.c) ------------------------------------------ */
 
 typedef struct kb_ceilings {
-    double fma_gflops;     /* fp32 FMA peak, all threads, GFLOP/s */
-    double read_gbps;      /* streaming read bandwidth, GB/s (1e9 bytes) */
-    double stream_bytes;   /* size of the buffer read */
-    char fma_kernel[32];   /* "avx2-fma" or "scalar" */
+    double fma_gflops;   /* fp32 FMA peak, all threads, GFLOP/s */
+    double read_gbps;    /* streaming read bandwidth, GB/s (1e9 bytes) */
+    double stream_bytes; /* size of the buffer read */
+    char fma_kernel[32]; /* "avx2-fma" or "scalar" */
     int threads;
 } kb_ceilings;
 
@@ -130,13 +130,13 @@ typedef struct kb_result {
     char note[256]; /* why skipped / wrong / failed, or how it was measured */
     int reps;
     double median_s, min_s, max_s;
-    double spread;        /* (max - min) / median */
-    double sampled;       /* fraction of the work timed (1 = the whole case) */
-    kb_cost cost;         /* of the whole case */
-    double gflops, gbps;  /* throughput of the timed work */
-    double ceiling_frac;  /* of the FMA ceiling (compute) or the read ceiling (memory) */
-    double speedup;       /* over ref's throughput in the same run; NAN if none */
-    double error;         /* normwise relative error against ref; NAN if not checked */
+    double spread;       /* (max - min) / median */
+    double sampled;      /* fraction of the work timed (1 = the whole case) */
+    kb_cost cost;        /* of the whole case */
+    double gflops, gbps; /* throughput of the timed work */
+    double ceiling_frac; /* of the FMA ceiling (compute) or the read ceiling (memory) */
+    double speedup;      /* over ref's throughput in the same run; NAN if none */
+    double error;        /* normwise relative error against ref; NAN if not checked */
     double tolerance;
     int64_t calls, accelerated, fallbacks;
     char last_reason[256];

@@ -42,15 +42,12 @@ kb_cost kb_case_cost(const kb_shape *s) {
         c.bytes = B * S * kb_kv_token_bytes(s->kv_heads, s->head_dim, s->kv_dtype) +
                   2.0 * e * B * (double)s->q_len * H * D;
         break;
-    case KB_ROPE:
-        c.bytes = 2.0 * e * B * S * H * D + 8.0 * B * S;
-        break;
+    case KB_ROPE: c.bytes = 2.0 * e * B * S * H * D + 8.0 * B * S; break;
     case KB_KV_APPEND:
-        c.bytes = 2.0 * e * B * S * Hkv * D + B * S * kb_kv_token_bytes(s->kv_heads, s->head_dim,
-                                                                        s->kv_dtype);
+        c.bytes = 2.0 * e * B * S * Hkv * D +
+                  B * S * kb_kv_token_bytes(s->kv_heads, s->head_dim, s->kv_dtype);
         break;
-    default:
-        break;
+    default: break;
     }
     return c;
 }

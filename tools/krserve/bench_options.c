@@ -11,12 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const kind_names[KB_KIND_COUNT_] = {"attention", "decode", "rope",
-                                                       "kv-append"};
+static const char *const kind_names[KB_KIND_COUNT_] = {"attention", "decode", "rope", "kv-append"};
 
-const char *kb_kind_name(kb_kind k) {
-    return (unsigned)k < KB_KIND_COUNT_ ? kind_names[k] : "?";
-}
+const char *kb_kind_name(kb_kind k) { return (unsigned)k < KB_KIND_COUNT_ ? kind_names[k] : "?"; }
 
 void kb_options_default(kb_options *o) {
     memset(o, 0, sizeof *o);
@@ -132,8 +129,8 @@ static bool parse_dtype(const char *s, size_t n, bool allow_int8, kr_dtype *out)
     static const struct {
         const char *name;
         kr_dtype dt;
-    } names[] = {{"f32", KR_F32},   {"fp32", KR_F32},  {"f16", KR_F16}, {"fp16", KR_F16},
-                 {"bf16", KR_BF16}, {"int8", KR_I8},   {"i8", KR_I8}};
+    } names[] = {{"f32", KR_F32},   {"fp32", KR_F32}, {"f16", KR_F16}, {"fp16", KR_F16},
+                 {"bf16", KR_BF16}, {"int8", KR_I8},  {"i8", KR_I8}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         if (strlen(names[i].name) == n && !strncmp(s, names[i].name, n)) {
             if (names[i].dt == KR_I8 && !allow_int8) return false;
@@ -246,12 +243,12 @@ int kb_parse_args(int argc, char **argv, kb_options *o, FILE *out, char *err, si
         } else {
             snprintf(name, sizeof name, "%s", a);
         }
-#define NEED_VALUE()                                                                      \
-    do {                                                                                  \
-        if (!val) {                                                                       \
-            if (i + 1 >= argc) return fail(err, err_len, "%s: missing value", name);      \
-            val = argv[++i];                                                              \
-        }                                                                                 \
+#define NEED_VALUE()                                                                               \
+    do {                                                                                           \
+        if (!val) {                                                                                \
+            if (i + 1 >= argc) return fail(err, err_len, "%s: missing value", name);               \
+            val = argv[++i];                                                                       \
+        }                                                                                          \
     } while (0)
         int64_t v = 0;
         if (!strcmp(name, "--help") || !strcmp(name, "-h")) {

@@ -39,8 +39,8 @@ void kb_progress_step(kb_progress *p, const char *what) {
     char bar[64];
     for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '-';
     bar[width] = 0;
-    fprintf(stderr, "\r\033[K[%s] %d/%d  %.0f s  %s", bar, p->done, p->total,
-            kb_now() - p->t0, what);
+    fprintf(stderr, "\r\033[K[%s] %d/%d  %.0f s  %s", bar, p->done, p->total, kb_now() - p->t0,
+            what);
     fflush(stderr);
     p->drawn = true;
 }
@@ -210,10 +210,10 @@ static cJSON *result_json(const kb_result *r) {
     cJSON_AddNumberToObject(p, "kv_heads", (double)r->shape.kv_heads);
     cJSON_AddNumberToObject(p, "head_dim", (double)r->shape.head_dim);
     cJSON_AddNumberToObject(p, "context", (double)r->shape.context);
-    cJSON_AddNumberToObject(p, "q_len", (double)(r->shape.kind == KB_DECODE ? r->shape.q_len
-                                                 : r->shape.kind == KB_ATTENTION
-                                                     ? r->shape.context
-                                                     : 0));
+    cJSON_AddNumberToObject(p, "q_len",
+                            (double)(r->shape.kind == KB_DECODE      ? r->shape.q_len
+                                     : r->shape.kind == KB_ATTENTION ? r->shape.context
+                                                                     : 0));
     cJSON_AddStringToObject(p, "dtype", kr_dtype_name(r->shape.dtype));
     if (r->shape.kind == KB_DECODE || r->shape.kind == KB_KV_APPEND)
         cJSON_AddStringToObject(p, "kv_dtype", kv_name(r->shape.kv_dtype));
@@ -281,7 +281,8 @@ char *kb_json_string(const kb_report *rep) {
     cJSON_AddNumberToObject(op, "budget_s", o->budget_s);
     cJSON_AddNumberToObject(op, "seed", (double)o->seed);
     cJSON *rs = cJSON_AddArrayToObject(root, "results");
-    for (int i = 0; i < rep->n_results; i++) cJSON_AddItemToArray(rs, result_json(&rep->results[i]));
+    for (int i = 0; i < rep->n_results; i++)
+        cJSON_AddItemToArray(rs, result_json(&rep->results[i]));
     add_num(root, "wall_s", rep->wall_s);
     char *s = cJSON_Print(root);
     cJSON_Delete(root);
@@ -321,8 +322,8 @@ int kb_write_csv(const kb_report *rep, const char *path, char *err, size_t err_l
         const kb_result *r = &rep->results[i];
         const bool ok = r->state == KB_OK;
         /* notes never hold double quotes; commas are quoted */
-        fprintf(f, "%s,%lld,%lld,%lld,%lld,%lld,%lld,%s,%s,%d,%s,%s,%s,%d,", kb_kind_name(r->shape.kind),
-                (long long)r->shape.batch, (long long)r->shape.heads,
+        fprintf(f, "%s,%lld,%lld,%lld,%lld,%lld,%lld,%s,%s,%d,%s,%s,%s,%d,",
+                kb_kind_name(r->shape.kind), (long long)r->shape.batch, (long long)r->shape.heads,
                 (long long)r->shape.kv_heads, (long long)r->shape.head_dim,
                 (long long)r->shape.context,
                 (long long)(r->shape.kind == KB_DECODE ? r->shape.q_len : 0),
@@ -421,10 +422,11 @@ int kb_write_plot(const kb_report *rep, const char *path, char *err, size_t err_
         fprintf(g,
                 "set multiplot layout %d,2 title \"krserve bench %s — %s, %d threads — %s\\n"
                 "ceilings: FMA %.0f GFLOP/s, read %.1f GB/s\"\n",
-                rows, rep->version, rep->cpu_model, rep->threads, rep->date,
-                rep->ceil.fma_gflops, rep->ceil.read_gbps);
-        fprintf(g, "set logscale x 2\nset logscale y 10\nset grid\nset key bottom right opaque box\n"
-                   "set xlabel 'context (tokens)'\nset format x '%%g'\nset format y '%%g'\n");
+                rows, rep->version, rep->cpu_model, rep->threads, rep->date, rep->ceil.fma_gflops,
+                rep->ceil.read_gbps);
+        fprintf(g,
+                "set logscale x 2\nset logscale y 10\nset grid\nset key bottom right opaque box\n"
+                "set xlabel 'context (tokens)'\nset format x '%%g'\nset format y '%%g'\n");
         for (int k = 0; k < KB_KIND_COUNT_; k++) {
             if (!kind_used[k]) continue;
             const bool compute = k == KB_ATTENTION;
@@ -442,8 +444,8 @@ int kb_write_plot(const kb_report *rep, const char *path, char *err, size_t err_
                     char label[96];
                     series_label(&lines[j].s, label, sizeof label);
                     fprintf(g, "%s'%s' using 1:%d with linespoints lw 2 title '%s: %s'",
-                            first ? "" : ", ", lines[j].file, panel == 0 ? 2 : 3,
-                            lines[j].backend, label);
+                            first ? "" : ", ", lines[j].file, panel == 0 ? 2 : 3, lines[j].backend,
+                            label);
                     first = false;
                 }
                 if (panel == 1)
@@ -467,9 +469,10 @@ int kb_write_plot(const kb_report *rep, const char *path, char *err, size_t err_
         const int status = p ? pclose(p) : -1;
         if (status != 0) {
             const bool missing = status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 127;
-            snprintf(err, err_len, "--plot: %s%s", missing ? "gnuplot not found (Debian: "
-                                                             "apt-get install gnuplot-nox)"
-                                                           : "gnuplot failed: ",
+            snprintf(err, err_len, "--plot: %s%s",
+                     missing ? "gnuplot not found (Debian: "
+                               "apt-get install gnuplot-nox)"
+                             : "gnuplot failed: ",
                      missing ? "" : out);
             rc = -1;
         }

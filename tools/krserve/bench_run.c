@@ -283,7 +283,7 @@ typedef struct kb_case {
     void *q, *k, *v, *out, *x0, *x;
     int64_t n_q, n_kv, n_out, n_x;
     int64_t *positions;
-    kr_kv_cache *cache;     /* decode: filled once; kv-append: reset per run */
+    kr_kv_cache *cache; /* decode: filled once; kv-append: reset per run */
     /* the reference's check output, as float */
     float *want;
     int64_t n_want;
@@ -296,11 +296,10 @@ static int64_t check_heads(const kb_shape *s) { return s->heads / s->kv_heads; }
 
 /* Views of attention for the last `rows` query rows; `group` limits the
  * heads to the last kv head and its query heads. */
-static void attention_views(const kb_case *c, int64_t rows, bool group, void *out_buf,
-                            kr_tensor *q, kr_tensor *k, kr_tensor *v, kr_tensor *out) {
+static void attention_views(const kb_case *c, int64_t rows, bool group, void *out_buf, kr_tensor *q,
+                            kr_tensor *k, kr_tensor *v, kr_tensor *out) {
     const kb_shape *s = &c->s;
-    const int64_t B = s->batch, S = s->context, H = s->heads, Hkv = s->kv_heads,
-                  D = s->head_dim;
+    const int64_t B = s->batch, S = s->context, H = s->heads, Hkv = s->kv_heads, D = s->head_dim;
     const size_t e = kr_dtype_size(s->dtype);
     *q = kr_tensor_bshd((char *)c->q + (size_t)((S - rows) * H * D) * e, s->dtype, B, rows, H, D);
     q->stride[0] = S * H * D;
@@ -309,8 +308,8 @@ static void attention_views(const kb_case *c, int64_t rows, bool group, void *ou
     if (out_buf) { /* a separate [B, rows, heads, D] buffer */
         *out = kr_tensor_bshd(out_buf, s->dtype, B, rows, group ? check_heads(s) : H, D);
     } else {
-        *out = kr_tensor_bshd((char *)c->out + (size_t)((S - rows) * H * D) * e, s->dtype, B,
-                              rows, H, D);
+        *out = kr_tensor_bshd((char *)c->out + (size_t)((S - rows) * H * D) * e, s->dtype, B, rows,
+                              H, D);
         out->stride[0] = S * H * D;
     }
     if (group) {
@@ -496,7 +495,8 @@ static int case_build(kb_case *c, const kb_shape *s, uint64_t seed, kr_context *
         }
         /* fill in chunks of up to 1024 tokens */
         const int64_t chunk = S < 1024 ? S : 1024;
-        void *k = alloc_el(s->dtype, B * chunk * Hkv * D), *v = alloc_el(s->dtype, B * chunk * Hkv * D);
+        void *k = alloc_el(s->dtype, B * chunk * Hkv * D),
+             *v = alloc_el(s->dtype, B * chunk * Hkv * D);
         ok = k && v;
         for (int64_t t = 0; ok && t < S; t += chunk) {
             const int64_t n = S - t < chunk ? S - t : chunk;
@@ -618,8 +618,8 @@ static void case_backend(kb_case *c, kb_be *be, const kb_options *o, const kb_ce
         if (be->is_ref && s->kind == KB_ATTENTION) {
             /* time the last rows only: the heaviest rows of a causal case */
             const double full = kb_attention_pairs(s->context, s->context, s->causal);
-            while (rows > 1 && est * kb_attention_pairs(rows, s->context, s->causal) / full >
-                                   o->budget_s / 3)
+            while (rows > 1 &&
+                   est * kb_attention_pairs(rows, s->context, s->causal) / full > o->budget_s / 3)
                 rows /= 2;
             r->sampled = kb_attention_pairs(rows, s->context, s->causal) / full;
             snprintf(r->note, sizeof r->note,
@@ -820,13 +820,12 @@ int kb_run(const kb_options *o, kb_report *rep, char *err, size_t err_len) {
         for (int b = 0; b < n_be; b++) be[b].prev_cost = be[b].prev_time = 0;
         double ref_rate = 0; /* ref FLOP/s from its check run */
         for (int ci = 0; ci < o->n_contexts && !rc; ci++) {
-            kb_shape s = {series[si].kind, o->batch, o->heads, o->kv_heads, o->head_dim,
-                          o->contexts[ci], o->q_len, series[si].dtype, series[si].kv_dtype,
-                          series[si].causal};
+            kb_shape s = {series[si].kind,     o->batch,         o->heads, o->kv_heads,
+                          o->head_dim,         o->contexts[ci],  o->q_len, series[si].dtype,
+                          series[si].kv_dtype, series[si].causal};
             kb_case c;
             char what[128];
-            snprintf(what, sizeof what, "%s ctx %lld", kb_kind_name(s.kind),
-                     (long long)s.context);
+            snprintf(what, sizeof what, "%s ctx %lld", kb_kind_name(s.kind), (long long)s.context);
             const uint64_t seed = o->seed ^ ((uint64_t)si << 32) ^ (uint64_t)s.context;
             kb_result r;
             if (case_build(&c, &s, seed, be[0].ctx, err, err_len)) {
@@ -849,9 +848,9 @@ int kb_run(const kb_options *o, kb_report *rep, char *err, size_t err_len) {
             const kr_status st = case_reference(&c, be[0].ctx, &t_ref);
             if (s.kind == KB_ATTENTION && st == KR_OK && t_ref > 0) {
                 const kb_shape cs = s;
-                const double f =
-                    4.0 * (double)cs.batch * (double)check_heads(&cs) * (double)cs.head_dim *
-                    kb_attention_pairs(c.check_rows, cs.context, cs.causal);
+                const double f = 4.0 * (double)cs.batch * (double)check_heads(&cs) *
+                                 (double)cs.head_dim *
+                                 kb_attention_pairs(c.check_rows, cs.context, cs.causal);
                 ref_rate = f / t_ref;
             }
             const int first = rep->n_results;

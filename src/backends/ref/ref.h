@@ -21,6 +21,13 @@ void kr_ref_rope_row(float *row, double pos, const double *inv_freq, int64_t hal
  * quantisation to the storage dtype). */
 kr_status kr_ref_kv_append(const kr_kv_append_args *a, char *err, size_t err_len);
 
+/* Turns amax[D] (each channel's largest magnitude over the first append to
+ * a layer, after RoPE for K) into the int8 channel factors in place: rotated
+ * pairs tied, then amax / median for channels above 8x the median, else 1.
+ * tmp: D floats of scratch. Shared with the accelerated backends so every
+ * backend fixes the same factors. */
+void kr_ref_chan_factors(const kr_kv_append_args *a, bool is_k, float *amax, float *tmp);
+
 /* Quantises one row of n floats to symmetric int8 with the two-level scale
  * of kv_cache.h (meta: KR_KV_INT8_META_BYTES(n) bytes); values are divided
  * by chan[c] first. A non-finite row stores a NaN row scale (so attention

@@ -46,22 +46,27 @@ static void fix_channel_factors(const kr_kv_append_args *a, const kr_tensor *src
                 for (int64_t c = 0; c < D; c++)
                     if (fabsf(row[c]) > amax[c]) amax[c] = fabsf(row[c]);
             }
-        if (is_k && a->inv_freq) { /* a rotated pair shares one factor */
-            const int64_t half = a->rotary_dim / 2;
-            for (int64_t i = 0; i < half; i++) {
-                const int64_t ix = a->layout == KR_ROPE_INTERLEAVED ? 2 * i : i;
-                const int64_t iy = a->layout == KR_ROPE_INTERLEAVED ? 2 * i + 1 : i + half;
-                const float m = fmaxf(amax[ix], amax[iy]);
-                amax[ix] = amax[iy] = m;
-            }
-        }
-        memcpy(tmp, amax, sizeof(float) * (size_t)D);
-        qsort(tmp, (size_t)D, sizeof(float), cmp_float);
-        const float median = tmp[D / 2];
-        for (int64_t c = 0; c < D; c++)
-            amax[c] = (median > 0.0f && amax[c] > KR_CHAN_OUTLIER_RATIO * median) ? amax[c] / median
-                                                                                  : 1.0f;
+        kr_ref_chan_factors(a, is_k, amax, tmp);
     }
+}
+
+void kr_ref_chan_factors(const kr_kv_append_args *a, bool is_k, float *amax, float *tmp) {
+    const int64_t D = a->cache->o.head_dim;
+    if (is_k && a->inv_freq) { /* a rotated pair shares one factor */
+        const int64_t half = a->rotary_dim / 2;
+        for (int64_t i = 0; i < half; i++) {
+            const int64_t ix = a->layout == KR_ROPE_INTERLEAVED ? 2 * i : i;
+            const int64_t iy = a->layout == KR_ROPE_INTERLEAVED ? 2 * i + 1 : i + half;
+            const float m = fmaxf(amax[ix], amax[iy]);
+            amax[ix] = amax[iy] = m;
+        }
+    }
+    memcpy(tmp, amax, sizeof(float) * (size_t)D);
+    qsort(tmp, (size_t)D, sizeof(float), cmp_float);
+    const float median = tmp[D / 2];
+    for (int64_t c = 0; c < D; c++)
+        amax[c] =
+            (median > 0.0f && amax[c] > KR_CHAN_OUTLIER_RATIO * median) ? amax[c] / median : 1.0f;
 }
 
 kr_status kr_ref_kv_append(const kr_kv_append_args *a, char *err, size_t err_len) {

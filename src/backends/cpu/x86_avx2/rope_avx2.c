@@ -1,0 +1,376 @@
+/*
+ * rope_avx2.c — fused RoPE, and fused RoPE + (quantise +) append into the KV
+ * cache, on AVX2; plus this variant's kernel table.
+ *
+ * One pass over the data: per token, the cos/sin table of its position is
+ * built once (kr_avx2_rope_table, four angles at a time in double) and used
+ * by every head; each row is loaded, converted to fp32, rotated, and stored
+ * back (RoPE) or written into the cache (append) — as fp16/bf16/fp32, or
+ * quantised to the int8 layout of kv_cache.h in registers. The arithmetic
+ * is the reference's, operation for operation (cos/sin rounded to fp32,
+ * x c - y s as two products and a difference, the same quantiser steps),
+ * so the results agree with ref to the last bit in all but rare cases.
+ *
+ * Threads (OpenMP) split the tokens. The first append to an int8 layer
+ * first reduces each channel's amax over the appended tokens (per thread,
+ * then merged), fixes the channel factors exactly as ref does, then runs the
+ * fused pass.
+ */
+#include "simd_avx2.h"
+
+#include "../../ref/ref.h"
+
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- cos / sin tables ------------------------------------------------------------ */
+
+void kr_avx2_rope_table(double pos, const double *inv_freq, int64_t half, double attention_factor,
+                        float *cosv, float *sinv) {
+    /* pi/2 in three parts (fdlibm's): k * P1 is exact for k < 2^20 */
+    const __m256d P1 = _mm256_set1_pd(1.57079632673412561417e+00);
+    const __m256d P2 = _mm256_set1_pd(6.07710050630396597660e-11);
+    const __m256d P3 = _mm256_set1_pd(2.02226624879595063154e-21);
+    const __m256d inv_pio2 = _mm256_set1_pd(6.36619772367581382433e-01);
+    const __m256d posv = _mm256_set1_pd(pos), af = _mm256_set1_pd(attention_factor);
+    const __m256d magic = _mm256_set1_pd(6755399441055744.0); /* 1.5 * 2^52 */
+    int64_t i = 0;
+    for (; i + 4 <= half && pos < 1e9; i += 4) {
+        const __m256d x = _mm256_mul_pd(posv, _mm256_loadu_pd(inv_freq + i));
+        const __m256d k = _mm256_round_pd(_mm256_mul_pd(x, inv_pio2),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256d r = _mm256_fnmadd_pd(k, P1, x);
+        r = _mm256_fnmadd_pd(k, P2, r);
+        r = _mm256_fnmadd_pd(k, P3, r);
+        const __m256d r2 = _mm256_mul_pd(r, r);
+        /* sin r = r (1 - r2/3! + r2^2/5! - ...), to r^15 */
+        __m256d s = _mm256_set1_pd(-1.0 / 1307674368000.0);
+        s = _mm256_fmadd_pd(s, r2, _mm256_set1_pd(1.0 / 6227020800.0));
+        s = _mm256_fmadd_pd(s, r2, _mm256_set1_pd(-1.0 / 39916800.0));
+        s = _mm256_fmadd_pd(s, r2, _mm256_set1_pd(1.0 / 362880.0));
+        s = _mm256_fmadd_pd(s, r2, _mm256_set1_pd(-1.0 / 5040.0));
+        s = _mm256_fmadd_pd(s, r2, _mm256_set1_pd(1.0 / 120.0));
+        s = _mm256_fmadd_pd(s, r2, _mm256_set1_pd(-1.0 / 6.0));
+        s = _mm256_fmadd_pd(_mm256_mul_pd(s, r2), r, r);
+        /* cos r = 1 - r2/2! + ..., to r^16 */
+        __m256d c = _mm256_set1_pd(1.0 / 20922789888000.0);
+        c = _mm256_fmadd_pd(c, r2, _mm256_set1_pd(-1.0 / 87178291200.0));
+        c = _mm256_fmadd_pd(c, r2, _mm256_set1_pd(1.0 / 479001600.0));
+        c = _mm256_fmadd_pd(c, r2, _mm256_set1_pd(-1.0 / 3628800.0));
+        c = _mm256_fmadd_pd(c, r2, _mm256_set1_pd(1.0 / 40320.0));
+        c = _mm256_fmadd_pd(c, r2, _mm256_set1_pd(-1.0 / 720.0));
+        c = _mm256_fmadd_pd(c, r2, _mm256_set1_pd(1.0 / 24.0));
+        c = _mm256_fmadd_pd(c, r2, _mm256_set1_pd(-0.5));
+        c = _mm256_fmadd_pd(c, r2, _mm256_set1_pd(1.0));
+        /* quadrant q = k mod 4: sin = s, c, -s, -c; cos = c, -s, -c, s */
+        const __m256i q = _mm256_castpd_si256(_mm256_add_pd(k, magic));
+        const __m256i q1 = _mm256_slli_epi64(_mm256_and_si256(q, _mm256_set1_epi64x(1)), 63);
+        const __m256i q2 = _mm256_slli_epi64(_mm256_and_si256(q, _mm256_set1_epi64x(2)), 62);
+        const __m256d odd = _mm256_castsi256_pd(q1); /* sign bit set when q is odd */
+        const __m256d sn0 = _mm256_blendv_pd(s, c, odd);
+        const __m256d cs0 = _mm256_blendv_pd(c, s, odd);
+        /* sin negative for q = 2, 3; cos negative for q = 1, 2 */
+        const __m256d sin_neg = _mm256_castsi256_pd(q2);
+        const __m256d cos_neg = _mm256_castsi256_pd(_mm256_xor_si256(q2, q1));
+        const __m256d sv = _mm256_xor_pd(sn0, sin_neg);
+        const __m256d cv = _mm256_xor_pd(cs0, cos_neg);
+        _mm_storeu_ps(cosv + i, _mm256_cvtpd_ps(_mm256_mul_pd(cv, af)));
+        _mm_storeu_ps(sinv + i, _mm256_cvtpd_ps(_mm256_mul_pd(sv, af)));
+    }
+    for (; i < half; i++) { /* tail, and absurd positions: libm */
+        const double ang = pos * inv_freq[i];
+        cosv[i] = (float)(cos(ang) * attention_factor);
+        sinv[i] = (float)(sin(ang) * attention_factor);
+    }
+}
+
+/* Rotates the first 2 * half channels of an fp32 row in place. */
+static void rotate_row(float *row, int64_t half, kr_rope_layout layout, const float *cosv,
+                       const float *sinv) {
+    int64_t i = 0;
+    if (layout == KR_ROPE_HALF_SPLIT) {
+        for (; i + 8 <= half; i += 8) {
+            const __m256 x = _mm256_loadu_ps(row + i), y = _mm256_loadu_ps(row + half + i);
+            const __m256 c = _mm256_loadu_ps(cosv + i), s = _mm256_loadu_ps(sinv + i);
+            _mm256_storeu_ps(row + i, _mm256_sub_ps(_mm256_mul_ps(x, c), _mm256_mul_ps(y, s)));
+            _mm256_storeu_ps(row + half + i,
+                             _mm256_add_ps(_mm256_mul_ps(x, s), _mm256_mul_ps(y, c)));
+        }
+        for (; i < half; i++) {
+            const float x = row[i], y = row[half + i];
+            row[i] = x * cosv[i] - y * sinv[i];
+            row[half + i] = x * sinv[i] + y * cosv[i];
+        }
+        return;
+    }
+    /* interleaved: 4 pairs per vector; cos duplicated, sin signed (-s, +s) */
+    const __m256 sign = _mm256_castsi256_ps(
+        _mm256_setr_epi32((int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000, 0,
+                          (int)0x80000000, 0));
+    const __m256i dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+    for (; i + 4 <= half; i += 4) {
+        const __m256 v = _mm256_loadu_ps(row + 2 * i);
+        const __m256 c = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(cosv + i)), dup);
+        const __m256 s = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(sinv + i)), dup);
+        const __m256 sw = _mm256_permute_ps(v, 0xB1); /* y0 x0 y1 x1 ... */
+        /* x' = x c + (-(y s)),  y' = y c + x s */
+        const __m256 prod = _mm256_xor_ps(_mm256_mul_ps(sw, s), sign);
+        _mm256_storeu_ps(row + 2 * i, _mm256_add_ps(_mm256_mul_ps(v, c), prod));
+    }
+    for (; i < half; i++) {
+        const float x = row[2 * i], y = row[2 * i + 1];
+        row[2 * i] = x * cosv[i] - y * sinv[i];
+        row[2 * i + 1] = x * sinv[i] + y * cosv[i];
+    }
+}
+
+/* Loads channels [0, n) of row (b, s, h) of t as fp32. */
+static void load_any(const kr_tensor *t, int64_t b, int64_t s, int64_t h, int64_t n, float *dst) {
+    const size_t es = kr_dtype_size(t->dtype);
+    const int64_t off = b * t->stride[0] + s * t->stride[1] + h * t->stride[2];
+    const char *src = (const char *)t->data + (size_t)off * es;
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8) _mm256_storeu_ps(dst + c, kr_avx2_load8(src + (size_t)c * es, t->dtype));
+    for (; c < n; c++) dst[c] = kr_load(t, off + c);
+}
+
+static void store_any(const kr_tensor *t, int64_t b, int64_t s, int64_t h, int64_t n,
+                      const float *row) {
+    const size_t es = kr_dtype_size(t->dtype);
+    const int64_t off = b * t->stride[0] + s * t->stride[1] + h * t->stride[2];
+    char *dst = (char *)t->data + (size_t)off * es;
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8) kr_avx2_store8(dst + (size_t)c * es, t->dtype, _mm256_loadu_ps(row + c));
+    for (; c < n; c++) kr_store(t, off + c, row[c]);
+}
+
+static kr_status rope(const kr_rope_args *a, char *err, size_t err_len) {
+    const kr_tensor *x = a->x;
+    const int64_t B = x->shape[0], S = x->shape[1], H = x->shape[2];
+    const int64_t half = a->rotary_dim / 2, rot = a->rotary_dim;
+    const int threads = a->n_threads > 0 ? a->n_threads : 1;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *buf = malloc(sizeof(float) * (size_t)(rot + 2 * half + 16));
+        if (!buf) failed = 1;
+#pragma omp for schedule(static)
+        for (int64_t bs = 0; bs < B * S; bs++) {
+            if (!buf) continue;
+            float *row = buf, *cosv = buf + rot + 8, *sinv = cosv + half;
+            kr_avx2_rope_table((double)a->positions[bs], a->inv_freq, half, a->attention_factor,
+                               cosv, sinv);
+            const int64_t b = bs / S, s = bs % S;
+            for (int64_t h = 0; h < H; h++) {
+                /* channels beyond rotary_dim are neither read nor written */
+                load_any(x, b, s, h, rot, row);
+                rotate_row(row, half, a->layout, cosv, sinv);
+                store_any(x, b, s, h, rot, row);
+            }
+        }
+        free(buf);
+    }
+    if (failed) {
+        snprintf(err, err_len, "cpu rope: out of memory");
+        return KR_ERR_OUT_OF_MEMORY;
+    }
+    return KR_OK;
+}
+
+/* ---- int8 quantisation (kr_ref_quantize_row, vectorised) --------------------- */
+
+static void quantize_row(const float *x, const float *chan, int64_t D, int8_t *q, uint8_t *meta) {
+    const int64_t groups = (D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 amax_v = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+    float gmax[KR_CPU_MAX_HEAD_DIM / KR_KV_INT8_GROUP + 1];
+    for (int64_t g = 0; g < groups; g++) {
+        __m256 gm = _mm256_setzero_ps();
+        const int64_t end = (g + 1) * KR_KV_INT8_GROUP < D ? (g + 1) * KR_KV_INT8_GROUP : D;
+        for (int64_t c = g * KR_KV_INT8_GROUP; c < end; c += 8) {
+            const __m256 av = _mm256_and_ps(
+                _mm256_div_ps(_mm256_loadu_ps(x + c), _mm256_loadu_ps(chan + c)), absmask);
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps(av, av, _CMP_UNORD_Q));
+            gm = _mm256_max_ps(av, gm); /* NaN ignored, as ref's `av > gmax` */
+            amax_v = _mm256_max_ps(av, amax_v);
+        }
+        gmax[g] = kr_avx2_hmax(gm);
+    }
+    const float amax = _mm256_movemask_ps(bad) ? NAN : kr_avx2_hmax(amax_v);
+    /* the row and group scales: ref's scalar steps */
+    uint16_t rh = kr_f32_to_f16(isfinite(amax) ? amax / 127.0f : NAN);
+    if (isfinite(amax) && kr_f16_to_f32(rh) * 127.0f < amax) rh++;
+    meta[0] = (uint8_t)(rh & 0xff);
+    meta[1] = (uint8_t)(rh >> 8);
+    const float row_scale = kr_f16_to_f32(rh);
+    for (int64_t g = 0; g < groups; g++) {
+        float u = row_scale > 0.0f ? ceilf(255.0f * gmax[g] / (127.0f * row_scale)) : 0.0f;
+        if (!(u <= 255.0f)) u = 255.0f;
+        meta[2 + g] = (uint8_t)u;
+    }
+    const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t g = 0; g < groups; g++) {
+        const float s = kr_kv_int8_group_scale(meta, g);
+        const bool usable = s > 0.0f && isfinite(s);
+        const __m256 sv = _mm256_set1_ps(s);
+        const int64_t c0 = g * KR_KV_INT8_GROUP;
+        if (usable && c0 + KR_KV_INT8_GROUP <= D) {
+            __m256i v[4];
+            for (int k = 0; k < 4; k++) {
+                const int64_t c = c0 + 8 * k;
+                __m256 r = _mm256_div_ps(_mm256_div_ps(_mm256_loadu_ps(x + c), _mm256_loadu_ps(chan + c)), sv);
+                r = _mm256_round_ps(r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                const __m256 ord = _mm256_cmp_ps(r, r, _CMP_ORD_Q);
+                r = _mm256_and_ps(_mm256_min_ps(_mm256_max_ps(r, lo), hi), ord);
+                v[k] = _mm256_cvtps_epi32(r);
+            }
+            const __m256i ab = _mm256_packs_epi32(v[0], v[1]), cd = _mm256_packs_epi32(v[2], v[3]);
+            const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), order);
+            _mm256_storeu_si256((__m256i *)(q + c0), bytes);
+        } else {
+            const int64_t end = c0 + KR_KV_INT8_GROUP < D ? c0 + KR_KV_INT8_GROUP : D;
+            for (int64_t c = c0; c < end; c++) {
+                float r = usable ? rintf(x[c] / chan[c] / s) : 0.0f;
+                if (r > 127.0f) r = 127.0f;
+                if (r < -127.0f) r = -127.0f;
+                q[c] = r == r ? (int8_t)r : 0;
+            }
+        }
+    }
+}
+
+/* ---- append ------------------------------------------------------------------------ */
+
+/* The new token slots: token (b, t) with t < n_new[b]. */
+static void append_token(const kr_kv_append_args *a, int64_t b, int64_t t, float *row,
+                         float *cosv, float *sinv) {
+    kr_kv_cache *c = a->cache;
+    const kr_kv_cache_options *o = &c->o;
+    const int64_t D = o->head_dim, Hkv = o->n_kv_heads, half = a->rotary_dim / 2;
+    kr_kv_layer *ly = &c->layers[a->layer];
+    const int64_t slot = c->len[a->layer * o->batch + b] + t;
+    if (a->inv_freq)
+        kr_avx2_rope_table((double)a->positions[b * a->k->shape[1] + t], a->inv_freq, half,
+                           a->attention_factor, cosv, sinv);
+    const size_t es = kr_dtype_size(o->dtype);
+    const int64_t M = KR_KV_INT8_META_BYTES(D);
+    for (int w = 0; w < 2; w++) {
+        const bool is_k = w == 0;
+        const kr_tensor *src = is_k ? a->k : a->v;
+        char *data = is_k ? ly->k : ly->v;
+        for (int64_t h = 0; h < Hkv; h++) {
+            load_any(src, b, t, h, D, row);
+            if (is_k && a->inv_freq) rotate_row(row, half, a->layout, cosv, sinv);
+            const int64_t r = (b * o->capacity + slot) * Hkv + h;
+            if (o->dtype == KR_I8) {
+                quantize_row(row, (is_k ? ly->k_chan : ly->v_chan) + h * D, D,
+                             (int8_t *)data + r * D, (is_k ? ly->k_meta : ly->v_meta) + r * M);
+            } else {
+                char *dst = data + (size_t)(r * D) * es;
+                for (int64_t cc = 0; cc < D; cc += 8)
+                    kr_avx2_store8(dst + (size_t)cc * es, o->dtype, _mm256_loadu_ps(row + cc));
+            }
+        }
+    }
+}
+
+/* amax[2][Hkv][D] of the (rotated) K and the V rows this append brings. */
+static void channel_amax(const kr_kv_append_args *a, int64_t b, int64_t t, float *row,
+                         float *cosv, float *sinv, float *amax) {
+    const kr_kv_cache_options *o = &a->cache->o;
+    const int64_t D = o->head_dim, Hkv = o->n_kv_heads, half = a->rotary_dim / 2;
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    if (a->inv_freq)
+        kr_avx2_rope_table((double)a->positions[b * a->k->shape[1] + t], a->inv_freq, half,
+                           a->attention_factor, cosv, sinv);
+    for (int w = 0; w < 2; w++)
+        for (int64_t h = 0; h < Hkv; h++) {
+            load_any(w == 0 ? a->k : a->v, b, t, h, D, row);
+            if (w == 0 && a->inv_freq) rotate_row(row, half, a->layout, cosv, sinv);
+            float *m = amax + (w * Hkv + h) * D;
+            for (int64_t c = 0; c < D; c += 8)
+                _mm256_storeu_ps(m + c, _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(row + c), absmask),
+                                                      _mm256_loadu_ps(m + c)));
+        }
+}
+
+static kr_status kv_append(const kr_kv_append_args *a, char *err, size_t err_len) {
+    kr_kv_cache *c = a->cache;
+    const kr_kv_cache_options *o = &c->o;
+    const int64_t D = o->head_dim, Hkv = o->n_kv_heads, S = a->k->shape[1], B = o->batch;
+    kr_kv_layer *ly = &c->layers[a->layer];
+    const int threads = a->n_threads > 0 ? a->n_threads : 1;
+    bool any_new = false;
+    for (int64_t b = 0; b < B; b++) any_new |= a->n_new[b] > 0;
+    const bool fix_chan = o->dtype == KR_I8 && !ly->chan_set && any_new;
+    const size_t amax_n = (size_t)(2 * Hkv * D);
+    float *amax = fix_chan ? calloc(amax_n, sizeof(float)) : NULL;
+    if (fix_chan && !amax) {
+        snprintf(err, err_len, "cpu kv append: out of memory");
+        return KR_ERR_OUT_OF_MEMORY;
+    }
+    int failed = 0;
+    if (fix_chan) {
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+        {
+            float *buf = malloc(sizeof(float) * (size_t)(2 * D + 16));
+            float *mine = calloc(amax_n, sizeof(float));
+            if (!buf || !mine) failed = 1;
+#pragma omp for schedule(static)
+            for (int64_t bt = 0; bt < B * S; bt++) {
+                const int64_t b = bt / S, t = bt % S;
+                if (!buf || !mine || t >= a->n_new[b]) continue;
+                channel_amax(a, b, t, buf, buf + D, buf + D + D / 2 + 8, mine);
+            }
+            if (mine) {
+#pragma omp critical(kr_cpu_amax)
+                for (size_t i = 0; i < amax_n; i++)
+                    if (mine[i] > amax[i]) amax[i] = mine[i];
+            }
+            free(buf);
+            free(mine);
+        }
+        float *tmp = malloc(sizeof(float) * (size_t)D);
+        if (!tmp) failed = 1;
+        for (int w = 0; w < 2 && !failed; w++)
+            for (int64_t h = 0; h < Hkv; h++) {
+                float *m = amax + (w * Hkv + h) * D;
+                kr_ref_chan_factors(a, w == 0, m, tmp);
+                memcpy((w == 0 ? ly->k_chan : ly->v_chan) + h * D, m, sizeof(float) * (size_t)D);
+            }
+        free(tmp);
+        free(amax);
+        if (failed) {
+            snprintf(err, err_len, "cpu kv append: out of memory");
+            return KR_ERR_OUT_OF_MEMORY;
+        }
+        ly->chan_set = true;
+    }
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *buf = malloc(sizeof(float) * (size_t)(2 * D + 16));
+        if (!buf) failed = 1;
+#pragma omp for schedule(static)
+        for (int64_t bt = 0; bt < B * S; bt++) {
+            const int64_t b = bt / S, t = bt % S;
+            if (!buf || t >= a->n_new[b]) continue;
+            append_token(a, b, t, buf, buf + D, buf + D + D / 2 + 8);
+        }
+        free(buf);
+    }
+    if (failed) {
+        snprintf(err, err_len, "cpu kv append: out of memory");
+        return KR_ERR_OUT_OF_MEMORY;
+    }
+    return KR_OK;
+}
+
+/* ---- the variant's table ------------------------------------------------------------ */
+
+static const kr_cpu_kernels avx2_kernels = {"avx2+fma+f16c", kr_cpu_avx2_attention, rope,
+                                            kv_append};
+
+const kr_cpu_kernels *kr_cpu_avx2_kernels(void) { return &avx2_kernels; }
