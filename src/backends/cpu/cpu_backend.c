@@ -34,8 +34,9 @@ static int cpu_probe(char *reason, size_t n) {
         return 0;
     }
     chosen = kr_cpu_avx2_kernels();
-    snprintf(reason, n, "%s kernels: tiled flash attention, decode over fp16/bf16/fp32/int8 caches, "
-                        "fused RoPE (+ quantise + append)",
+    snprintf(reason, n,
+             "%s kernels: tiled flash attention, decode over fp16/bf16/fp32/int8 caches, "
+             "fused RoPE (+ quantise + append)",
              chosen->isa);
     return 50;
 #else
@@ -67,8 +68,9 @@ static bool cpu_supports(kr_op op, const void *args, char *reason, size_t n) {
     case KR_OP_ATTENTION: {
         const kr_attention_args *a = args;
         if (a->D % 16 || a->D > KR_CPU_MAX_HEAD_DIM) {
-            snprintf(reason, n, "head_dim %lld not served by the cpu kernels (multiples of 16 up "
-                                "to %d)",
+            snprintf(reason, n,
+                     "head_dim %lld not served by the cpu kernels (multiples of 16 up "
+                     "to %d)",
                      (long long)a->D, KR_CPU_MAX_HEAD_DIM);
             return false;
         }
@@ -92,8 +94,9 @@ static bool cpu_supports(kr_op op, const void *args, char *reason, size_t n) {
         const int64_t D = a->cache->o.head_dim;
         if (D % 16 || D > KR_CPU_MAX_HEAD_DIM || !inner_contiguous(a->k) ||
             !inner_contiguous(a->v)) {
-            snprintf(reason, n, "kv append: head_dim %lld not a multiple of 16 up to %d, or not "
-                                "contiguous",
+            snprintf(reason, n,
+                     "kv append: head_dim %lld not a multiple of 16 up to %d, or not "
+                     "contiguous",
                      (long long)D, KR_CPU_MAX_HEAD_DIM);
             return false;
         }

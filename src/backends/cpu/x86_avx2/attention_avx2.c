@@ -37,26 +37,26 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TK 64 /* keys per tile */
-#define MR 6  /* rows per register block */
+#define TK 64  /* keys per tile */
+#define MR 6   /* rows per register block */
 #define PF 128 /* rows of K/V prefetched ahead */
 #define LOG2E 1.4426950408889634
 
 typedef struct att_plan {
     const kr_attention_args *a;
-    int64_t G;       /* query heads per kv head */
-    int64_t Tq;      /* query positions per unit */
-    int64_t n_qt;    /* query tiles */
-    int64_t ns;      /* key splits */
-    int64_t split;   /* keys per split (multiple of TK) */
-    int64_t rows;    /* G * Tq */
-    int64_t rows_pad;/* rows rounded up to MR */
-    int64_t hpu;     /* kv heads per unit */
-    int64_t n_hg;    /* kv head groups: Hkv / hpu */
-    int64_t tk;      /* keys per tile (<= TK) */
-    float qscale;    /* scale * log2(e) */
-    float *part;     /* ns > 1: [unit][rows_pad][D] partial outputs */
-    float *part_ml;  /* ns > 1: [unit][rows_pad][2] m and l */
+    int64_t G;        /* query heads per kv head */
+    int64_t Tq;       /* query positions per unit */
+    int64_t n_qt;     /* query tiles */
+    int64_t ns;       /* key splits */
+    int64_t split;    /* keys per split (multiple of TK) */
+    int64_t rows;     /* G * Tq */
+    int64_t rows_pad; /* rows rounded up to MR */
+    int64_t hpu;      /* kv heads per unit */
+    int64_t n_hg;     /* kv head groups: Hkv / hpu */
+    int64_t tk;       /* keys per tile (<= TK) */
+    float qscale;     /* scale * log2(e) */
+    float *part;      /* ns > 1: [unit][rows_pad][D] partial outputs */
+    float *part_ml;   /* ns > 1: [unit][rows_pad][2] m and l */
 } att_plan;
 
 typedef struct att_scratch {
@@ -85,7 +85,8 @@ KR_INLINE void qk_rx2(const float *q, int64_t D, const float *k0, const float *k
     }
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++) {
-        const __m256 h = _mm256_hadd_ps(acc[r][0], acc[r][1]); /* a01 a23 b01 b23 | a45 a67 b45 b67 */
+        const __m256 h =
+            _mm256_hadd_ps(acc[r][0], acc[r][1]); /* a01 a23 b01 b23 | a45 a67 b45 b67 */
         const __m128 x = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
         const __m128 y = _mm_hadd_ps(x, x); /* a b a b */
         s[r * ldS] = _mm_cvtss_f32(y);
@@ -146,7 +147,8 @@ static void block_qk(const float *q, int64_t D, const float *Kt, int64_t n, floa
         for (; j < n; j++) qk_rx1(q, D, Kt + j * D, S + j, TK, 4);
     } else {
         for (int r = 0; r < R; r++)
-            for (int64_t jj = 0; jj < n; jj++) qk_rx1(q + r * D, D, Kt + jj * D, S + r * TK + jj, TK, 1);
+            for (int64_t jj = 0; jj < n; jj++)
+                qk_rx1(q + r * D, D, Kt + jj * D, S + r * TK + jj, TK, 1);
     }
 }
 
@@ -158,7 +160,8 @@ static void block_pv(const float *P, int64_t n, const float *Vt, int64_t D, floa
         else if (R == 4)
             pv_rx16(P, TK, n, Vt + c, D, O + c, D, corr, 4);
         else
-            for (int r = 0; r < R; r++) pv_rx16(P + r * TK, TK, n, Vt + c, D, O + r * D + c, D, corr + r, 1);
+            for (int r = 0; r < R; r++)
+                pv_rx16(P + r * TK, TK, n, Vt + c, D, O + r * D + c, D, corr + r, 1);
     }
 }
 
@@ -193,8 +196,8 @@ static void load_tiles(const kr_attention_args *a, int which, int64_t b, int64_t
                     for (int64_t c = g * KR_KV_INT8_GROUP; c < (g + 1) * KR_KV_INT8_GROUP; c += 8) {
                         const __m256 x = _mm256_cvtepi32_ps(
                             _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(src + c))));
-                        _mm256_storeu_ps(o + c, _mm256_mul_ps(_mm256_mul_ps(x, sc),
-                                                              _mm256_loadu_ps(chan + c)));
+                        _mm256_storeu_ps(
+                            o + c, _mm256_mul_ps(_mm256_mul_ps(x, sc), _mm256_loadu_ps(chan + c)));
                     }
                 }
                 /* head_dim 16, 48, ...: a last partial group */
@@ -208,12 +211,14 @@ static void load_tiles(const kr_attention_args *a, int which, int64_t b, int64_t
     const kr_tensor *t = which ? a->v : a->k;
     const size_t es = kr_dtype_size(t->dtype);
     for (int64_t j = 0; j < n; j++) {
-        const char *src0 = (const char *)t->data +
-                           (size_t)(b * t->stride[0] + (j0 + j) * t->stride[1] + hk0 * t->stride[2]) * es;
+        const char *src0 =
+            (const char *)t->data +
+            (size_t)(b * t->stride[0] + (j0 + j) * t->stride[1] + hk0 * t->stride[2]) * es;
         if (nh < a->Hkv && j0 + j + PF < t->shape[1]) {
             for (int64_t hh = 0; hh < nh; hh++) {
                 const char *ahead = src0 + (size_t)(PF * t->stride[1] + hh * t->stride[2]) * es;
-                for (int64_t c = 0; c < D * (int64_t)es; c += 64) _mm_prefetch(ahead + c, _MM_HINT_T0);
+                for (int64_t c = 0; c < D * (int64_t)es; c += 64)
+                    _mm_prefetch(ahead + c, _MM_HINT_T0);
             }
         }
         for (int64_t hh = 0; hh < nh; hh++)
@@ -250,12 +255,12 @@ static void unit_rows(const att_plan *p, int64_t b, int64_t hk0, int64_t qt, att
                 continue;
             }
             const int64_t i = t0 + t, h = (hk0 + hh) * G + g;
-            const char *src = (const char *)a->q->data +
-                              (size_t)(b * a->q->stride[0] + i * a->q->stride[1] +
-                                       h * a->q->stride[2]) * es;
+            const char *src =
+                (const char *)a->q->data +
+                (size_t)(b * a->q->stride[0] + i * a->q->stride[1] + h * a->q->stride[2]) * es;
             for (int64_t c = 0; c < D; c += 8)
-                _mm256_storeu_ps(dst + c,
-                                 _mm256_mul_ps(kr_avx2_load8(src + (size_t)c * es, a->q->dtype), qs));
+                _mm256_storeu_ps(
+                    dst + c, _mm256_mul_ps(kr_avx2_load8(src + (size_t)c * es, a->q->dtype), qs));
             kr_attention_row_range(a, L, i, &w->lo[row], &w->hi[row]);
             w->qi[row] = i;
             w->qh[row] = h;
@@ -403,16 +408,18 @@ static void unit_store(const att_plan *p, int64_t b, int64_t n_pos, const att_sc
             const float l = w->l[row];
             const bool empty = l == 0.0f && w->m[row] == -INFINITY;
             const __m256 inv = _mm256_set1_ps(empty ? 0.0f : 1.0f / l);
-            char *dst = (char *)a->out->data +
-                        (size_t)(b * a->out->stride[0] + i * a->out->stride[1] +
-                                 h * a->out->stride[2]) * es;
+            char *dst =
+                (char *)a->out->data +
+                (size_t)(b * a->out->stride[0] + i * a->out->stride[1] + h * a->out->stride[2]) *
+                    es;
             for (int64_t c = 0; c < D; c += 8)
                 kr_avx2_store8(dst + (size_t)c * es, a->out->dtype,
                                empty ? _mm256_setzero_ps()
                                      : _mm256_mul_ps(_mm256_loadu_ps(w->Op + row * D + c), inv));
             if (a->lse)
                 kr_store(a->lse, kr_offset(a->lse, b, h, i, 0),
-                         empty ? -INFINITY : (float)(((double)w->m[row] + log2((double)l)) / LOG2E));
+                         empty ? -INFINITY
+                               : (float)(((double)w->m[row] + log2((double)l)) / LOG2E));
         }
 }
 
@@ -487,8 +494,8 @@ static void merge_splits(const att_plan *p, int64_t b, int64_t hg, int64_t qt, a
             const float *po = p->part + (u * all_rows + row) * D;
             const __m256 fv = _mm256_set1_ps(f);
             for (int64_t c = 0; c < D; c += 8)
-                _mm256_storeu_ps(o + c, _mm256_fmadd_ps(_mm256_loadu_ps(po + c), fv,
-                                                        _mm256_loadu_ps(o + c)));
+                _mm256_storeu_ps(
+                    o + c, _mm256_fmadd_ps(_mm256_loadu_ps(po + c), fv, _mm256_loadu_ps(o + c)));
         }
         w->m[row] = nan ? 0.0f : M;
         w->l[row] = nan ? NAN : L;
@@ -542,7 +549,7 @@ kr_status kr_cpu_avx2_attention(const kr_attention_args *a, char *err, size_t er
         att_scratch w;
         const bool ok = scratch_alloc(&w, &p);
         if (!ok) failed = 1;
-        /* heaviest first: the last query tiles see the most keys */
+            /* heaviest first: the last query tiles see the most keys */
 #pragma omp for schedule(dynamic, 1)
         for (int64_t u = 0; u < units; u++) {
             if (!ok) continue;

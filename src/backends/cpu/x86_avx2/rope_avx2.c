@@ -106,14 +106,15 @@ static void rotate_row(float *row, int64_t half, kr_rope_layout layout, const fl
         return;
     }
     /* interleaved: 4 pairs per vector; cos duplicated, sin signed (-s, +s) */
-    const __m256 sign = _mm256_castsi256_ps(
-        _mm256_setr_epi32((int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000, 0,
-                          (int)0x80000000, 0));
+    const __m256 sign = _mm256_castsi256_ps(_mm256_setr_epi32(
+        (int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000, 0));
     const __m256i dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
     for (; i + 4 <= half; i += 4) {
         const __m256 v = _mm256_loadu_ps(row + 2 * i);
-        const __m256 c = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(cosv + i)), dup);
-        const __m256 s = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(sinv + i)), dup);
+        const __m256 c =
+            _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(cosv + i)), dup);
+        const __m256 s =
+            _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(sinv + i)), dup);
         const __m256 sw = _mm256_permute_ps(v, 0xB1); /* y0 x0 y1 x1 ... */
         /* x' = x c + (-(y s)),  y' = y c + x s */
         const __m256 prod = _mm256_xor_ps(_mm256_mul_ps(sw, s), sign);
@@ -132,7 +133,8 @@ static void load_any(const kr_tensor *t, int64_t b, int64_t s, int64_t h, int64_
     const int64_t off = b * t->stride[0] + s * t->stride[1] + h * t->stride[2];
     const char *src = (const char *)t->data + (size_t)off * es;
     int64_t c = 0;
-    for (; c + 8 <= n; c += 8) _mm256_storeu_ps(dst + c, kr_avx2_load8(src + (size_t)c * es, t->dtype));
+    for (; c + 8 <= n; c += 8)
+        _mm256_storeu_ps(dst + c, kr_avx2_load8(src + (size_t)c * es, t->dtype));
     for (; c < n; c++) dst[c] = kr_load(t, off + c);
 }
 
@@ -142,7 +144,8 @@ static void store_any(const kr_tensor *t, int64_t b, int64_t s, int64_t h, int64
     const int64_t off = b * t->stride[0] + s * t->stride[1] + h * t->stride[2];
     char *dst = (char *)t->data + (size_t)off * es;
     int64_t c = 0;
-    for (; c + 8 <= n; c += 8) kr_avx2_store8(dst + (size_t)c * es, t->dtype, _mm256_loadu_ps(row + c));
+    for (; c + 8 <= n; c += 8)
+        kr_avx2_store8(dst + (size_t)c * es, t->dtype, _mm256_loadu_ps(row + c));
     for (; c < n; c++) kr_store(t, off + c, row[c]);
 }
 
@@ -221,7 +224,8 @@ static void quantize_row(const float *x, const float *chan, int64_t D, int8_t *q
             __m256i v[4];
             for (int k = 0; k < 4; k++) {
                 const int64_t c = c0 + 8 * k;
-                __m256 r = _mm256_div_ps(_mm256_div_ps(_mm256_loadu_ps(x + c), _mm256_loadu_ps(chan + c)), sv);
+                __m256 r = _mm256_div_ps(
+                    _mm256_div_ps(_mm256_loadu_ps(x + c), _mm256_loadu_ps(chan + c)), sv);
                 r = _mm256_round_ps(r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
                 const __m256 ord = _mm256_cmp_ps(r, r, _CMP_ORD_Q);
                 r = _mm256_and_ps(_mm256_min_ps(_mm256_max_ps(r, lo), hi), ord);
@@ -245,8 +249,8 @@ static void quantize_row(const float *x, const float *chan, int64_t D, int8_t *q
 /* ---- append ------------------------------------------------------------------------ */
 
 /* The new token slots: token (b, t) with t < n_new[b]. */
-static void append_token(const kr_kv_append_args *a, int64_t b, int64_t t, float *row,
-                         float *cosv, float *sinv) {
+static void append_token(const kr_kv_append_args *a, int64_t b, int64_t t, float *row, float *cosv,
+                         float *sinv) {
     kr_kv_cache *c = a->cache;
     const kr_kv_cache_options *o = &c->o;
     const int64_t D = o->head_dim, Hkv = o->n_kv_heads, half = a->rotary_dim / 2;
@@ -278,8 +282,8 @@ static void append_token(const kr_kv_append_args *a, int64_t b, int64_t t, float
 }
 
 /* amax[2][Hkv][D] of the (rotated) K and the V rows this append brings. */
-static void channel_amax(const kr_kv_append_args *a, int64_t b, int64_t t, float *row,
-                         float *cosv, float *sinv, float *amax) {
+static void channel_amax(const kr_kv_append_args *a, int64_t b, int64_t t, float *row, float *cosv,
+                         float *sinv, float *amax) {
     const kr_kv_cache_options *o = &a->cache->o;
     const int64_t D = o->head_dim, Hkv = o->n_kv_heads, half = a->rotary_dim / 2;
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
@@ -292,8 +296,9 @@ static void channel_amax(const kr_kv_append_args *a, int64_t b, int64_t t, float
             if (w == 0 && a->inv_freq) rotate_row(row, half, a->layout, cosv, sinv);
             float *m = amax + (w * Hkv + h) * D;
             for (int64_t c = 0; c < D; c += 8)
-                _mm256_storeu_ps(m + c, _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(row + c), absmask),
-                                                      _mm256_loadu_ps(m + c)));
+                _mm256_storeu_ps(m + c,
+                                 _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(row + c), absmask),
+                                               _mm256_loadu_ps(m + c)));
         }
 }
 

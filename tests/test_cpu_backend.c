@@ -1,0 +1,471 @@
+/*
+ * test_cpu_backend.c — the conformance driver for the cpu backend: every
+ * case runs once in a reference-only context and once in a cpu-only
+ * context (fallback off, so a failure cannot hide behind ref), and the cpu
+ * result is compared with the reference and, for attention, with the
+ * float64 oracle. The counters must show the cpu backend served the call.
+ * Cases the cpu backend declines are counted and printed as SKIP, never as
+ * passes. On a CPU without AVX2/FMA/F16C the whole program reports SKIP.
+ *
+ * Grids: attention Sq/Skv in {1, 7, 64, 65, 1000} x head_dim {64, 80, 96,
+ * 128, 256} x GQA {1, 4, 8} x f32/f16/bf16 x causal/window/mask/ragged/LSE;
+ * KV cache decode (Sq 1..16) and chunked prefill over f32/f16/bf16/int8
+ * caches up to 4100 tokens (key splits merged by LSE); RoPE in every layout,
+ * partial rotary and scaling; append with RoPE into every cache dtype.
+ */
+#include "common.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static kr_context *ctx_ref, *ctx_cpu;
+static int n_skip;
+
+static kr_context *make(bool cpu) {
+    kr_context_options o = kr_context_options_default();
+    if (cpu) {
+        o.backends = "cpu";
+        o.deny_backends = "cuda,test";
+        o.fallback_to_reference = 0;
+        o.acceleration = 1;
+    } else {
+        o.acceleration = 0;
+    }
+    o.log_level = KR_LOG_OFF;
+    kr_context *c = NULL;
+    char err[512];
+    if (kr_context_create(&o, &c, err, sizeof err) != KR_OK) fail_msg("context: %s", err);
+    return c;
+}
+
+static int setup(void **state) {
+    (void)state;
+    ctx_ref = make(false);
+    ctx_cpu = make(true);
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    kr_context_free(ctx_ref);
+    kr_context_free(ctx_cpu);
+    printf("# cases the cpu backend declined (SKIP, served by nobody here): %d\n", n_skip);
+    return 0;
+}
+
+static bool cpu_available(kr_feature f) {
+    kr_feature_info fi;
+    kr_accel_feature_info(ctx_cpu, f, &fi);
+    return fi.available && !strcmp(fi.backend, "cpu");
+}
+
+static int64_t accelerated(kr_feature f) {
+    kr_feature_info fi;
+    kr_accel_feature_info(ctx_cpu, f, &fi);
+    return fi.counters.accelerated;
+}
+
+static void fill(kt_rng *r, kt_buf *b, double *d) {
+    for (int64_t i = 0; i < b->n; i++) {
+        const double x = kt_round(b->dt, kt_normal(r));
+        kt_set(b, i, x);
+        if (d) d[i] = x;
+    }
+}
+
+static double tol_for(kr_dtype dt) { return dt == KR_F32 ? 1e-5 : dt == KR_F16 ? 1e-3 : 8e-3; }
+
+/* ---- attention ---------------------------------------------------------------- */
+
+typedef struct acase {
+    int64_t B, Sq, Skv, H, Hkv, D;
+    kr_dtype dt;
+    int causal, mask, ragged, lse;
+    int64_t wl;
+    uint64_t id;
+} acase;
+
+static void run_attention(const acase *c, double *worst_oracle, double *worst_ref) {
+    char desc[256];
+    snprintf(desc, sizeof desc,
+             "attention B=%lld Sq=%lld Skv=%lld H=%lld Hkv=%lld D=%lld %s causal=%d wl=%lld "
+             "mask=%d ragged=%d lse=%d seed=%llu",
+             (long long)c->B, (long long)c->Sq, (long long)c->Skv, (long long)c->H,
+             (long long)c->Hkv, (long long)c->D, kr_dtype_name(c->dt), c->causal, (long long)c->wl,
+             c->mask, c->ragged, c->lse, (unsigned long long)c->id);
+    kt_rng r = kt_rng_for(c->id);
+    const int64_t nq = c->B * c->Sq * c->H * c->D, nk = c->B * c->Skv * c->Hkv * c->D;
+    kt_buf q = kt_buf_new(c->dt, nq), k = kt_buf_new(c->dt, nk), v = kt_buf_new(c->dt, nk);
+    kt_buf o_ref = kt_buf_new(c->dt, nq), o_cpu = kt_buf_new(c->dt, nq);
+    const int64_t nl = c->B * c->H * c->Sq;
+    kt_buf l_ref = kt_buf_new(KR_F32, nl), l_cpu = kt_buf_new(KR_F32, nl);
+    double *qd = malloc(sizeof(double) * (size_t)nq), *kd = malloc(sizeof(double) * (size_t)nk);
+    double *vd = malloc(sizeof(double) * (size_t)nk), *od = malloc(sizeof(double) * (size_t)nq);
+    double *gc = malloc(sizeof(double) * (size_t)nq), *gr = malloc(sizeof(double) * (size_t)nq);
+    double *ld = malloc(sizeof(double) * (size_t)nl);
+    fill(&r, &q, qd);
+    fill(&r, &k, kd);
+    fill(&r, &v, vd);
+    kr_tensor tq = kr_tensor_bshd(q.data, c->dt, c->B, c->Sq, c->H, c->D);
+    kr_tensor tk = kr_tensor_bshd(k.data, c->dt, c->B, c->Skv, c->Hkv, c->D);
+    kr_tensor tv = kr_tensor_bshd(v.data, c->dt, c->B, c->Skv, c->Hkv, c->D);
+    kr_tensor tor = kr_tensor_bshd(o_ref.data, c->dt, c->B, c->Sq, c->H, c->D);
+    kr_tensor toc = kr_tensor_bshd(o_cpu.data, c->dt, c->B, c->Sq, c->H, c->D);
+    kr_tensor tlr = kr_tensor_contiguous(l_ref.data, KR_F32, c->B, c->H, c->Sq, 1);
+    kr_tensor tlc = kr_tensor_contiguous(l_cpu.data, KR_F32, c->B, c->H, c->Sq, 1);
+    kr_attention_params p = kr_attention_params_default();
+    p.causal = c->causal;
+    p.window_left = c->wl;
+    kt_attn_case oc = {c->B, c->Sq, c->Skv, c->H, c->Hkv, c->D, 1.0 / sqrt((double)c->D),
+                       c->causal, c->wl, -1, NULL, 1, 1, NULL};
+    double *md = NULL;
+    kt_buf mb = {0};
+    kr_tensor mt;
+    if (c->mask) {
+        const int64_t nm = c->H * c->Sq * c->Skv;
+        md = malloc(sizeof(double) * (size_t)nm);
+        mb = kt_buf_new(KR_F32, nm);
+        for (int64_t i = 0; i < nm; i++) {
+            md[i] = kt_uniform(&r) < 0.1 ? -INFINITY : kt_round(KR_F32, kt_normal(&r));
+            kt_set(&mb, i, md[i]);
+        }
+        mt = kr_tensor_contiguous(mb.data, KR_F32, 1, c->H, c->Sq, c->Skv);
+        p.mask = &mt;
+        oc.mask = md;
+        oc.mask_h = c->H;
+    }
+    int64_t *lens = NULL;
+    if (c->ragged) {
+        lens = malloc(sizeof(int64_t) * (size_t)c->B);
+        for (int64_t b = 0; b < c->B; b++) lens[b] = kt_int(&r, c->Skv + 1);
+        lens[c->B - 1] = c->Skv;
+        p.kv_lens = lens;
+        oc.kv_lens = lens;
+    }
+    kt_poison(&o_ref);
+    kt_poison(&o_cpu);
+    kt_poison(&l_cpu);
+    if (c->lse) p.lse = &tlr;
+    if (kr_attention(ctx_ref, &tq, &tk, &tv, &tor, &p) != KR_OK)
+        fail_msg("%s: ref: %s", desc, kr_context_last_error(ctx_ref));
+    if (c->lse) p.lse = &tlc;
+    const int64_t before = accelerated(KR_FEATURE_FLASH_ATTENTION);
+    const kr_status st = kr_attention(ctx_cpu, &tq, &tk, &tv, &toc, &p);
+    if (st != KR_OK) fail_msg("%s: cpu: %s", desc, kr_context_last_error(ctx_cpu));
+    if (accelerated(KR_FEATURE_FLASH_ATTENTION) != before + 1) {
+        n_skip++; /* declined (head_dim not a multiple of 16): ref served it */
+    } else {
+        kt_oracle_attention(&oc, qd, kd, vd, od, ld);
+        for (int64_t i = 0; i < nq; i++) {
+            gc[i] = kt_get(&o_cpu, i);
+            gr[i] = kt_get(&o_ref, i);
+        }
+        const double eo = kt_rel_err(gc, od, nq), er = kt_rel_err(gc, gr, nq);
+        if (!(eo <= tol_for(c->dt))) fail_msg("%s: cpu vs oracle %.3g > %.1g", desc, eo, tol_for(c->dt));
+        if (!(er <= tol_for(c->dt))) fail_msg("%s: cpu vs ref %.3g > %.1g", desc, er, tol_for(c->dt));
+        for (int64_t i = 0; i < nq; i++)
+            if (od[i] == 0.0 && gc[i] != 0.0) fail_msg("%s: element %lld must be 0", desc, (long long)i);
+        if (c->lse)
+            for (int64_t i = 0; i < nl; i++) {
+                const double g = kt_get(&l_cpu, i), w = ld[i];
+                if (w == -INFINITY ? g != -INFINITY : !(fabs(g - w) <= 2e-5 * (1 + fabs(w))))
+                    fail_msg("%s: lse[%lld] = %.9g, oracle %.9g", desc, (long long)i, g, w);
+            }
+        if (eo > *worst_oracle) *worst_oracle = eo;
+        if (er > *worst_ref) *worst_ref = er;
+    }
+    kt_buf_free(&q);
+    kt_buf_free(&k);
+    kt_buf_free(&v);
+    kt_buf_free(&o_ref);
+    kt_buf_free(&o_cpu);
+    kt_buf_free(&l_ref);
+    kt_buf_free(&l_cpu);
+    kt_buf_free(&mb);
+    free(qd);
+    free(kd);
+    free(vd);
+    free(od);
+    free(gc);
+    free(gr);
+    free(ld);
+    free(md);
+    free(lens);
+}
+
+static const int64_t SEQS[] = {1, 7, 64, 65, 1000};
+static const int64_t DIMS[] = {64, 80, 96, 128, 256};
+static const int64_t GQA[] = {1, 4, 8};
+
+static void test_attention_grid(void **state) {
+    (void)state;
+    if (!cpu_available(KR_FEATURE_FLASH_ATTENTION)) skip();
+    double wo[3] = {0}, wr[3] = {0};
+    uint64_t id = 70000;
+    for (int a = 0; a < 5; a++)
+        for (int b = 0; b < 5; b++)
+            for (int v = 0; v < 6; v++, id++) {
+                acase c = {0};
+                c.Sq = SEQS[a];
+                c.Skv = SEQS[b];
+                if (kt_quick() && c.Sq * c.Skv > 5000) continue;
+                const int idx = a * 5 + b + v;
+                c.D = DIMS[idx % 5];
+                c.Hkv = c.Sq * c.Skv > 100000 ? 1 : 2;
+                c.H = c.Hkv * GQA[idx % 3];
+                c.B = c.Sq * c.Skv > 100000 ? 1 : 2;
+                c.dt = (kr_dtype)(v % 3); /* f32, f16, bf16 */
+                c.wl = -1;
+                c.causal = v >= 3 || (v == 1);
+                if (v == 2) c.wl = 9;
+                if (v == 4) c.mask = 1;
+                if (v == 5) c.ragged = 1;
+                c.lse = v % 2;
+                c.id = id;
+                run_attention(&c, &wo[c.dt], &wr[c.dt]);
+            }
+    printf("# cpu attention worst normwise error vs oracle / vs ref: f32 %.2g / %.2g (tol 1e-5), "
+           "f16 %.2g / %.2g, bf16 %.2g / %.2g\n",
+           wo[0], wr[0], wo[1], wr[1], wo[2], wr[2]);
+}
+
+/* ---- KV cache: decode and chunked prefill --------------------------------------- */
+
+static void test_kv_cache_attention(void **state) {
+    (void)state;
+    if (!cpu_available(KR_FEATURE_FLASH_ATTENTION)) skip();
+    const kr_dtype dts[] = {KR_F32, KR_F16, KR_BF16, KR_I8};
+    const int64_t lens[] = {1, 37, 1500, 4100};
+    const int64_t sqs[] = {1, 3, 16, 40};
+    double worst = 0;
+    uint64_t id = 80000;
+    for (int d = 0; d < 4; d++)
+        for (int l = 0; l < 4; l++)
+            for (int s = 0; s < 4; s++, id++) {
+                if (kt_quick() && lens[l] > 1500) continue;
+                const int64_t B = 2, Hkv = 2, G = GQA[(d + l + s) % 3], H = Hkv * G, D = s % 2 ? 64 : 128;
+                const int64_t Sq = sqs[s], L = lens[l];
+                char desc[200];
+                snprintf(desc, sizeof desc, "kv %s len %lld Sq %lld G %lld D %lld seed %llu",
+                         kr_dtype_name(dts[d]), (long long)L, (long long)Sq, (long long)G,
+                         (long long)D, (unsigned long long)id);
+                kt_rng r = kt_rng_for(id);
+                kr_kv_cache_options o = {1, B, L + Sq, Hkv, D, dts[d], {KR_DEVICE_CPU, 0}};
+                kr_kv_cache *cache = NULL;
+                assert_int_equal(kr_kv_cache_create(ctx_ref, &o, &cache), KR_OK);
+                kt_buf k = kt_buf_new(KR_F32, B * L * Hkv * D), v = kt_buf_new(KR_F32, B * L * Hkv * D);
+                fill(&r, &k, NULL);
+                fill(&r, &v, NULL);
+                kr_tensor tk = kr_tensor_bshd(k.data, KR_F32, B, L, Hkv, D);
+                kr_tensor tv = kr_tensor_bshd(v.data, KR_F32, B, L, Hkv, D);
+                int64_t n_new[2] = {L, L > 1 ? L - L / 3 : 1}; /* ragged */
+                kr_rope_params rp = kr_rope_params_default();
+                assert_int_equal(kr_kv_cache_append(ctx_ref, cache, 0, &tk, &tv, n_new, NULL, &rp), KR_OK);
+                kt_buf q = kt_buf_new(KR_F32, B * Sq * H * D);
+                fill(&r, &q, NULL);
+                kt_buf oref = kt_buf_new(KR_F32, q.n), ocpu = kt_buf_new(KR_F32, q.n);
+                kt_poison(&oref);
+                kt_poison(&ocpu);
+                kr_tensor tq = kr_tensor_bshd(q.data, KR_F32, B, Sq, H, D);
+                kr_tensor t1 = kr_tensor_bshd(oref.data, KR_F32, B, Sq, H, D);
+                kr_tensor t2 = kr_tensor_bshd(ocpu.data, KR_F32, B, Sq, H, D);
+                kr_attention_params p = kr_attention_params_default();
+                p.causal = 1;
+                const bool fits = n_new[1] >= Sq;
+                const kr_status s1 = kr_kv_cache_attention(ctx_ref, cache, 0, &tq, &t1, &p);
+                const int64_t before = accelerated(KR_FEATURE_FLASH_ATTENTION);
+                const kr_status s2 = kr_kv_cache_attention(ctx_cpu, cache, 0, &tq, &t2, &p);
+                if (s1 != KR_OK || s2 != KR_OK)
+                    fail_msg("%s: status %s / %s (%s)", desc, kr_status_name(s1), kr_status_name(s2),
+                             kr_context_last_error(ctx_cpu));
+                if (accelerated(KR_FEATURE_FLASH_ATTENTION) != before + 1)
+                    fail_msg("%s: the cpu backend did not serve the call", desc);
+                double *a = malloc(sizeof(double) * (size_t)q.n), *b = malloc(sizeof(double) * (size_t)q.n);
+                for (int64_t i = 0; i < q.n; i++) {
+                    a[i] = kt_get(&ocpu, i);
+                    b[i] = kt_get(&oref, i);
+                }
+                const double e = kt_rel_err(a, b, q.n);
+                if (!(e <= 1e-5)) fail_msg("%s: cpu vs ref %.3g > 1e-5 (fits %d)", desc, e, fits);
+                if (e > worst) worst = e;
+                free(a);
+                free(b);
+                kt_buf_free(&k);
+                kt_buf_free(&v);
+                kt_buf_free(&q);
+                kt_buf_free(&oref);
+                kt_buf_free(&ocpu);
+                kr_kv_cache_free(cache);
+            }
+    printf("# cpu kv-cache attention (decode, chunked prefill, f32/f16/bf16/int8): worst vs ref %.2g "
+           "(tol 1e-5)\n",
+           worst);
+}
+
+/* ---- RoPE ------------------------------------------------------------------------ */
+
+static void test_rope(void **state) {
+    (void)state;
+    if (!cpu_available(KR_FEATURE_FUSED_ROPE)) skip();
+    double worst = 0;
+    uint64_t id = 90000;
+    const int64_t dims[] = {6, 64, 80, 128, 256};
+    for (int dt = 0; dt < 3; dt++)
+        for (int lay = 0; lay < 2; lay++)
+            for (int sc = 0; sc < 4; sc++)
+                for (int di = 0; di < 5; di++, id++) {
+                    const int64_t B = 2, S = 19, H = 3, D = dims[di];
+                    kt_rng r = kt_rng_for(id);
+                    kt_buf x0 = kt_buf_new((kr_dtype)dt, B * S * H * D);
+                    fill(&r, &x0, NULL);
+                    kt_buf x1 = kt_buf_new((kr_dtype)dt, x0.n), x2 = kt_buf_new((kr_dtype)dt, x0.n);
+                    memcpy(x1.data, x0.data, (size_t)x0.n * kr_dtype_size((kr_dtype)dt));
+                    memcpy(x2.data, x0.data, (size_t)x0.n * kr_dtype_size((kr_dtype)dt));
+                    int64_t pos[2 * 19];
+                    for (int i = 0; i < B * S; i++) pos[i] = kt_int(&r, i % 2 ? 600000 : 4096);
+                    kr_rope_params p = kr_rope_params_default();
+                    p.layout = (kr_rope_layout)lay;
+                    p.theta = 500000;
+                    p.rotary_dim = di == 3 ? 64 : 0; /* partial rotary at 128 */
+                    p.scaling = (kr_rope_scaling_type)sc;
+                    p.factor = 8;
+                    p.low_freq_factor = 1;
+                    p.high_freq_factor = 4;
+                    p.original_max_position_embeddings = 8192;
+                    kr_tensor t1 = kr_tensor_bshd(x1.data, (kr_dtype)dt, B, S, H, D);
+                    kr_tensor t2 = kr_tensor_bshd(x2.data, (kr_dtype)dt, B, S, H, D);
+                    assert_int_equal(kr_rope(ctx_ref, &t1, pos, &p), KR_OK);
+                    const int64_t before = accelerated(KR_FEATURE_FUSED_ROPE);
+                    assert_int_equal(kr_rope(ctx_cpu, &t2, pos, &p), KR_OK);
+                    assert_int_equal(accelerated(KR_FEATURE_FUSED_ROPE), before + 1);
+                    double *a = malloc(sizeof(double) * (size_t)x0.n), *b = malloc(sizeof(double) * (size_t)x0.n);
+                    for (int64_t i = 0; i < x0.n; i++) {
+                        a[i] = kt_get(&x2, i);
+                        b[i] = kt_get(&x1, i);
+                    }
+                    const double e = kt_rel_err(a, b, x0.n);
+                    /* the same arithmetic: equal but for rare last-bit cos/sin differences */
+                    const double tol = dt == KR_F32 ? 1e-6 : dt == KR_F16 ? 1e-3 : 8e-3;
+                    if (!(e <= tol))
+                        fail_msg("rope %s layout %d scaling %d D %lld seed %llu: cpu vs ref %.3g",
+                                 kr_dtype_name((kr_dtype)dt), lay, sc, (long long)D,
+                                 (unsigned long long)id, e);
+                    if (e > worst) worst = e;
+                    free(a);
+                    free(b);
+                    kt_buf_free(&x0);
+                    kt_buf_free(&x1);
+                    kt_buf_free(&x2);
+                }
+    printf("# cpu rope worst normwise difference from ref: %.2g\n", worst);
+}
+
+/* ---- RoPE + (quantise +) append ----------------------------------------------------- */
+
+static void test_kv_append(void **state) {
+    (void)state;
+    if (!cpu_available(KR_FEATURE_KV_QUANTIZATION)) skip();
+    const kr_dtype dts[] = {KR_F32, KR_F16, KR_BF16, KR_I8};
+    double worst[4] = {0};
+    uint64_t id = 95000;
+    for (int d = 0; d < 4; d++)
+        for (int lay = 0; lay < 2; lay++)
+            for (int rope = 0; rope < 2; rope++, id++) {
+                const int64_t B = 2, S = 23, Hkv = 3, D = lay ? 128 : 96, cap = 2 * S;
+                kt_rng r = kt_rng_for(id);
+                kr_kv_cache_options o = {1, B, cap, Hkv, D, dts[d], {KR_DEVICE_CPU, 0}};
+                kr_kv_cache *c1 = NULL, *c2 = NULL;
+                assert_int_equal(kr_kv_cache_create(ctx_ref, &o, &c1), KR_OK);
+                assert_int_equal(kr_kv_cache_create(ctx_ref, &o, &c2), KR_OK);
+                kr_rope_params p = kr_rope_params_default();
+                p.layout = (kr_rope_layout)lay;
+                for (int step = 0; step < 2; step++) { /* the first append fixes int8 factors */
+                    kt_buf k = kt_buf_new(KR_F16, B * S * Hkv * D), v = kt_buf_new(KR_F16, k.n);
+                    fill(&r, &k, NULL);
+                    fill(&r, &v, NULL);
+                    for (int64_t i = 0; i < k.n; i += D) /* an outlier channel */
+                        kt_set(&k, i + 5, 20.0 * kt_get(&k, i + 5));
+                    kr_tensor tk = kr_tensor_bshd(k.data, KR_F16, B, S, Hkv, D);
+                    kr_tensor tv = kr_tensor_bshd(v.data, KR_F16, B, S, Hkv, D);
+                    int64_t n_new[2] = {S, S - 7};
+                    assert_int_equal(kr_kv_cache_append(ctx_ref, c1, 0, &tk, &tv, n_new, NULL,
+                                                        rope ? &p : NULL),
+                                     KR_OK);
+                    const int64_t before = accelerated(dts[d] == KR_I8 ? KR_FEATURE_KV_QUANTIZATION
+                                                                       : KR_FEATURE_FUSED_ROPE);
+                    assert_int_equal(kr_kv_cache_append(ctx_cpu, c2, 0, &tk, &tv, n_new, NULL,
+                                                        rope ? &p : NULL),
+                                     KR_OK);
+                    assert_int_equal(accelerated(dts[d] == KR_I8 ? KR_FEATURE_KV_QUANTIZATION
+                                                                 : KR_FEATURE_FUSED_ROPE),
+                                     before + 1);
+                    kt_buf_free(&k);
+                    kt_buf_free(&v);
+                }
+                for (int64_t b = 0; b < B; b++) {
+                    const int64_t n = kr_kv_cache_seq_len(c1, 0, b);
+                    assert_int_equal(n, kr_kv_cache_seq_len(c2, 0, b));
+                    kt_buf k1 = kt_buf_new(KR_F32, n * Hkv * D), v1 = kt_buf_new(KR_F32, k1.n);
+                    kt_buf k2 = kt_buf_new(KR_F32, k1.n), v2 = kt_buf_new(KR_F32, k1.n);
+                    kr_tensor a1 = kr_tensor_bshd(k1.data, KR_F32, 1, n, Hkv, D);
+                    kr_tensor b1 = kr_tensor_bshd(v1.data, KR_F32, 1, n, Hkv, D);
+                    kr_tensor a2 = kr_tensor_bshd(k2.data, KR_F32, 1, n, Hkv, D);
+                    kr_tensor b2 = kr_tensor_bshd(v2.data, KR_F32, 1, n, Hkv, D);
+                    assert_int_equal(kr_kv_cache_read(ctx_ref, c1, 0, b, 0, n, &a1, &b1), KR_OK);
+                    assert_int_equal(kr_kv_cache_read(ctx_ref, c2, 0, b, 0, n, &a2, &b2), KR_OK);
+                    double *x = malloc(sizeof(double) * (size_t)k1.n), *y = malloc(sizeof(double) * (size_t)k1.n);
+                    for (int w = 0; w < 2; w++) {
+                        for (int64_t i = 0; i < k1.n; i++) {
+                            x[i] = kt_get(w ? &v2 : &k2, i);
+                            y[i] = kt_get(w ? &v1 : &k1, i);
+                        }
+                        const double e = kt_rel_err(x, y, k1.n);
+                        /* same arithmetic as ref: bit-equal but for a rare last-bit cos/sin
+                         * difference that can move an int8 code by one step */
+                        const double tol = dts[d] == KR_I8 ? 2e-3 : 1e-6;
+                        if (!(e <= tol))
+                            fail_msg("append %s layout %d rope %d seq %lld %s: cpu vs ref %.3g",
+                                     kr_dtype_name(dts[d]), lay, rope, (long long)b, w ? "V" : "K", e);
+                        if (e > worst[d]) worst[d] = e;
+                    }
+                    free(x);
+                    free(y);
+                    kt_buf_free(&k1);
+                    kt_buf_free(&v1);
+                    kt_buf_free(&k2);
+                    kt_buf_free(&v2);
+                }
+                kr_kv_cache_free(c1);
+                kr_kv_cache_free(c2);
+            }
+    printf("# cpu kv append vs ref (read back): f32 %.2g, f16 %.2g, bf16 %.2g, int8 %.2g\n",
+           worst[0], worst[1], worst[2], worst[3]);
+}
+
+/* A case the cpu backend declines goes to ref with the reason counted. */
+static void test_declined_case(void **state) {
+    (void)state;
+    if (!cpu_available(KR_FEATURE_FLASH_ATTENTION)) skip();
+    kr_context *ctx = kt_context();
+    float q[72] = {0}, k[72] = {0}, v[72] = {0}, o[72];
+    kr_tensor tq = kr_tensor_bshd(q, KR_F32, 1, 1, 1, 72), tk = kr_tensor_bshd(k, KR_F32, 1, 1, 1, 72);
+    kr_tensor tv = kr_tensor_bshd(v, KR_F32, 1, 1, 1, 72), to = kr_tensor_bshd(o, KR_F32, 1, 1, 1, 72);
+    assert_int_equal(kr_attention(ctx, &tq, &tk, &tv, &to, NULL), KR_OK);
+    kr_feature_info fi;
+    kr_accel_feature_info(ctx, KR_FEATURE_FLASH_ATTENTION, &fi);
+    assert_int_equal(fi.counters.accelerated, 0);
+    assert_non_null(strstr(fi.counters.last_reason, "head_dim 72"));
+    kr_context_free(ctx);
+}
+
+int main(void) {
+    kt_base_seed();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_attention_grid), cmocka_unit_test(test_kv_cache_attention),
+        cmocka_unit_test(test_rope),           cmocka_unit_test(test_kv_append),
+        cmocka_unit_test(test_declined_case),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
