@@ -108,6 +108,7 @@ static void test_parse_bad(void **state) {
         {{"--threads", "-1"}, 2, "--threads: '-1'"},
         {{"--budget", "-1"}, 2, "--budget: '-1'"},
         {{"--budget", "nan"}, 2, "--budget: 'nan'"},
+        {{"--ref-budget", "0"}, 2, "--ref-budget: '0'"},
         {{"--batch", "0"}, 2, "--batch: '0'"},
         {{"--plot", "a.jpg"}, 2, "--plot: 'a.jpg' must end in .png or .svg"},
         {{"--backend", "Bad!"}, 2, "--backend: 'Bad!'"},

@@ -118,8 +118,8 @@ static void run_attention(const acase *c, double *worst_oracle, double *worst_re
     kr_attention_params p = kr_attention_params_default();
     p.causal = c->causal;
     p.window_left = c->wl;
-    kt_attn_case oc = {c->B, c->Sq, c->Skv, c->H, c->Hkv, c->D, 1.0 / sqrt((double)c->D),
-                       c->causal, c->wl, -1, NULL, 1, 1, NULL};
+    kt_attn_case oc = {c->B,      c->Sq, c->Skv, c->H, c->Hkv, c->D, 1.0 / sqrt((double)c->D),
+                       c->causal, c->wl, -1,     NULL, 1,      1,    NULL};
     double *md = NULL;
     kt_buf mb = {0};
     kr_tensor mt;
@@ -163,10 +163,13 @@ static void run_attention(const acase *c, double *worst_oracle, double *worst_re
             gr[i] = kt_get(&o_ref, i);
         }
         const double eo = kt_rel_err(gc, od, nq), er = kt_rel_err(gc, gr, nq);
-        if (!(eo <= tol_for(c->dt))) fail_msg("%s: cpu vs oracle %.3g > %.1g", desc, eo, tol_for(c->dt));
-        if (!(er <= tol_for(c->dt))) fail_msg("%s: cpu vs ref %.3g > %.1g", desc, er, tol_for(c->dt));
+        if (!(eo <= tol_for(c->dt)))
+            fail_msg("%s: cpu vs oracle %.3g > %.1g", desc, eo, tol_for(c->dt));
+        if (!(er <= tol_for(c->dt)))
+            fail_msg("%s: cpu vs ref %.3g > %.1g", desc, er, tol_for(c->dt));
         for (int64_t i = 0; i < nq; i++)
-            if (od[i] == 0.0 && gc[i] != 0.0) fail_msg("%s: element %lld must be 0", desc, (long long)i);
+            if (od[i] == 0.0 && gc[i] != 0.0)
+                fail_msg("%s: element %lld must be 0", desc, (long long)i);
         if (c->lse)
             for (int64_t i = 0; i < nl; i++) {
                 const double g = kt_get(&l_cpu, i), w = ld[i];
@@ -245,7 +248,8 @@ static void test_kv_cache_attention(void **state) {
         for (int l = 0; l < 4; l++)
             for (int s = 0; s < 4; s++, id++) {
                 if (kt_quick() && lens[l] > 1500) continue;
-                const int64_t B = 2, Hkv = 2, G = GQA[(d + l + s) % 3], H = Hkv * G, D = s % 2 ? 64 : 128;
+                const int64_t B = 2, Hkv = 2, G = GQA[(d + l + s) % 3], H = Hkv * G,
+                              D = s % 2 ? 64 : 128;
                 const int64_t Sq = sqs[s], L = lens[l];
                 char desc[200];
                 snprintf(desc, sizeof desc, "kv %s len %lld Sq %lld G %lld D %lld seed %llu",
@@ -255,14 +259,16 @@ static void test_kv_cache_attention(void **state) {
                 kr_kv_cache_options o = {1, B, L + Sq, Hkv, D, dts[d], {KR_DEVICE_CPU, 0}};
                 kr_kv_cache *cache = NULL;
                 assert_int_equal(kr_kv_cache_create(ctx_ref, &o, &cache), KR_OK);
-                kt_buf k = kt_buf_new(KR_F32, B * L * Hkv * D), v = kt_buf_new(KR_F32, B * L * Hkv * D);
+                kt_buf k = kt_buf_new(KR_F32, B * L * Hkv * D),
+                       v = kt_buf_new(KR_F32, B * L * Hkv * D);
                 fill(&r, &k, NULL);
                 fill(&r, &v, NULL);
                 kr_tensor tk = kr_tensor_bshd(k.data, KR_F32, B, L, Hkv, D);
                 kr_tensor tv = kr_tensor_bshd(v.data, KR_F32, B, L, Hkv, D);
                 int64_t n_new[2] = {L, L > 1 ? L - L / 3 : 1}; /* ragged */
                 kr_rope_params rp = kr_rope_params_default();
-                assert_int_equal(kr_kv_cache_append(ctx_ref, cache, 0, &tk, &tv, n_new, NULL, &rp), KR_OK);
+                assert_int_equal(kr_kv_cache_append(ctx_ref, cache, 0, &tk, &tv, n_new, NULL, &rp),
+                                 KR_OK);
                 kt_buf q = kt_buf_new(KR_F32, B * Sq * H * D);
                 fill(&r, &q, NULL);
                 kt_buf oref = kt_buf_new(KR_F32, q.n), ocpu = kt_buf_new(KR_F32, q.n);
@@ -278,11 +284,12 @@ static void test_kv_cache_attention(void **state) {
                 const int64_t before = accelerated(KR_FEATURE_FLASH_ATTENTION);
                 const kr_status s2 = kr_kv_cache_attention(ctx_cpu, cache, 0, &tq, &t2, &p);
                 if (s1 != KR_OK || s2 != KR_OK)
-                    fail_msg("%s: status %s / %s (%s)", desc, kr_status_name(s1), kr_status_name(s2),
-                             kr_context_last_error(ctx_cpu));
+                    fail_msg("%s: status %s / %s (%s)", desc, kr_status_name(s1),
+                             kr_status_name(s2), kr_context_last_error(ctx_cpu));
                 if (accelerated(KR_FEATURE_FLASH_ATTENTION) != before + 1)
                     fail_msg("%s: the cpu backend did not serve the call", desc);
-                double *a = malloc(sizeof(double) * (size_t)q.n), *b = malloc(sizeof(double) * (size_t)q.n);
+                double *a = malloc(sizeof(double) * (size_t)q.n),
+                       *b = malloc(sizeof(double) * (size_t)q.n);
                 for (int64_t i = 0; i < q.n; i++) {
                     a[i] = kt_get(&ocpu, i);
                     b[i] = kt_get(&oref, i);
@@ -299,9 +306,10 @@ static void test_kv_cache_attention(void **state) {
                 kt_buf_free(&ocpu);
                 kr_kv_cache_free(cache);
             }
-    printf("# cpu kv-cache attention (decode, chunked prefill, f32/f16/bf16/int8): worst vs ref %.2g "
-           "(tol 1e-5)\n",
-           worst);
+    printf(
+        "# cpu kv-cache attention (decode, chunked prefill, f32/f16/bf16/int8): worst vs ref %.2g "
+        "(tol 1e-5)\n",
+        worst);
 }
 
 /* ---- RoPE ------------------------------------------------------------------------ */
@@ -340,7 +348,8 @@ static void test_rope(void **state) {
                     const int64_t before = accelerated(KR_FEATURE_FUSED_ROPE);
                     assert_int_equal(kr_rope(ctx_cpu, &t2, pos, &p), KR_OK);
                     assert_int_equal(accelerated(KR_FEATURE_FUSED_ROPE), before + 1);
-                    double *a = malloc(sizeof(double) * (size_t)x0.n), *b = malloc(sizeof(double) * (size_t)x0.n);
+                    double *a = malloc(sizeof(double) * (size_t)x0.n),
+                           *b = malloc(sizeof(double) * (size_t)x0.n);
                     for (int64_t i = 0; i < x0.n; i++) {
                         a[i] = kt_get(&x2, i);
                         b[i] = kt_get(&x1, i);
@@ -390,14 +399,14 @@ static void test_kv_append(void **state) {
                     kr_tensor tk = kr_tensor_bshd(k.data, KR_F16, B, S, Hkv, D);
                     kr_tensor tv = kr_tensor_bshd(v.data, KR_F16, B, S, Hkv, D);
                     int64_t n_new[2] = {S, S - 7};
-                    assert_int_equal(kr_kv_cache_append(ctx_ref, c1, 0, &tk, &tv, n_new, NULL,
-                                                        rope ? &p : NULL),
-                                     KR_OK);
+                    assert_int_equal(
+                        kr_kv_cache_append(ctx_ref, c1, 0, &tk, &tv, n_new, NULL, rope ? &p : NULL),
+                        KR_OK);
                     const int64_t before = accelerated(dts[d] == KR_I8 ? KR_FEATURE_KV_QUANTIZATION
                                                                        : KR_FEATURE_FUSED_ROPE);
-                    assert_int_equal(kr_kv_cache_append(ctx_cpu, c2, 0, &tk, &tv, n_new, NULL,
-                                                        rope ? &p : NULL),
-                                     KR_OK);
+                    assert_int_equal(
+                        kr_kv_cache_append(ctx_cpu, c2, 0, &tk, &tv, n_new, NULL, rope ? &p : NULL),
+                        KR_OK);
                     assert_int_equal(accelerated(dts[d] == KR_I8 ? KR_FEATURE_KV_QUANTIZATION
                                                                  : KR_FEATURE_FUSED_ROPE),
                                      before + 1);
@@ -415,7 +424,8 @@ static void test_kv_append(void **state) {
                     kr_tensor b2 = kr_tensor_bshd(v2.data, KR_F32, 1, n, Hkv, D);
                     assert_int_equal(kr_kv_cache_read(ctx_ref, c1, 0, b, 0, n, &a1, &b1), KR_OK);
                     assert_int_equal(kr_kv_cache_read(ctx_ref, c2, 0, b, 0, n, &a2, &b2), KR_OK);
-                    double *x = malloc(sizeof(double) * (size_t)k1.n), *y = malloc(sizeof(double) * (size_t)k1.n);
+                    double *x = malloc(sizeof(double) * (size_t)k1.n),
+                           *y = malloc(sizeof(double) * (size_t)k1.n);
                     for (int w = 0; w < 2; w++) {
                         for (int64_t i = 0; i < k1.n; i++) {
                             x[i] = kt_get(w ? &v2 : &k2, i);
@@ -427,7 +437,8 @@ static void test_kv_append(void **state) {
                         const double tol = dts[d] == KR_I8 ? 2e-3 : 1e-6;
                         if (!(e <= tol))
                             fail_msg("append %s layout %d rope %d seq %lld %s: cpu vs ref %.3g",
-                                     kr_dtype_name(dts[d]), lay, rope, (long long)b, w ? "V" : "K", e);
+                                     kr_dtype_name(dts[d]), lay, rope, (long long)b, w ? "V" : "K",
+                                     e);
                         if (e > worst[d]) worst[d] = e;
                     }
                     free(x);
@@ -450,8 +461,10 @@ static void test_declined_case(void **state) {
     if (!cpu_available(KR_FEATURE_FLASH_ATTENTION)) skip();
     kr_context *ctx = kt_context();
     float q[72] = {0}, k[72] = {0}, v[72] = {0}, o[72];
-    kr_tensor tq = kr_tensor_bshd(q, KR_F32, 1, 1, 1, 72), tk = kr_tensor_bshd(k, KR_F32, 1, 1, 1, 72);
-    kr_tensor tv = kr_tensor_bshd(v, KR_F32, 1, 1, 1, 72), to = kr_tensor_bshd(o, KR_F32, 1, 1, 1, 72);
+    kr_tensor tq = kr_tensor_bshd(q, KR_F32, 1, 1, 1, 72),
+              tk = kr_tensor_bshd(k, KR_F32, 1, 1, 1, 72);
+    kr_tensor tv = kr_tensor_bshd(v, KR_F32, 1, 1, 1, 72),
+              to = kr_tensor_bshd(o, KR_F32, 1, 1, 1, 72);
     assert_int_equal(kr_attention(ctx, &tq, &tk, &tv, &to, NULL), KR_OK);
     kr_feature_info fi;
     kr_accel_feature_info(ctx, KR_FEATURE_FLASH_ATTENTION, &fi);

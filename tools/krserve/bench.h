@@ -54,9 +54,10 @@ typedef struct kb_options {
     int n_backends;
     bool all_backends;
     int reps, warmup;
-    int threads;      /* 0 = the context's default (all online cores) */
-    double budget_s;  /* time cap per case and backend */
-    const char *json; /* output files, NULL = none */
+    int threads;         /* 0 = the context's default (all online cores) */
+    double budget_s;     /* time cap per case and backend */
+    double ref_budget_s; /* the same for ref; 0 = budget_s */
+    const char *json;    /* output files, NULL = none */
     const char *csv;
     const char *plot;
     const char *config; /* --config, NULL = default */

@@ -74,6 +74,7 @@ void kb_usage(FILE *f) {
         "                        is spent; a case estimated to take longer is skipped with\n"
         "                        the reason, except the reference attention, which is\n"
         "                        timed on its last query rows instead   [2]\n"
+        "  --ref-budget SECONDS  the same cap for the reference alone  [= --budget]\n"
         "  --seed N              inputs' PRNG seed                 [20261126]\n"
         "  --json FILE           every result, schema in docs/BENCH.md\n"
         "  --csv FILE            every result, one row each\n"
@@ -376,6 +377,15 @@ int kb_parse_args(int argc, char **argv, kb_options *o, FILE *out, char *err, si
                 return fail(err, err_len, "--budget: '%s' is not a number of seconds in (0, 86400]",
                             val);
             o->budget_s = b;
+        } else if (!strcmp(name, "--ref-budget")) {
+            NEED_VALUE();
+            char *end = NULL;
+            errno = 0;
+            const double b = strtod(val, &end);
+            if (errno || end == val || *end || !(b > 0) || b > 86400)
+                return fail(err, err_len,
+                            "--ref-budget: '%s' is not a number of seconds in (0, 86400]", val);
+            o->ref_budget_s = b;
         } else if (!strcmp(name, "--seed")) {
             NEED_VALUE();
             if (!parse_int(val, 0, INT64_MAX, false, &v))

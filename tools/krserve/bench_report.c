@@ -279,6 +279,8 @@ char *kb_json_string(const kb_report *rep) {
     cJSON_AddNumberToObject(op, "reps", o->reps);
     cJSON_AddNumberToObject(op, "warmup", o->warmup);
     cJSON_AddNumberToObject(op, "budget_s", o->budget_s);
+    cJSON_AddNumberToObject(op, "ref_budget_s",
+                            o->ref_budget_s > 0 ? o->ref_budget_s : o->budget_s);
     cJSON_AddNumberToObject(op, "seed", (double)o->seed);
     cJSON *rs = cJSON_AddArrayToObject(root, "results");
     for (int i = 0; i < rep->n_results; i++)

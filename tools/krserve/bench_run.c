@@ -164,6 +164,7 @@ static int open_backends(const kb_options *o, kr_context *probe, kb_be *be, int 
     snprintf(be[n].name, sizeof be[n].name, "ref");
     be[n].is_ref = true;
     n++;
+    *n_be = n; /* the caller frees what was opened, on error too */
     const int nb = kr_accel_backend_count(probe);
     kr_backend_info *info = calloc((size_t)(nb > 0 ? nb : 1), sizeof *info);
     if (!info) {
@@ -607,6 +608,7 @@ static void case_backend(kb_case *c, kb_be *be, const kb_options *o, const kb_ce
     r->tolerance = c->tolerance;
     r->sampled = 1;
     const double work = throughput_cost(&r->cost);
+    const double budget = be->is_ref && o->ref_budget_s > 0 ? o->ref_budget_s : o->budget_s;
     int64_t rows = s->context;
 
     /* 1. estimate */
@@ -614,12 +616,12 @@ static void case_backend(kb_case *c, kb_be *be, const kb_options *o, const kb_ce
     if (be->prev_cost > 0 && be->prev_time > 0) est = be->prev_time * work / be->prev_cost;
     if (be->is_ref && s->kind == KB_ATTENTION && est == 0 && ref_rate > 0)
         est = r->cost.flops / ref_rate;
-    if (est > o->budget_s) {
+    if (est > budget) {
         if (be->is_ref && s->kind == KB_ATTENTION) {
             /* time the last rows only: the heaviest rows of a causal case */
             const double full = kb_attention_pairs(s->context, s->context, s->causal);
             while (rows > 1 &&
-                   est * kb_attention_pairs(rows, s->context, s->causal) / full > o->budget_s / 3)
+                   est * kb_attention_pairs(rows, s->context, s->causal) / full > budget / 3)
                 rows /= 2;
             r->sampled = kb_attention_pairs(rows, s->context, s->causal) / full;
             snprintf(r->note, sizeof r->note,
@@ -630,7 +632,7 @@ static void case_backend(kb_case *c, kb_be *be, const kb_options *o, const kb_ce
             r->state = KB_SKIPPED;
             snprintf(r->note, sizeof r->note,
                      "skipped: estimated %.1f s per run > budget %.1f s (raise --budget)", est,
-                     o->budget_s);
+                     budget);
             return;
         }
     }
@@ -684,7 +686,7 @@ static void case_backend(kb_case *c, kb_be *be, const kb_options *o, const kb_ce
     }
     double spent = 0;
     int n = 0;
-    while (n < o->reps && (n == 0 || spent < o->budget_s)) {
+    while (n < o->reps && (n == 0 || spent < budget)) {
         if (s->kind == KB_KV_APPEND) kr_kv_cache_reset(be->ctx, c->cache); /* untimed */
         const double t0 = kb_now();
         kr_status st;
