@@ -22,7 +22,10 @@ double kb_attention_pairs(int64_t Sq, int64_t Skv, bool causal) {
 
 double kb_kv_token_bytes(int64_t kv_heads, int64_t head_dim, kr_dtype kv_dtype) {
     double row = (double)head_dim * (double)kr_dtype_size(kv_dtype);
-    if (kv_dtype == KR_I8) row += (double)KR_KV_INT8_META_BYTES(head_dim);
+    if (kv_dtype == KR_I8) {
+        const int64_t meta = KR_KV_INT8_META_BYTES(head_dim);
+        row += (double)meta;
+    }
     return 2.0 * (double)kv_heads * row;
 }
 

@@ -392,7 +392,7 @@ int kb_write_plot(const kb_report *rep, const char *path, char *err, size_t err_
         for (int j = i; j < rep->n_results; j++) {
             const kb_result *x = &rep->results[j];
             if (x->state != KB_OK || !same_series(&x->shape, &r->shape) ||
-                strcmp(x->backend, r->backend))
+                strcmp(x->backend, r->backend) != 0)
                 continue;
             fprintf(f, "%lld %.6g %.6g\n", (long long)x->shape.context,
                     isnan(x->speedup) ? 0.0 : x->speedup, x->cost.compute ? x->gflops : x->gbps);

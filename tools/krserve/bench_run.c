@@ -369,7 +369,7 @@ static float *checked_values(kb_case *c, kr_context *ctx, int64_t *n_out) {
     case KB_ATTENTION: { /* last check_rows rows, last kv group */
         const int64_t r = c->check_rows, G = check_heads(s), S = s->context;
         n = B * r * G * D;
-        v = malloc((size_t)n * sizeof *v);
+        v = calloc((size_t)n, sizeof *v);
         if (!v) return NULL;
         int64_t i = 0;
         for (int64_t b = 0; b < B; b++)
@@ -381,20 +381,20 @@ static float *checked_values(kb_case *c, kr_context *ctx, int64_t *n_out) {
     }
     case KB_DECODE:
         n = c->n_out;
-        v = malloc((size_t)n * sizeof *v);
+        v = calloc((size_t)n, sizeof *v);
         if (!v) return NULL;
         for (int64_t i = 0; i < n; i++) v[i] = load_el(c->out, s->dtype, i);
         break;
     case KB_ROPE:
         n = c->n_x;
-        v = malloc((size_t)n * sizeof *v);
+        v = calloc((size_t)n, sizeof *v);
         if (!v) return NULL;
         for (int64_t i = 0; i < n; i++) v[i] = load_el(c->x, s->dtype, i);
         break;
     case KB_KV_APPEND: {
         const int64_t S = s->context, per = S * Hkv * D;
         n = 2 * B * per;
-        v = malloc((size_t)n * sizeof *v);
+        v = calloc((size_t)n, sizeof *v);
         if (!v) return NULL;
         for (int64_t b = 0; b < B; b++) {
             kr_tensor ko = kr_tensor_bshd(v + 2 * b * per, KR_F32, 1, S, Hkv, D);

@@ -24,7 +24,8 @@ static int cpu_probe(char *reason, size_t n) {
     kr_cpu_info ci;
     kr_cpu_info_get(&ci);
     const bool f16c = ci.f16c > 0;
-    if (!kr_cpu_avx2_kernels()) {
+    const kr_cpu_kernels *avx2_kernels = kr_cpu_avx2_kernels();
+    if (!avx2_kernels) {
         snprintf(reason, n, "this build has no AVX2 kernels");
         return 0;
     }
@@ -33,11 +34,11 @@ static int cpu_probe(char *reason, size_t n) {
                  avx2 ? "" : "AVX2 ", fma ? "" : "FMA ", f16c ? "" : "F16C ");
         return 0;
     }
-    chosen = kr_cpu_avx2_kernels();
+    chosen = avx2_kernels;
     snprintf(reason, n,
              "%s kernels: tiled flash attention, decode over fp16/bf16/fp32/int8 caches, "
              "fused RoPE (+ quantise + append)",
-             chosen->isa);
+             avx2_kernels->isa);
     return 50;
 #else
     snprintf(reason, n, "no SIMD variant for this architecture yet (x86-64 AVX2 only)");

@@ -446,16 +446,16 @@ static bool scratch_alloc(att_scratch *w, const att_plan *p) {
     const size_t tile = (size_t)(p->hpu * p->tk) * D;
     w->Qp = aligned_alloc(64, sizeof(float) * rp * D);
     w->Op = aligned_alloc(64, sizeof(float) * rp * D);
-    w->m = malloc(sizeof(float) * rp);
-    w->l = malloc(sizeof(float) * rp);
+    w->m = calloc(rp, sizeof(float));
+    w->l = calloc(rp, sizeof(float));
     w->S = aligned_alloc(64, sizeof(float) * MR * TK);
     w->Kt = aligned_alloc(64, sizeof(float) * tile);
     w->Vt = aligned_alloc(64, sizeof(float) * tile);
     w->corr = malloc(sizeof(float) * MR);
-    w->lo = malloc(sizeof(int64_t) * rp);
-    w->hi = malloc(sizeof(int64_t) * rp);
-    w->qi = malloc(sizeof(int64_t) * rp);
-    w->qh = malloc(sizeof(int64_t) * rp);
+    w->lo = calloc(rp, sizeof(int64_t));
+    w->hi = calloc(rp, sizeof(int64_t));
+    w->qi = calloc(rp, sizeof(int64_t));
+    w->qh = calloc(rp, sizeof(int64_t));
     if (w->Qp && w->Op && w->m && w->l && w->S && w->Kt && w->Vt && w->corr && w->lo && w->hi &&
         w->qi && w->qh)
         return true;
@@ -564,7 +564,7 @@ kr_status kr_cpu_avx2_attention(const kr_attention_args *a, char *err, size_t er
             unit_run(&p, b, hg * p.hpu, k_lo, k_hi, &w);
             if (p.ns == 1) {
                 unit_store(&p, b, n_pos, &w);
-            } else {
+            } else if (p.part && p.part_ml) { /* allocated whenever ns > 1 */
                 const int64_t idx = unit_index(&p, b, hg, qt, s);
                 memcpy(p.part + idx * all_rows * a->D, w.Op,
                        sizeof(float) * (size_t)(all_rows * a->D));

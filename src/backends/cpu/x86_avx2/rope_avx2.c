@@ -154,6 +154,7 @@ static kr_status rope(const kr_rope_args *a, char *err, size_t err_len) {
     const int64_t B = x->shape[0], S = x->shape[1], H = x->shape[2];
     const int64_t half = a->rotary_dim / 2, rot = a->rotary_dim;
     const int threads = a->n_threads > 0 ? a->n_threads : 1;
+    (void)threads; /* read by the OpenMP pragmas only */
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
@@ -308,6 +309,7 @@ static kr_status kv_append(const kr_kv_append_args *a, char *err, size_t err_len
     const int64_t D = o->head_dim, Hkv = o->n_kv_heads, S = a->k->shape[1], B = o->batch;
     kr_kv_layer *ly = &c->layers[a->layer];
     const int threads = a->n_threads > 0 ? a->n_threads : 1;
+    (void)threads; /* read by the OpenMP pragmas only */
     bool any_new = false;
     for (int64_t b = 0; b < B; b++) any_new |= a->n_new[b] > 0;
     const bool fix_chan = o->dtype == KR_I8 && !ly->chan_set && any_new;
