@@ -54,15 +54,21 @@ typedef struct att_plan {
     int64_t hpu;      /* kv heads per unit */
     int64_t n_hg;     /* kv head groups: Hkv / hpu */
     int64_t tk;       /* keys per tile (<= TK) */
+    bool direct;      /* decode: one row block per kv head, K/V read from the cache in place */
+    kr_dtype kv_dt;   /* storage dtype of K/V (KR_I8 for the int8 cache) */
     float qscale;     /* scale * log2(e) */
     float *part;      /* ns > 1: [unit][rows_pad][D] partial outputs */
     float *part_ml;   /* ns > 1: [unit][rows_pad][2] m and l */
 } att_plan;
 
 typedef struct att_scratch {
-    float *Qp, *Op, *m, *l, *S, *Kt, *Vt, *corr;
+    float *Qp, *Op, *m, *l, *S, *Kt, *Vt, *KT, *corr;
     int64_t *lo, *hi, *qi; /* per row: visible keys [lo, hi), query index */
     int64_t *qh;           /* per row: query head */
+    /* decode reading the cache directly: row pointers and int8 group scales of a tile */
+    const char *krow[TK], *vrow[TK];
+    float gk[TK * (KR_CPU_MAX_HEAD_DIM / KR_KV_INT8_GROUP)],
+        gv[TK * (KR_CPU_MAX_HEAD_DIM / KR_KV_INT8_GROUP)];
 } att_scratch;
 
 /* ---- micro-kernels ------------------------------------------------------------ */
@@ -135,6 +141,58 @@ KR_INLINE void pv_rx16(const float *P, int64_t ldP, int64_t n, const float *V, i
     }
 }
 
+/* S[r][0..16) = Qp[r] . K[0..16) for MR rows, from the transposed tile
+ * KT[D][TK]: the keys are the vector lanes, so no horizontal reduction. */
+KR_INLINE void qk_6x16_t(const float *q, int64_t D, const float *KT, float *s) {
+    __m256 acc[MR][2];
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D; d++) {
+        const __m256 k0 = _mm256_load_ps(KT + d * TK), k1 = _mm256_load_ps(KT + d * TK + 8);
+#pragma GCC unroll 6
+        for (int r = 0; r < MR; r++) {
+            const __m256 qb = _mm256_broadcast_ss(q + r * D + d);
+            acc[r][0] = _mm256_fmadd_ps(qb, k0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(qb, k1, acc[r][1]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; r++) {
+        _mm256_storeu_ps(s + r * TK, acc[r][0]);
+        _mm256_storeu_ps(s + r * TK + 8, acc[r][1]);
+    }
+}
+
+/* KT[d][j] = Kt[j][d] for j < n (n <= TK), zero for n <= j < roundup(n, 16):
+ * 8 x 8 register transposes. */
+static void transpose_tile(const float *Kt, int64_t n, int64_t D, float *KT) {
+    const int64_t n16 = (n + 15) & ~(int64_t)15;
+    for (int64_t j0 = 0; j0 < n16; j0 += 8) {
+        for (int64_t d0 = 0; d0 < D; d0 += 8) {
+            __m256 r[8];
+            for (int i = 0; i < 8; i++)
+                r[i] = j0 + i < n ? _mm256_loadu_ps(Kt + (j0 + i) * D + d0) : _mm256_setzero_ps();
+            const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+            const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+            const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+            const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            float *o = KT + d0 * TK + j0;
+            _mm256_store_ps(o + 0 * TK, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_store_ps(o + 1 * TK, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_store_ps(o + 2 * TK, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_store_ps(o + 3 * TK, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_store_ps(o + 4 * TK, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_store_ps(o + 5 * TK, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_store_ps(o + 6 * TK, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_store_ps(o + 7 * TK, _mm256_permute2f128_ps(u3, u7, 0x31));
+        }
+    }
+}
+
 /* The R-row block kernels, specialised for R = MR and R = 4 (decode with
  * 4 query heads per kv head), generic below that. */
 static void block_qk(const float *q, int64_t D, const float *Kt, int64_t n, float *S, int R) {
@@ -163,6 +221,166 @@ static void block_pv(const float *P, int64_t n, const float *Vt, int64_t D, floa
             for (int r = 0; r < R; r++)
                 pv_rx16(P + r * TK, TK, n, Vt + c, D, O + r * D + c, D, corr + r, 1);
     }
+}
+
+/* kr_kv_int8_group_scale with the F16C conversion inline (same value). */
+KR_INLINE float group_scale(const uint8_t *meta, int64_t g) {
+    return _cvtsh_ss((unsigned short)(meta[0] | (meta[1] << 8))) *
+           ((float)meta[2 + g] * (1.0f / 255.0f));
+}
+
+/* ---- decode: kernels that read the cache directly -------------------------------- */
+
+/* 8 values of a cache row at channel d, as fp32 (int8: the raw codes). */
+KR_INLINE __m256 ld8(const char *row, int64_t d, kr_dtype dt) {
+    switch (dt) {
+    case KR_I8:
+        return _mm256_cvtepi32_ps(
+            _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(row + d))));
+    case KR_F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 2 * d)));
+    case KR_BF16:
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(row + 2 * d))), 16));
+    default: return _mm256_loadu_ps((const float *)row + d);
+    }
+}
+
+/* S[r][0..1] for R rows over two cache rows k0, k1 (int8: g0/g1 are their
+ * group scales; the channel factors are already folded into q). */
+KR_INLINE void qk_direct(const float *q, int64_t D, const char *k0, const char *k1, const float *g0,
+                         const float *g1, kr_dtype dt, float *s, const int R) {
+    __m256 acc[MR][2];
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D; d += 8) {
+        __m256 a = ld8(k0, d, dt), b = ld8(k1, d, dt);
+        if (dt == KR_I8) {
+            a = _mm256_mul_ps(a, _mm256_broadcast_ss(g0 + d / KR_KV_INT8_GROUP));
+            b = _mm256_mul_ps(b, _mm256_broadcast_ss(g1 + d / KR_KV_INT8_GROUP));
+        }
+#pragma GCC unroll 6
+        for (int r = 0; r < R; r++) {
+            const __m256 qv = _mm256_loadu_ps(q + r * D + d);
+            acc[r][0] = _mm256_fmadd_ps(qv, a, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(qv, b, acc[r][1]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++) {
+        const __m256 h = _mm256_hadd_ps(acc[r][0], acc[r][1]);
+        const __m128 x = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        const __m128 y = _mm_hadd_ps(x, x);
+        s[r * TK] = _mm_cvtss_f32(y);
+        s[r * TK + 1] = _mm_cvtss_f32(_mm_shuffle_ps(y, y, 1));
+    }
+}
+
+/* O[r][c..c+16) = O * corr[r] + sum_{j in [j_lo, j_hi)} P[r][j] V[j][c..c+16) for R rows,
+ * V read from the cache rows vrow[j] (int8: scaled by gv[j][group]). */
+KR_INLINE void pv_direct(const float *P, int64_t j_lo, int64_t j_hi, const char *const *vrow,
+                         const float *gv, int64_t n_groups, kr_dtype dt, int64_t c, float *O,
+                         int64_t D, const float *corr, const int R) {
+    __m256 acc[MR][2];
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++) {
+        const __m256 cr = _mm256_broadcast_ss(corr + r);
+        acc[r][0] = _mm256_mul_ps(_mm256_loadu_ps(O + r * D + c), cr);
+        acc[r][1] = _mm256_mul_ps(_mm256_loadu_ps(O + r * D + c + 8), cr);
+    }
+    for (int64_t j = j_lo; j < j_hi; j++) {
+        __m256 v0 = ld8(vrow[j], c, dt), v1 = ld8(vrow[j], c + 8, dt);
+        if (dt == KR_I8) {
+            const __m256 g = _mm256_broadcast_ss(gv + j * n_groups + c / KR_KV_INT8_GROUP);
+            v0 = _mm256_mul_ps(v0, g);
+            v1 = _mm256_mul_ps(v1, g);
+        }
+#pragma GCC unroll 6
+        for (int r = 0; r < R; r++) {
+            const __m256 pj = _mm256_broadcast_ss(P + r * TK + j);
+            acc[r][0] = _mm256_fmadd_ps(pj, v0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(pj, v1, acc[r][1]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++) {
+        _mm256_storeu_ps(O + r * D + c, acc[r][0]);
+        _mm256_storeu_ps(O + r * D + c + 8, acc[r][1]);
+    }
+}
+
+/* Row pointers (and int8 group scales) of keys [j0, j0 + n) of kv head hk. */
+static void direct_rows(const kr_attention_args *a, int64_t b, int64_t hk, int64_t j0, int64_t n,
+                        att_scratch *w) {
+    const int64_t D = a->D, n_groups = (D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
+    for (int64_t j = 0; j < n; j++) {
+        if (a->k8) {
+            const int64_t r = (b * a->k8->capacity + j0 + j) * a->Hkv + hk;
+            const int64_t M = KR_KV_INT8_META_BYTES(D);
+            w->krow[j] = (const char *)(a->k8->data + r * D);
+            w->vrow[j] = (const char *)(a->v8->data + r * D);
+            for (int64_t g = 0; g < n_groups; g++) {
+                w->gk[j * n_groups + g] = group_scale(a->k8->meta + r * M, g);
+                w->gv[j * n_groups + g] = group_scale(a->v8->meta + r * M, g);
+            }
+        } else {
+            const kr_tensor *k = a->k, *v = a->v;
+            const size_t es = kr_dtype_size(k->dtype);
+            w->krow[j] =
+                (const char *)k->data +
+                (size_t)(b * k->stride[0] + (j0 + j) * k->stride[1] + hk * k->stride[2]) * es;
+            w->vrow[j] =
+                (const char *)v->data +
+                (size_t)(b * v->stride[0] + (j0 + j) * v->stride[1] + hk * v->stride[2]) * es;
+        }
+    }
+}
+
+/* Scores of R rows against n keys read from the cache; dt and R are
+ * constants in each instantiation below. */
+KR_INLINE void qk_direct_all(const float *q, int64_t D, const att_scratch *w, int64_t n, float *S,
+                             const kr_dtype dt, const int R) {
+    const int64_t ng = (D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
+    int64_t j = 0;
+    for (; j + 2 <= n; j += 2)
+        qk_direct(q, D, w->krow[j], w->krow[j + 1], w->gk + j * ng, w->gk + (j + 1) * ng, dt, S + j,
+                  R);
+    if (j < n)
+        qk_direct(q, D, w->krow[j], w->krow[j], w->gk + j * ng, w->gk + j * ng, dt, S + j, R);
+}
+
+KR_INLINE void pv_direct_all(const float *P, int64_t j_lo, int64_t j_hi, const att_scratch *w,
+                             int64_t D, float *O, const float *corr, const kr_dtype dt,
+                             const int R) {
+    const int64_t ng = (D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
+    for (int64_t c = 0; c < D; c += 16)
+        pv_direct(P, j_lo, j_hi, w->vrow, w->gv, ng, dt, c, O, D, corr, R);
+}
+
+#define KR_DIRECT_CASES(X)                                                                         \
+    X(KR_F32, 4)                                                                                   \
+    X(KR_F16, 4) X(KR_BF16, 4) X(KR_I8, 4) X(KR_F32, 6) X(KR_F16, 6) X(KR_BF16, 6) X(KR_I8, 6)     \
+        X(KR_F32, 1) X(KR_F16, 1) X(KR_BF16, 1) X(KR_I8, 1)
+
+static void qk_direct_dispatch(const float *q, int64_t D, const att_scratch *w, int64_t n, float *S,
+                               kr_dtype dt, int R) {
+#define X(DT, RR)                                                                                  \
+    if (dt == DT && R == RR) {                                                                     \
+        qk_direct_all(q, D, w, n, S, DT, RR);                                                      \
+        return;                                                                                    \
+    }
+    KR_DIRECT_CASES(X)
+#undef X
+}
+
+static void pv_direct_dispatch(const float *P, int64_t j_lo, int64_t j_hi, const att_scratch *w,
+                               int64_t D, float *O, const float *corr, kr_dtype dt, int R) {
+#define X(DT, RR)                                                                                  \
+    if (dt == DT && R == RR) {                                                                     \
+        pv_direct_all(P, j_lo, j_hi, w, D, O, corr, DT, RR);                                       \
+        return;                                                                                    \
+    }
+    KR_DIRECT_CASES(X)
+#undef X
 }
 
 /* ---- tiles -------------------------------------------------------------------- */
@@ -261,6 +479,12 @@ static void unit_rows(const att_plan *p, int64_t b, int64_t hk0, int64_t qt, att
             for (int64_t c = 0; c < D; c += 8)
                 _mm256_storeu_ps(
                     dst + c, _mm256_mul_ps(kr_avx2_load8(src + (size_t)c * es, a->q->dtype), qs));
+            if (p->direct && a->k8) { /* int8: K's channel factors folded into q */
+                const float *chan = a->k8->chan + (hk0 + hh) * D;
+                for (int64_t c = 0; c < D; c += 8)
+                    _mm256_storeu_ps(dst + c, _mm256_mul_ps(_mm256_loadu_ps(dst + c),
+                                                            _mm256_loadu_ps(chan + c)));
+            }
             kr_attention_row_range(a, L, i, &w->lo[row], &w->hi[row]);
             w->qi[row] = i;
             w->qh[row] = h;
@@ -325,6 +549,98 @@ static bool tile_nonfinite(const float *t, int64_t n) {
     return _mm256_movemask_ps(acc) != 0;
 }
 
+static void prefetch_bytes(const char *p, size_t n) {
+    for (size_t o = 0; o < n; o += 64) _mm_prefetch(p + o, _MM_HINT_T1);
+}
+
+/* Prefetches keys [j0, j0 + n) of kv heads [hk0, hk0 + nh), K and V. */
+static void prefetch_tile(const kr_attention_args *a, int64_t b, int64_t hk0, int64_t nh,
+                          int64_t j0, int64_t n) {
+    const int64_t D = a->D;
+    if (a->k8) {
+        const int64_t M = KR_KV_INT8_META_BYTES(D);
+        for (int64_t j = 0; j < n; j++) {
+            const int64_t r = (b * a->k8->capacity + j0 + j) * a->Hkv + hk0;
+            prefetch_bytes((const char *)(a->k8->data + r * D), (size_t)(nh * D));
+            prefetch_bytes((const char *)(a->v8->data + r * D), (size_t)(nh * D));
+            prefetch_bytes((const char *)(a->k8->meta + r * M), (size_t)(nh * M));
+            prefetch_bytes((const char *)(a->v8->meta + r * M), (size_t)(nh * M));
+        }
+        return;
+    }
+    const size_t es = kr_dtype_size(a->k->dtype);
+    const bool packed = a->k->stride[2] == D && a->v->stride[2] == D; /* heads adjacent */
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t h = 0; h < (packed ? 1 : nh); h++) {
+            const size_t len = (size_t)((packed ? nh : 1) * D) * es;
+            prefetch_bytes((const char *)a->k->data +
+                               (size_t)(b * a->k->stride[0] + (j0 + j) * a->k->stride[1] +
+                                        (hk0 + h) * a->k->stride[2]) *
+                                   es,
+                           len);
+            prefetch_bytes((const char *)a->v->data +
+                               (size_t)(b * a->v->stride[0] + (j0 + j) * a->v->stride[1] +
+                                        (hk0 + h) * a->v->stride[2]) *
+                                   es,
+                           len);
+        }
+}
+
+/* Decode: each kv head's rows are one block; K and V are read in place. */
+static void unit_run_direct(const att_plan *p, int64_t b, int64_t hk0, int64_t lo, int64_t hi,
+                            att_scratch *w) {
+    const kr_attention_args *a = p->a;
+    const int64_t D = a->D;
+    const int R = (int)p->rows_pad;
+    for (int64_t j0 = lo; j0 < hi; j0 += p->tk) {
+        const int64_t n = hi - j0 < p->tk ? hi - j0 : p->tk;
+        /* Each kv head reads its rows Hkv rows apart, too far for the
+         * hardware prefetchers; the unit's heads together cover every
+         * position's rows, one contiguous stretch per tile. Stream the next
+         * tile's stretch into L2 while this one is computed. */
+        if (j0 + p->tk < hi)
+            prefetch_tile(a, b, hk0, p->hpu, j0 + p->tk,
+                          hi - j0 - p->tk < p->tk ? hi - j0 - p->tk : p->tk);
+        for (int64_t hh = 0; hh < p->hpu; hh++) {
+            const int64_t rb = hh * p->rows_pad;
+            bool any = false, full = a->mask == NULL;
+            for (int r = 0; r < R; r++) {
+                const int64_t rl = w->lo[rb + r], rh = w->hi[rb + r];
+                if (rl < j0 + n && rh > j0 && rl < rh) any = true;
+                if (!(rl <= j0 && rh >= j0 + n)) full = false;
+            }
+            if (!any) continue;
+            direct_rows(a, b, hk0 + hh, j0, n, w);
+            float *S = w->S;
+            qk_direct_dispatch(w->Qp + rb * D, D, w, n, S, p->kv_dt, R);
+            for (int r = 0; r < R; r++)
+                softmax_row(a, b, w, rb + r, S + r * TK, j0, n, full, &w->corr[r]);
+            if (full) {
+                pv_direct_dispatch(S, 0, n, w, D, w->Op + rb * D, w->corr, p->kv_dt, R);
+            } else { /* each row over its own visible keys: no 0 * inf */
+                for (int r = 0; r < R; r++) {
+                    int64_t jl = w->lo[rb + r] - j0, jh = w->hi[rb + r] - j0;
+                    if (jl < 0) jl = 0;
+                    if (jh > n) jh = n;
+                    if (jh < jl) jh = jl;
+                    pv_direct_dispatch(S + r * TK, jl, jh, w, D, w->Op + (rb + r) * D, w->corr + r,
+                                       p->kv_dt, 1);
+                }
+            }
+        }
+    }
+    if (a->v8) /* V's channel factors, applied once to the sums */
+        for (int64_t hh = 0; hh < p->hpu; hh++) {
+            const float *chan = a->v8->chan + (hk0 + hh) * D;
+            for (int64_t r = 0; r < p->rows_pad; r++) {
+                float *o = w->Op + (hh * p->rows_pad + r) * D;
+                for (int64_t c = 0; c < D; c += 8)
+                    _mm256_storeu_ps(
+                        o + c, _mm256_mul_ps(_mm256_loadu_ps(o + c), _mm256_loadu_ps(chan + c)));
+            }
+        }
+}
+
 /* Runs keys [k_lo, k_hi) for every row of the unit. */
 static void unit_run(const att_plan *p, int64_t b, int64_t hk0, int64_t k_lo, int64_t k_hi,
                      att_scratch *w) {
@@ -344,9 +660,13 @@ static void unit_run(const att_plan *p, int64_t b, int64_t hk0, int64_t k_lo, in
     }
     if (lo < k_lo) lo = k_lo;
     if (hi > k_hi) hi = k_hi;
+    if (p->direct) {
+        unit_run_direct(p, b, hk0, lo, hi, w);
+        return;
+    }
     for (int64_t j0 = lo; j0 < hi; j0 += p->tk) {
         const int64_t n = hi - j0 < p->tk ? hi - j0 : p->tk;
-        bool loaded = false, v_bad = false, v_checked = false;
+        bool loaded = false, v_bad = false, v_checked = false, transposed = false;
         for (int64_t hh = 0; hh < p->hpu; hh++) {
             const float *Kt = w->Kt + hh * n * D, *Vt = w->Vt + hh * n * D;
             for (int64_t rb = hh * p->rows_pad; rb < (hh + 1) * p->rows_pad; rb += MR) {
@@ -368,13 +688,23 @@ static void unit_run(const att_plan *p, int64_t b, int64_t hk0, int64_t k_lo, in
                      * each row's exact range below */
                     loaded = true;
                     v_checked = false;
+                    transposed = false;
                 }
                 if (!full && !v_checked) {
                     v_bad = tile_nonfinite(w->Vt, p->hpu * n * D);
                     v_checked = true;
                 }
                 float *S = w->S;
-                block_qk(w->Qp + rb * D, D, Kt, n, S, R);
+                if (p->hpu == 1 && R == MR) {
+                    if (!transposed) {
+                        transpose_tile(Kt, n, D, w->KT);
+                        transposed = true;
+                    }
+                    for (int64_t j = 0; j < n; j += 16)
+                        qk_6x16_t(w->Qp + rb * D, D, w->KT + j, S + j);
+                } else {
+                    block_qk(w->Qp + rb * D, D, Kt, n, S, R);
+                }
                 for (int r = 0; r < R; r++)
                     softmax_row(a, b, w, rb + r, S + r * TK, j0, n, full, &w->corr[r]);
                 if (v_bad && !full) {
@@ -433,6 +763,7 @@ static void scratch_free(att_scratch *w) {
     free(w->S);
     free(w->Kt);
     free(w->Vt);
+    free(w->KT);
     free(w->corr);
     free(w->lo);
     free(w->hi);
@@ -451,13 +782,14 @@ static bool scratch_alloc(att_scratch *w, const att_plan *p) {
     w->S = aligned_alloc(64, sizeof(float) * MR * TK);
     w->Kt = aligned_alloc(64, sizeof(float) * tile);
     w->Vt = aligned_alloc(64, sizeof(float) * tile);
+    w->KT = aligned_alloc(64, sizeof(float) * TK * D);
     w->corr = malloc(sizeof(float) * MR);
     w->lo = calloc(rp, sizeof(int64_t));
     w->hi = calloc(rp, sizeof(int64_t));
     w->qi = calloc(rp, sizeof(int64_t));
     w->qh = calloc(rp, sizeof(int64_t));
-    if (w->Qp && w->Op && w->m && w->l && w->S && w->Kt && w->Vt && w->corr && w->lo && w->hi &&
-        w->qi && w->qh)
+    if (w->Qp && w->Op && w->m && w->l && w->S && w->Kt && w->Vt && w->KT && w->corr && w->lo &&
+        w->hi && w->qi && w->qh)
         return true;
     scratch_free(w);
     return false;
@@ -521,6 +853,8 @@ kr_status kr_cpu_avx2_attention(const kr_attention_args *a, char *err, size_t er
      * the cache streams through memory in order; prefill: one kv head */
     p.hpu = a->Sq <= 16 ? a->Hkv : 1;
     p.tk = p.hpu > 1 ? 32 : TK;
+    p.kv_dt = a->k8 ? KR_I8 : a->k->dtype;
+    p.direct = p.hpu > 1 && p.rows_pad <= MR;
     p.n_hg = a->Hkv / p.hpu;
     const int64_t base_units = a->B * p.n_hg * p.n_qt;
     p.ns = 1;
