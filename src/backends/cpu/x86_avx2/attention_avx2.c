@@ -358,8 +358,9 @@ KR_INLINE void pv_direct_all(const float *P, int64_t j_lo, int64_t j_hi, const a
 
 #define KR_DIRECT_CASES(X)                                                                         \
     X(KR_F32, 4)                                                                                   \
-    X(KR_F16, 4) X(KR_BF16, 4) X(KR_I8, 4) X(KR_F32, 6) X(KR_F16, 6) X(KR_BF16, 6) X(KR_I8, 6)     \
-        X(KR_F32, 1) X(KR_F16, 1) X(KR_BF16, 1) X(KR_I8, 1)
+    X(KR_F16, 4)                                                                                   \
+    X(KR_BF16, 4) X(KR_I8, 4) X(KR_F32, 6) X(KR_F16, 6) X(KR_BF16, 6) X(KR_I8, 6) X(KR_F32, 1)     \
+        X(KR_F16, 1) X(KR_BF16, 1) X(KR_I8, 1)
 
 static void qk_direct_dispatch(const float *q, int64_t D, const att_scratch *w, int64_t n, float *S,
                                kr_dtype dt, int R) {
@@ -843,7 +844,7 @@ kr_status kr_cpu_avx2_attention(const kr_attention_args *a, char *err, size_t er
     p.qscale = (float)((double)a->scale * LOG2E);
     const int threads = a->n_threads > 0 ? a->n_threads : 1;
     /* about 64 rows per unit: enough to amortise each K/V tile */
-    p.Tq = 64 / p.G > 0 ? 64 / p.G : 1;
+    p.Tq = 120 / p.G > 0 ? 120 / p.G : 1;
     if (p.Tq > a->Sq) p.Tq = a->Sq;
     p.n_qt = (a->Sq + p.Tq - 1) / p.Tq;
     p.rows = p.G * p.Tq;
