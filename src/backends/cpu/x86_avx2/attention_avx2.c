@@ -359,8 +359,9 @@ KR_INLINE void pv_direct_all(const float *P, int64_t j_lo, int64_t j_hi, const a
 #define KR_DIRECT_CASES(X)                                                                         \
     X(KR_F32, 4)                                                                                   \
     X(KR_F16, 4)                                                                                   \
-    X(KR_BF16, 4) X(KR_I8, 4) X(KR_F32, 6) X(KR_F16, 6) X(KR_BF16, 6) X(KR_I8, 6) X(KR_F32, 1)     \
-        X(KR_F16, 1) X(KR_BF16, 1) X(KR_I8, 1)
+    X(KR_BF16, 4)                                                                                  \
+    X(KR_I8, 4) X(KR_F32, 6) X(KR_F16, 6) X(KR_BF16, 6) X(KR_I8, 6) X(KR_F32, 1) X(KR_F16, 1)      \
+        X(KR_BF16, 1) X(KR_I8, 1)
 
 static void qk_direct_dispatch(const float *q, int64_t D, const att_scratch *w, int64_t n, float *S,
                                kr_dtype dt, int R) {
@@ -670,6 +671,7 @@ static void unit_run(const att_plan *p, int64_t b, int64_t hk0, int64_t k_lo, in
         bool loaded = false, v_bad = false, v_checked = false, transposed = false;
         for (int64_t hh = 0; hh < p->hpu; hh++) {
             const float *Kt = w->Kt + hh * n * D, *Vt = w->Vt + hh * n * D;
+            transposed = false; /* KT holds one kv head's tile at a time */
             for (int64_t rb = hh * p->rows_pad; rb < (hh + 1) * p->rows_pad; rb += MR) {
                 const int64_t left = (hh + 1) * p->rows_pad - rb;
                 const int R = left < MR ? (int)left : MR;
@@ -696,7 +698,7 @@ static void unit_run(const att_plan *p, int64_t b, int64_t hk0, int64_t k_lo, in
                     v_checked = true;
                 }
                 float *S = w->S;
-                if (p->hpu == 1 && R == MR) {
+                if (R == MR) {
                     if (!transposed) {
                         transpose_tile(Kt, n, D, w->KT);
                         transposed = true;
@@ -859,6 +861,7 @@ kr_status kr_cpu_avx2_attention(const kr_attention_args *a, char *err, size_t er
     p.n_hg = a->Hkv / p.hpu;
     const int64_t base_units = a->B * p.n_hg * p.n_qt;
     p.ns = 1;
+    /* too few units for the threads (decode): split the keys too */
     if (base_units < 4 * (int64_t)threads && a->Skv >= 2 * 512) {
         p.ns = (4 * (int64_t)threads + base_units - 1) / base_units;
         if (p.ns > a->Skv / 512) p.ns = a->Skv / 512;
