@@ -149,12 +149,98 @@ static void store_any(const kr_tensor *t, int64_t b, int64_t s, int64_t h, int64
     for (; c < n; c++) kr_store(t, off + c, row[c]);
 }
 
+/* Rotates one row in place in registers (no scratch row): half-split with
+ * half % 8 == 0, or interleaved with half % 4 == 0. dt is a constant in each
+ * instantiation. Same arithmetic as rotate_row. */
+KR_INLINE void rotate_inplace(char *row, const kr_dtype dt, int64_t half, kr_rope_layout layout,
+                              const float *cosv, const float *sinv) {
+    const size_t es = dt == KR_F32 ? 4 : 2;
+    if (layout == KR_ROPE_HALF_SPLIT) {
+        for (int64_t i = 0; i < half; i += 8) {
+            char *px = row + (size_t)i * es, *py = row + (size_t)(half + i) * es;
+            const __m256 x = kr_avx2_load8(px, dt), y = kr_avx2_load8(py, dt);
+            const __m256 c = _mm256_loadu_ps(cosv + i), s = _mm256_loadu_ps(sinv + i);
+            kr_avx2_store8(px, dt, _mm256_sub_ps(_mm256_mul_ps(x, c), _mm256_mul_ps(y, s)));
+            kr_avx2_store8(py, dt, _mm256_add_ps(_mm256_mul_ps(x, s), _mm256_mul_ps(y, c)));
+        }
+        return;
+    }
+    const __m256 sign = _mm256_castsi256_ps(_mm256_setr_epi32(
+        (int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000, 0));
+    const __m256i dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+    for (int64_t i = 0; i < half; i += 4) {
+        char *pv = row + (size_t)(2 * i) * es;
+        const __m256 v = kr_avx2_load8(pv, dt);
+        const __m256 c =
+            _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(cosv + i)), dup);
+        const __m256 s =
+            _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(sinv + i)), dup);
+        const __m256 prod = _mm256_xor_ps(_mm256_mul_ps(_mm256_permute_ps(v, 0xB1), s), sign);
+        kr_avx2_store8(pv, dt, _mm256_add_ps(_mm256_mul_ps(v, c), prod));
+    }
+}
+
+/* dst = RoPE(src) for a row of D channels (rotated ones first, then the
+ * rest copied), src and dst of the same dtype dt (a constant in each
+ * instantiation): each value is read once and written once. */
+KR_INLINE void rotate_copy(char *dst, const char *src, const kr_dtype dt, int64_t D, int64_t half,
+                           kr_rope_layout layout, const float *cosv, const float *sinv) {
+    const size_t es = dt == KR_F32 ? 4 : 2;
+    int64_t done = 0;
+    if (layout == KR_ROPE_HALF_SPLIT) {
+        for (int64_t i = 0; i < half; i += 8) {
+            const __m256 x = kr_avx2_load8(src + (size_t)i * es, dt);
+            const __m256 y = kr_avx2_load8(src + (size_t)(half + i) * es, dt);
+            const __m256 c = _mm256_loadu_ps(cosv + i), s = _mm256_loadu_ps(sinv + i);
+            kr_avx2_store8(dst + (size_t)i * es, dt,
+                           _mm256_sub_ps(_mm256_mul_ps(x, c), _mm256_mul_ps(y, s)));
+            kr_avx2_store8(dst + (size_t)(half + i) * es, dt,
+                           _mm256_add_ps(_mm256_mul_ps(x, s), _mm256_mul_ps(y, c)));
+        }
+        done = 2 * half;
+    } else {
+        const __m256 sign = _mm256_castsi256_ps(_mm256_setr_epi32(
+            (int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000, 0));
+        const __m256i dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+        for (int64_t i = 0; i < half; i += 4) {
+            const __m256 v = kr_avx2_load8(src + (size_t)(2 * i) * es, dt);
+            const __m256 c =
+                _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(cosv + i)), dup);
+            const __m256 s =
+                _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(sinv + i)), dup);
+            const __m256 prod = _mm256_xor_ps(_mm256_mul_ps(_mm256_permute_ps(v, 0xB1), s), sign);
+            kr_avx2_store8(dst + (size_t)(2 * i) * es, dt,
+                           _mm256_add_ps(_mm256_mul_ps(v, c), prod));
+        }
+        done = 2 * half;
+    }
+    memcpy(dst + (size_t)done * es, src + (size_t)done * es, (size_t)(D - done) * es);
+}
+
+/* Every head of token (b, s), in place. */
+static void rope_token_inplace(const kr_tensor *x, int64_t b, int64_t s, int64_t half,
+                               kr_rope_layout layout, const float *cosv, const float *sinv) {
+    const size_t es = kr_dtype_size(x->dtype);
+    char *base = (char *)x->data + (size_t)(b * x->stride[0] + s * x->stride[1]) * es;
+    const size_t hs = (size_t)x->stride[2] * es;
+    for (int64_t h = 0; h < x->shape[2]; h++) {
+        char *row = base + (size_t)h * hs;
+        switch (x->dtype) {
+        case KR_F16: rotate_inplace(row, KR_F16, half, layout, cosv, sinv); break;
+        case KR_BF16: rotate_inplace(row, KR_BF16, half, layout, cosv, sinv); break;
+        default: rotate_inplace(row, KR_F32, half, layout, cosv, sinv); break;
+        }
+    }
+}
+
 static kr_status rope(const kr_rope_args *a, char *err, size_t err_len) {
     const kr_tensor *x = a->x;
     const int64_t B = x->shape[0], S = x->shape[1], H = x->shape[2];
     const int64_t half = a->rotary_dim / 2, rot = a->rotary_dim;
     const int threads = a->n_threads > 0 ? a->n_threads : 1;
     (void)threads; /* read by the OpenMP pragmas only */
+    /* whole vectors of pairs: rotate in registers; otherwise through a row */
+    const bool in_regs = a->layout == KR_ROPE_HALF_SPLIT ? half % 8 == 0 : half % 4 == 0;
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
@@ -167,6 +253,10 @@ static kr_status rope(const kr_rope_args *a, char *err, size_t err_len) {
             kr_avx2_rope_table((double)a->positions[bs], a->inv_freq, half, a->attention_factor,
                                cosv, sinv);
             const int64_t b = bs / S, s = bs % S;
+            if (in_regs) {
+                rope_token_inplace(x, b, s, half, a->layout, cosv, sinv);
+                continue;
+            }
             for (int64_t h = 0; h < H; h++) {
                 /* channels beyond rotary_dim are neither read nor written */
                 load_any(x, b, s, h, rot, row);
@@ -266,10 +356,50 @@ static void append_token(const kr_kv_append_args *a, int64_t b, int64_t t, float
         const bool is_k = w == 0;
         const kr_tensor *src = is_k ? a->k : a->v;
         char *data = is_k ? ly->k : ly->v;
+        const bool rope_k = is_k && a->inv_freq;
+        /* float cache fed without rounding (same dtype, or into f32): copy,
+         * then rotate in place in registers — ref's arithmetic, one pass */
+        const bool direct =
+            o->dtype != KR_I8 && (o->dtype == src->dtype || o->dtype == KR_F32) &&
+            (!rope_k || (a->layout == KR_ROPE_HALF_SPLIT ? half % 8 == 0 : half % 4 == 0));
         for (int64_t h = 0; h < Hkv; h++) {
-            load_any(src, b, t, h, D, row);
-            if (is_k && a->inv_freq) rotate_row(row, half, a->layout, cosv, sinv);
             const int64_t r = (b * o->capacity + slot) * Hkv + h;
+            if (direct && o->dtype == src->dtype) { /* no conversion: one pass, no re-read */
+                const char *sp =
+                    (const char *)src->data +
+                    (size_t)(b * src->stride[0] + t * src->stride[1] + h * src->stride[2]) * es;
+                char *dst = data + (size_t)(r * D) * es;
+                if (!rope_k) {
+                    memcpy(dst, sp, (size_t)D * es);
+                    continue;
+                }
+                switch (o->dtype) {
+                case KR_F16: rotate_copy(dst, sp, KR_F16, D, half, a->layout, cosv, sinv); break;
+                case KR_BF16: rotate_copy(dst, sp, KR_BF16, D, half, a->layout, cosv, sinv); break;
+                default: rotate_copy(dst, sp, KR_F32, D, half, a->layout, cosv, sinv); break;
+                }
+                continue;
+            }
+            if (direct) {
+                const size_t ses = kr_dtype_size(src->dtype);
+                const char *sp =
+                    (const char *)src->data +
+                    (size_t)(b * src->stride[0] + t * src->stride[1] + h * src->stride[2]) * ses;
+                char *dst = data + (size_t)(r * D) * es;
+                for (int64_t cc = 0; cc < D; cc += 8)
+                    kr_avx2_store8(dst + (size_t)cc * es, o->dtype,
+                                   kr_avx2_load8(sp + (size_t)cc * ses, src->dtype));
+                if (rope_k) {
+                    switch (o->dtype) {
+                    case KR_F16: rotate_inplace(dst, KR_F16, half, a->layout, cosv, sinv); break;
+                    case KR_BF16: rotate_inplace(dst, KR_BF16, half, a->layout, cosv, sinv); break;
+                    default: rotate_inplace(dst, KR_F32, half, a->layout, cosv, sinv); break;
+                    }
+                }
+                continue;
+            }
+            load_any(src, b, t, h, D, row);
+            if (rope_k) rotate_row(row, half, a->layout, cosv, sinv);
             if (o->dtype == KR_I8) {
                 quantize_row(row, (is_k ? ly->k_chan : ly->v_chan) + h * D, D,
                              (int8_t *)data + r * D, (is_k ? ly->k_meta : ly->v_meta) + r * M);
