@@ -361,8 +361,8 @@ KR_INLINE void pv_direct_all(const float *P, int64_t j_lo, int64_t j_hi, const a
     X(KR_F16, 4)                                                                                   \
     X(KR_BF16, 4)                                                                                  \
     X(KR_I8, 4)                                                                                    \
-    X(KR_F32, 6) X(KR_F16, 6) X(KR_BF16, 6) X(KR_I8, 6) X(KR_F32, 1) X(KR_F16, 1) X(KR_BF16, 1)    \
-        X(KR_I8, 1)
+    X(KR_F32, 6)                                                                                   \
+    X(KR_F16, 6) X(KR_BF16, 6) X(KR_I8, 6) X(KR_F32, 1) X(KR_F16, 1) X(KR_BF16, 1) X(KR_I8, 1)
 
 static void qk_direct_dispatch(const float *q, int64_t D, const att_scratch *w, int64_t n, float *S,
                                kr_dtype dt, int R) {

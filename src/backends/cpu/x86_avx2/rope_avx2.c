@@ -275,7 +275,7 @@ static kr_status rope(const kr_rope_args *a, char *err, size_t err_len) {
 
 /* ---- int8 quantisation (kr_ref_quantize_row, vectorised) --------------------- */
 
-static void quantize_row(const float *x, const float *chan, int64_t D, int8_t *q, uint8_t *meta) {
+static void quantize_row(float *x, const float *chan, int64_t D, int8_t *q, uint8_t *meta) {
     const int64_t groups = (D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m256 amax_v = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
@@ -284,8 +284,15 @@ static void quantize_row(const float *x, const float *chan, int64_t D, int8_t *q
         __m256 gm = _mm256_setzero_ps();
         const int64_t end = (g + 1) * KR_KV_INT8_GROUP < D ? (g + 1) * KR_KV_INT8_GROUP : D;
         for (int64_t c = g * KR_KV_INT8_GROUP; c < end; c += 8) {
-            const __m256 av = _mm256_and_ps(
-                _mm256_div_ps(_mm256_loadu_ps(x + c), _mm256_loadu_ps(chan + c)), absmask);
+            /* y = x / chan, kept in x for the rounding pass: ref's (x / chan) / s.
+             * Dividing by the usual factor 1 is exact, so it is skipped. */
+            const __m256 ch = _mm256_loadu_ps(chan + c);
+            __m256 y = _mm256_loadu_ps(x + c);
+            if (_mm256_movemask_ps(_mm256_cmp_ps(ch, _mm256_set1_ps(1.0f), _CMP_EQ_OQ)) != 0xff) {
+                y = _mm256_div_ps(y, ch);
+                _mm256_storeu_ps(x + c, y);
+            }
+            const __m256 av = _mm256_and_ps(y, absmask);
             bad = _mm256_or_ps(bad, _mm256_cmp_ps(av, av, _CMP_UNORD_Q));
             gm = _mm256_max_ps(av, gm); /* NaN ignored, as ref's `av > gmax` */
             amax_v = _mm256_max_ps(av, amax_v);
@@ -315,8 +322,7 @@ static void quantize_row(const float *x, const float *chan, int64_t D, int8_t *q
             __m256i v[4];
             for (int k = 0; k < 4; k++) {
                 const int64_t c = c0 + 8 * k;
-                __m256 r = _mm256_div_ps(
-                    _mm256_div_ps(_mm256_loadu_ps(x + c), _mm256_loadu_ps(chan + c)), sv);
+                __m256 r = _mm256_div_ps(_mm256_loadu_ps(x + c), sv); /* x holds x / chan */
                 r = _mm256_round_ps(r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
                 const __m256 ord = _mm256_cmp_ps(r, r, _CMP_ORD_Q);
                 r = _mm256_and_ps(_mm256_min_ps(_mm256_max_ps(r, lo), hi), ord);
@@ -328,7 +334,7 @@ static void quantize_row(const float *x, const float *chan, int64_t D, int8_t *q
         } else {
             const int64_t end = c0 + KR_KV_INT8_GROUP < D ? c0 + KR_KV_INT8_GROUP : D;
             for (int64_t c = c0; c < end; c++) {
-                float r = usable ? rintf(x[c] / chan[c] / s) : 0.0f;
+                float r = usable ? rintf(x[c] / s) : 0.0f; /* x holds x / chan */
                 if (r > 127.0f) r = 127.0f;
                 if (r < -127.0f) r = -127.0f;
                 q[c] = r == r ? (int8_t)r : 0;
