@@ -241,7 +241,7 @@ KR_INLINE __m256 ld8(const char *row, int64_t d, kr_dtype dt) {
     case KR_BF16:
         return _mm256_castsi256_ps(_mm256_slli_epi32(
             _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(row + 2 * d))), 16));
-    default: return _mm256_loadu_ps((const float *)row + d);
+    default: return _mm256_loadu_ps((const float *)(const void *)(row + 4 * d));
     }
 }
 
@@ -367,7 +367,7 @@ KR_INLINE void pv_direct_all(const float *P, int64_t j_lo, int64_t j_hi, const a
 static void qk_direct_dispatch(const float *q, int64_t D, const att_scratch *w, int64_t n, float *S,
                                kr_dtype dt, int R) {
 #define X(DT, RR)                                                                                  \
-    if (dt == DT && R == RR) {                                                                     \
+    if (dt == (DT) && R == (RR)) {                                                                 \
         qk_direct_all(q, D, w, n, S, DT, RR);                                                      \
         return;                                                                                    \
     }
@@ -378,7 +378,7 @@ static void qk_direct_dispatch(const float *q, int64_t D, const att_scratch *w, 
 static void pv_direct_dispatch(const float *P, int64_t j_lo, int64_t j_hi, const att_scratch *w,
                                int64_t D, float *O, const float *corr, kr_dtype dt, int R) {
 #define X(DT, RR)                                                                                  \
-    if (dt == DT && R == RR) {                                                                     \
+    if (dt == (DT) && R == (RR)) {                                                                 \
         pv_direct_all(P, j_lo, j_hi, w, D, O, corr, DT, RR);                                       \
         return;                                                                                    \
     }
