@@ -55,6 +55,7 @@ void kb_usage(FILE *f) {
         "  decode      attention of q-len new rows over a KV cache holding `context` tokens\n"
         "  rope        RoPE (half-split, theta 500000) in place on `context` tokens\n"
         "  kv-append   RoPE on K, then store (quantise for int8) `context` tokens into a cache\n"
+        "              (steady state: an untimed one-token append fixes int8 channel factors)\n"
         "  generate    comes with the engine (not in this build)\n"
         "\n"
         "options (lists are comma-separated)\n"

@@ -72,12 +72,14 @@ void kr_ref_quantize_row(const float *x, const float *chan, int64_t n, int8_t *q
         if (!(u <= 255.0f)) u = 255.0f;
         meta[2 + g] = (uint8_t)u;
     }
-    /* Pass 3: round each value to its group's step. */
+    /* Pass 3: round each value to its group's step (times the step's
+     * reciprocal, one division per group rather than per value). */
     for (int64_t c = 0; c < n; c++) {
         const float s = kr_kv_int8_group_scale(meta, c / KR_KV_INT8_GROUP);
-        float r = s > 0.0f && isfinite(s) ? rintf(x[c] / chan[c] / s) : 0.0f;
+        const float inv = s > 0.0f && isfinite(s) ? 1.0f / s : 0.0f;
+        float r = inv > 0.0f ? rintf((x[c] / chan[c]) * inv) : 0.0f;
         if (r > 127.0f) r = 127.0f;
         if (r < -127.0f) r = -127.0f;
-        q[c] = (int8_t)r;
+        q[c] = r == r ? (int8_t)r : 0; /* NaN input: code 0 (its row scale is NaN) */
     }
 }

@@ -316,13 +316,14 @@ static void quantize_row(float *x, const float *chan, int64_t D, int8_t *q, uint
     for (int64_t g = 0; g < groups; g++) {
         const float s = kr_kv_int8_group_scale(meta, g);
         const bool usable = s > 0.0f && isfinite(s);
-        const __m256 sv = _mm256_set1_ps(s);
+        const float inv = usable ? 1.0f / s : 0.0f; /* ref's reciprocal, computed the same way */
+        const __m256 sv = _mm256_set1_ps(inv);
         const int64_t c0 = g * KR_KV_INT8_GROUP;
         if (usable && c0 + KR_KV_INT8_GROUP <= D) {
             __m256i v[4];
             for (int k = 0; k < 4; k++) {
                 const int64_t c = c0 + 8 * k;
-                __m256 r = _mm256_div_ps(_mm256_loadu_ps(x + c), sv); /* x holds x / chan */
+                __m256 r = _mm256_mul_ps(_mm256_loadu_ps(x + c), sv); /* x holds x / chan */
                 r = _mm256_round_ps(r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
                 const __m256 ord = _mm256_cmp_ps(r, r, _CMP_ORD_Q);
                 r = _mm256_and_ps(_mm256_min_ps(_mm256_max_ps(r, lo), hi), ord);
@@ -334,7 +335,7 @@ static void quantize_row(float *x, const float *chan, int64_t D, int8_t *q, uint
         } else {
             const int64_t end = c0 + KR_KV_INT8_GROUP < D ? c0 + KR_KV_INT8_GROUP : D;
             for (int64_t c = c0; c < end; c++) {
-                float r = usable ? rintf(x[c] / s) : 0.0f; /* x holds x / chan */
+                float r = usable ? rintf(x[c] * inv) : 0.0f; /* x holds x / chan */
                 if (r > 127.0f) r = 127.0f;
                 if (r < -127.0f) r = -127.0f;
                 q[c] = r == r ? (int8_t)r : 0;
