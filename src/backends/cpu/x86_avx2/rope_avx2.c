@@ -301,11 +301,13 @@ static void quantize_row(float *x, const float *chan, int64_t D, int8_t *q, uint
     }
     const float amax = _mm256_movemask_ps(bad) ? NAN : kr_avx2_hmax(amax_v);
     /* the row and group scales: ref's scalar steps */
-    uint16_t rh = kr_f32_to_f16(isfinite(amax) ? amax / 127.0f : NAN);
-    if (isfinite(amax) && kr_f16_to_f32(rh) * 127.0f < amax) rh++;
+    /* F16C converts exactly as half.c does (round to nearest even) */
+    uint16_t rh = isfinite(amax) ? (uint16_t)_cvtss_sh(amax / 127.0f, _MM_FROUND_TO_NEAREST_INT)
+                                 : kr_f32_to_f16(NAN);
+    if (isfinite(amax) && _cvtsh_ss(rh) * 127.0f < amax) rh++;
     meta[0] = (uint8_t)(rh & 0xff);
     meta[1] = (uint8_t)(rh >> 8);
-    const float row_scale = kr_f16_to_f32(rh);
+    const float row_scale = _cvtsh_ss(rh);
     for (int64_t g = 0; g < groups; g++) {
         float u = row_scale > 0.0f ? ceilf(255.0f * gmax[g] / (127.0f * row_scale)) : 0.0f;
         if (!(u <= 255.0f)) u = 255.0f;
@@ -314,7 +316,7 @@ static void quantize_row(float *x, const float *chan, int64_t D, int8_t *q, uint
     const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (int64_t g = 0; g < groups; g++) {
-        const float s = kr_kv_int8_group_scale(meta, g);
+        const float s = row_scale * ((float)meta[2 + g] * (1.0f / 255.0f)); /* the group scale */
         const bool usable = s > 0.0f && isfinite(s);
         const float inv = usable ? 1.0f / s : 0.0f; /* ref's reciprocal, computed the same way */
         const __m256 sv = _mm256_set1_ps(inv);
