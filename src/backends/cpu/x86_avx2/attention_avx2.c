@@ -73,93 +73,39 @@ typedef struct att_scratch {
 
 /* ---- micro-kernels ------------------------------------------------------------ */
 
-/* S[r][0..1] = Qp[r] . K[0..1] for R rows (R <= MR), over D (a multiple
- * of 8). The 2R accumulators are reduced pairwise with hadd. */
-KR_INLINE void qk_rx2(const float *q, int64_t D, const float *k0, const float *k1, float *s,
-                      int64_t ldS, const int R) {
+/* The one register-blocked kernel, for R rows (R = MR, or 1 for single rows):
+ *
+ *   C[r][0..16) = (scale ? C[r][0..16) * scale[r] : 0) + sum_k A[r][k] B[k][0..16)
+ *
+ * 2R accumulators, A broadcast, two B vectors per k. Scores are
+ * S = Qp . KT (A = Qp, B = the transposed K tile, keys in the lanes); the
+ * output update is O = O * corr + P . V (A = P, B = the V tile). */
+KR_INLINE void gemm_rx16(const float *A, int64_t lda, const float *B, int64_t ldb, int64_t K,
+                         float *C, int64_t ldc, const float *scale, const int R) {
     __m256 acc[MR][2];
 #pragma GCC unroll 6
-    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    for (int64_t d = 0; d < D; d += 8) {
-        const __m256 a = _mm256_loadu_ps(k0 + d), b = _mm256_loadu_ps(k1 + d);
+    for (int r = 0; r < R; r++) {
+        if (scale) {
+            const __m256 sc = _mm256_broadcast_ss(scale + r);
+            acc[r][0] = _mm256_mul_ps(_mm256_loadu_ps(C + r * ldc), sc);
+            acc[r][1] = _mm256_mul_ps(_mm256_loadu_ps(C + r * ldc + 8), sc);
+        } else {
+            acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+        }
+    }
+    for (int64_t k = 0; k < K; k++) {
+        const __m256 b0 = _mm256_loadu_ps(B + k * ldb), b1 = _mm256_loadu_ps(B + k * ldb + 8);
 #pragma GCC unroll 6
         for (int r = 0; r < R; r++) {
-            const __m256 qv = _mm256_loadu_ps(q + r * D + d);
-            acc[r][0] = _mm256_fmadd_ps(qv, a, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(qv, b, acc[r][1]);
+            const __m256 a = _mm256_broadcast_ss(A + r * lda + k);
+            acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
         }
     }
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++) {
-        const __m256 h =
-            _mm256_hadd_ps(acc[r][0], acc[r][1]); /* a01 a23 b01 b23 | a45 a67 b45 b67 */
-        const __m128 x = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-        const __m128 y = _mm_hadd_ps(x, x); /* a b a b */
-        s[r * ldS] = _mm_cvtss_f32(y);
-        s[r * ldS + 1] = _mm_cvtss_f32(_mm_shuffle_ps(y, y, 1));
-    }
-}
-
-KR_INLINE void qk_rx1(const float *q, int64_t D, const float *k0, float *s, int64_t ldS,
-                      const int R) {
-    __m256 acc[MR];
-#pragma GCC unroll 6
-    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
-    for (int64_t d = 0; d < D; d += 8) {
-        const __m256 a = _mm256_loadu_ps(k0 + d);
-#pragma GCC unroll 6
-        for (int r = 0; r < R; r++)
-            acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * D + d), a, acc[r]);
-    }
-#pragma GCC unroll 6
-    for (int r = 0; r < R; r++) s[r * ldS] = kr_avx2_hsum(acc[r]);
-}
-
-/* O[r][0..16) = O[r][0..16) * corr[r] + sum_j P[r][j] V[j][0..16), R rows. */
-KR_INLINE void pv_rx16(const float *P, int64_t ldP, int64_t n, const float *V, int64_t ldV,
-                       float *O, int64_t ldO, const float *corr, const int R) {
-    __m256 acc[MR][2];
-#pragma GCC unroll 6
-    for (int r = 0; r < R; r++) {
-        const __m256 c = _mm256_broadcast_ss(corr + r);
-        acc[r][0] = _mm256_mul_ps(_mm256_loadu_ps(O + r * ldO), c);
-        acc[r][1] = _mm256_mul_ps(_mm256_loadu_ps(O + r * ldO + 8), c);
-    }
-    for (int64_t j = 0; j < n; j++) {
-        const __m256 v0 = _mm256_loadu_ps(V + j * ldV), v1 = _mm256_loadu_ps(V + j * ldV + 8);
-#pragma GCC unroll 6
-        for (int r = 0; r < R; r++) {
-            const __m256 p = _mm256_broadcast_ss(P + r * ldP + j);
-            acc[r][0] = _mm256_fmadd_ps(p, v0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(p, v1, acc[r][1]);
-        }
-    }
-#pragma GCC unroll 6
-    for (int r = 0; r < R; r++) {
-        _mm256_storeu_ps(O + r * ldO, acc[r][0]);
-        _mm256_storeu_ps(O + r * ldO + 8, acc[r][1]);
-    }
-}
-
-/* S[r][0..16) = Qp[r] . K[0..16) for MR rows, from the transposed tile
- * KT[D][TK]: the keys are the vector lanes, so no horizontal reduction. */
-KR_INLINE void qk_6x16_t(const float *q, int64_t D, const float *KT, float *s) {
-    __m256 acc[MR][2];
-#pragma GCC unroll 6
-    for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    for (int64_t d = 0; d < D; d++) {
-        const __m256 k0 = _mm256_load_ps(KT + d * TK), k1 = _mm256_load_ps(KT + d * TK + 8);
-#pragma GCC unroll 6
-        for (int r = 0; r < MR; r++) {
-            const __m256 qb = _mm256_broadcast_ss(q + r * D + d);
-            acc[r][0] = _mm256_fmadd_ps(qb, k0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(qb, k1, acc[r][1]);
-        }
-    }
-#pragma GCC unroll 6
-    for (int r = 0; r < MR; r++) {
-        _mm256_storeu_ps(s + r * TK, acc[r][0]);
-        _mm256_storeu_ps(s + r * TK + 8, acc[r][1]);
+        _mm256_storeu_ps(C + r * ldc, acc[r][0]);
+        _mm256_storeu_ps(C + r * ldc + 8, acc[r][1]);
     }
 }
 
@@ -190,36 +136,6 @@ static void transpose_tile(const float *Kt, int64_t n, int64_t D, float *KT) {
             _mm256_store_ps(o + 6 * TK, _mm256_permute2f128_ps(u2, u6, 0x31));
             _mm256_store_ps(o + 7 * TK, _mm256_permute2f128_ps(u3, u7, 0x31));
         }
-    }
-}
-
-/* The R-row block kernels, specialised for R = MR and R = 4 (decode with
- * 4 query heads per kv head), generic below that. */
-static void block_qk(const float *q, int64_t D, const float *Kt, int64_t n, float *S, int R) {
-    int64_t j = 0;
-    if (R == MR) {
-        for (; j + 2 <= n; j += 2) qk_rx2(q, D, Kt + j * D, Kt + (j + 1) * D, S + j, TK, MR);
-        for (; j < n; j++) qk_rx1(q, D, Kt + j * D, S + j, TK, MR);
-    } else if (R == 4) {
-        for (; j + 2 <= n; j += 2) qk_rx2(q, D, Kt + j * D, Kt + (j + 1) * D, S + j, TK, 4);
-        for (; j < n; j++) qk_rx1(q, D, Kt + j * D, S + j, TK, 4);
-    } else {
-        for (int r = 0; r < R; r++)
-            for (int64_t jj = 0; jj < n; jj++)
-                qk_rx1(q + r * D, D, Kt + jj * D, S + r * TK + jj, TK, 1);
-    }
-}
-
-static void block_pv(const float *P, int64_t n, const float *Vt, int64_t D, float *O,
-                     const float *corr, int R) {
-    for (int64_t c = 0; c < D; c += 16) {
-        if (R == MR)
-            pv_rx16(P, TK, n, Vt + c, D, O + c, D, corr, MR);
-        else if (R == 4)
-            pv_rx16(P, TK, n, Vt + c, D, O + c, D, corr, 4);
-        else
-            for (int r = 0; r < R; r++)
-                pv_rx16(P + r * TK, TK, n, Vt + c, D, O + r * D + c, D, corr + r, 1);
     }
 }
 
@@ -674,8 +590,7 @@ static void unit_run(const att_plan *p, int64_t b, int64_t hk0, int64_t k_lo, in
             const float *Kt = w->Kt + hh * n * D, *Vt = w->Vt + hh * n * D;
             transposed = false; /* KT holds one kv head's tile at a time */
             for (int64_t rb = hh * p->rows_pad; rb < (hh + 1) * p->rows_pad; rb += MR) {
-                const int64_t left = (hh + 1) * p->rows_pad - rb;
-                const int R = left < MR ? (int)left : MR;
+                const int R = MR; /* rows_pad is a multiple of MR on this path */
                 /* visibility of this tile for the block */
                 bool any = false, full = a->mask == NULL;
                 for (int r = 0; r < R; r++) {
@@ -699,16 +614,12 @@ static void unit_run(const att_plan *p, int64_t b, int64_t hk0, int64_t k_lo, in
                     v_checked = true;
                 }
                 float *S = w->S;
-                if (R == MR) {
-                    if (!transposed) {
-                        transpose_tile(Kt, n, D, w->KT);
-                        transposed = true;
-                    }
-                    for (int64_t j = 0; j < n; j += 16)
-                        qk_6x16_t(w->Qp + rb * D, D, w->KT + j, S + j);
-                } else {
-                    block_qk(w->Qp + rb * D, D, Kt, n, S, R);
+                if (!transposed) {
+                    transpose_tile(Kt, n, D, w->KT);
+                    transposed = true;
                 }
+                for (int64_t j = 0; j < n; j += 16)
+                    gemm_rx16(w->Qp + rb * D, D, w->KT + j, TK, D, S + j, TK, NULL, MR);
                 for (int r = 0; r < R; r++)
                     softmax_row(a, b, w, rb + r, S + r * TK, j0, n, full, &w->corr[r]);
                 if (v_bad && !full) {
@@ -719,11 +630,12 @@ static void unit_run(const att_plan *p, int64_t b, int64_t hk0, int64_t k_lo, in
                         if (jh > n) jh = n;
                         if (jh < jl) jh = jl;
                         for (int64_t c = 0; c < D; c += 16)
-                            pv_rx16(S + r * TK + jl, TK, jh - jl, Vt + jl * D + c, D,
-                                    w->Op + row * D + c, D, w->corr + r, 1);
+                            gemm_rx16(S + r * TK + jl, TK, Vt + jl * D + c, D, jh - jl,
+                                      w->Op + row * D + c, D, w->corr + r, 1);
                     }
                 } else {
-                    block_pv(S, n, Vt, D, w->Op + rb * D, w->corr, R);
+                    for (int64_t c = 0; c < D; c += 16)
+                        gemm_rx16(S, TK, Vt + c, D, n, w->Op + rb * D + c, D, w->corr, MR);
                 }
             }
         }
@@ -846,19 +758,22 @@ kr_status kr_cpu_avx2_attention(const kr_attention_args *a, char *err, size_t er
     p.G = a->H / a->Hkv;
     p.qscale = (float)((double)a->scale * LOG2E);
     const int threads = a->n_threads > 0 ? a->n_threads : 1;
-    /* about 64 rows per unit: enough to amortise each K/V tile */
+    /* about 120 rows per unit: enough to amortise each converted K/V tile */
     p.Tq = 120 / p.G > 0 ? 120 / p.G : 1;
     if (p.Tq > a->Sq) p.Tq = a->Sq;
     p.n_qt = (a->Sq + p.Tq - 1) / p.Tq;
     p.rows = p.G * p.Tq;
-    p.rows_pad = (p.rows + MR - 1) / MR * MR;
-    if (p.rows == 4) p.rows_pad = 4; /* decode, 4 heads per kv head: the 4-row kernels */
     /* decode (few query rows): a unit takes every kv head of a key range, so
      * the cache streams through memory in order; prefill: one kv head */
     p.hpu = a->Sq <= 16 ? a->Hkv : 1;
     p.tk = p.hpu > 1 ? 32 : TK;
     p.kv_dt = a->k8 ? KR_I8 : a->k->dtype;
+    /* The tiled path works in whole blocks of MR rows (padding rows see
+     * nothing). Decode with at most MR rows per kv head reads the cache in
+     * place instead, with 4-row kernels when a kv head has 4 query rows. */
+    p.rows_pad = (p.rows + MR - 1) / MR * MR;
     p.direct = p.hpu > 1 && p.rows_pad <= MR;
+    if (p.direct && p.rows == 4) p.rows_pad = 4;
     p.n_hg = a->Hkv / p.hpu;
     const int64_t base_units = a->B * p.n_hg * p.n_qt;
     p.ns = 1;
