@@ -19,6 +19,7 @@
 #include "bench.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -393,17 +394,14 @@ static float *checked_values(kb_case *c, kr_context *ctx, int64_t *n_out) {
         break;
     }
     case KB_DECODE:
-        n = c->n_out;
+    case KB_ROPE: { /* the whole output: decode's out, RoPE's rotated x */
+        const void *src = s->kind == KB_DECODE ? c->out : c->x;
+        n = s->kind == KB_DECODE ? c->n_out : c->n_x;
         v = calloc((size_t)n, sizeof *v);
         if (!v) return NULL;
-        for (int64_t i = 0; i < n; i++) v[i] = load_el(c->out, s->dtype, i);
+        for (int64_t i = 0; i < n; i++) v[i] = load_el(src, s->dtype, i);
         break;
-    case KB_ROPE:
-        n = c->n_x;
-        v = calloc((size_t)n, sizeof *v);
-        if (!v) return NULL;
-        for (int64_t i = 0; i < n; i++) v[i] = load_el(c->x, s->dtype, i);
-        break;
+    }
     case KB_KV_APPEND: {
         const int64_t S = s->context, per = S * Hkv * D;
         n = 2 * B * per;
@@ -744,6 +742,23 @@ static void case_backend(kb_case *c, kb_be *be, const kb_options *o, const kb_ce
     be->prev_time = r->median_s / r->sampled;
 }
 
+/* A result that could not be measured, with the reason. */
+static void failed_result(kb_result *r, const kb_shape *s, const char *backend, const char *fmt,
+                          ...) __attribute__((format(printf, 4, 5)));
+static void failed_result(kb_result *r, const kb_shape *s, const char *backend, const char *fmt,
+                          ...) {
+    memset(r, 0, sizeof *r);
+    r->shape = *s;
+    r->cost = kb_case_cost(s);
+    snprintf(r->backend, sizeof r->backend, "%s", backend);
+    r->state = KB_FAILED;
+    r->speedup = r->error = NAN;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->note, sizeof r->note, fmt, ap);
+    va_end(ap);
+}
+
 /* ---- the run ------------------------------------------------------------------ */
 
 static int push_result(kb_report *rep, const kb_result *r) {
@@ -846,13 +861,7 @@ int kb_run(const kb_options *o, kb_report *rep, char *err, size_t err_len) {
             if (case_build(&c, &s, seed, be[0].ctx, err, err_len)) {
                 /* a case that cannot be built (memory) is reported, not fatal */
                 for (int b = 0; b < n_be; b++) {
-                    memset(&r, 0, sizeof r);
-                    r.shape = s;
-                    r.cost = kb_case_cost(&s);
-                    snprintf(r.backend, sizeof r.backend, "%s", be[b].name);
-                    r.state = KB_FAILED;
-                    r.speedup = r.error = NAN;
-                    snprintf(r.note, sizeof r.note, "failed: %s", err);
+                    failed_result(&r, &s, be[b].name, "failed: %s", err);
                     if (push_result(rep, &r)) rc = -1;
                     kb_progress_step(&prog, what);
                 }
@@ -871,14 +880,8 @@ int kb_run(const kb_options *o, kb_report *rep, char *err, size_t err_len) {
             const int first = rep->n_results;
             for (int b = 0; b < n_be && !rc; b++) {
                 if (st != KR_OK) {
-                    memset(&r, 0, sizeof r);
-                    r.shape = s;
-                    r.cost = kb_case_cost(&s);
-                    snprintf(r.backend, sizeof r.backend, "%s", be[b].name);
-                    r.state = KB_FAILED;
-                    r.speedup = r.error = NAN;
-                    snprintf(r.note, sizeof r.note, "failed: the reference failed: %s: %s",
-                             kr_status_string(st), kr_context_last_error(be[0].ctx));
+                    failed_result(&r, &s, be[b].name, "failed: the reference failed: %s: %s",
+                                  kr_status_string(st), kr_context_last_error(be[0].ctx));
                 } else {
                     case_backend(&c, &be[b], o, &rep->ceil, ref_rate, &r);
                 }
