@@ -73,7 +73,7 @@ static void test_plugin_states(void **state) {
         const char *path, *fault, *reason;
     } refusals[] = {
         {"/nonexistent/krserve", NULL, "not found (looked in /nonexistent/krserve)"},
-        {PLUGIN("badapi"), NULL, "API version 999; this libkrserve needs 2"},
+        {PLUGIN("badapi"), NULL, "API version 999; this libkrserve needs 3"},
         {PLUGIN("noentry"), NULL, "no krserve_backend_entry symbol"},
         {PLUGIN("test"), "probe:test", "injected fault at probe"},
         {PLUGIN("test"), "load:test", "injected fault at load"},

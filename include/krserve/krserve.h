@@ -196,6 +196,7 @@ KR_API const char *kr_build_info(void);
 }
 #endif
 
+#include "krserve/device.h"
 #include "krserve/ops.h"
 #include "krserve/kv_cache.h"
 #include "krserve/accel.h"

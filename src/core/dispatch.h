@@ -17,4 +17,10 @@ kr_status kr_attention_resolve_params(kr_context *ctx, const char *op, const kr_
 kr_status kr_attention_check_q_out(kr_context *ctx, const char *op, const kr_tensor *q,
                                    const kr_tensor *out, int64_t hkv, int64_t d);
 
+/* Opens the context's state on `dev` and checks that each non-NULL t[i]
+ * lives there (names[i] names it in the message). */
+kr_status kr_check_devices(kr_context *ctx, const char *op, kr_device dev,
+                           const kr_tensor *const *t, const char *const *names, int n,
+                           void **state);
+
 #endif /* KR_CORE_DISPATCH_H */

@@ -21,8 +21,10 @@
 #define KR_ERRMSG_LEN 512
 #define KR_MAX_BACKENDS 8
 #define KR_MAX_FAULTS 8
+#define KR_MAX_DEVICES 16
 
 struct kr_backend;
+struct kr_device_ops;
 
 /* One backend the registry found (or a plugin it refused: be == NULL). */
 typedef struct kr_backend_slot {
@@ -61,6 +63,13 @@ struct kr_context {
     kr_fault faults[KR_MAX_FAULTS];
     int n_faults;
     char model[128]; /* current model for per-model switches, "" = none */
+    /* CUDA: the plugin's device operations (NULL when no plugin is usable),
+     * why not, and this context's state per device (stream, scratch),
+     * opened on first use. */
+    const struct kr_device_ops *dev_ops;
+    char dev_reason[256];
+    char dev_plugin_path[512];
+    void *dev_state[KR_MAX_DEVICES];
 };
 
 /* Registry (registry.c): loads and orders the backends of a new context,
@@ -105,6 +114,18 @@ static inline void kr_store(const kr_tensor *t, int64_t off, float x) {
 kr_status kr_check_tensor(kr_context *ctx, const char *op, const char *name, const kr_tensor *t);
 bool kr_dtype_is_float(kr_dtype dt);
 
+/* ---- devices (device.c) -------------------------------------------------- */
+
+/* This context's state on device `dev` (opened on first use), or a
+ * KR_ERR_DEVICE naming why CUDA is not served. For the CPU: *state = NULL. */
+kr_status kr_device_state(kr_context *ctx, const char *op, kr_device dev, void **state);
+/* Checks that t lives on `dev`; for CUDA, that t->data is device memory of
+ * that device (a host pointer tagged CUDA is refused, never dereferenced). */
+kr_status kr_check_on_device(kr_context *ctx, const char *op, const char *name, const kr_tensor *t,
+                             kr_device dev);
+/* Whether p is device memory (of any device) by the plugin's account. */
+bool kr_is_device_pointer(const kr_context *ctx, const void *p);
+
 /* ---- resolved op arguments (validated; what a backend receives) --------- */
 
 /* K/V rows stored as int8 with two-level scales and per-channel factors
@@ -141,10 +162,11 @@ typedef struct kr_attention_args {
     float scale;
     bool causal;
     int64_t window_left, window_right;
-    const kr_tensor *mask; /* shape [Bm, Hm, Sq, >= Skv] */
-    kr_tensor *lse;        /* [B, H, Sq, 1] */
-    const int64_t *kv_lens;
-    int32_t n_threads; /* worker threads the context allows */
+    const kr_tensor *mask;  /* shape [Bm, Hm, Sq, >= Skv] */
+    kr_tensor *lse;         /* [B, H, Sq, 1] */
+    const int64_t *kv_lens; /* host memory */
+    int32_t n_threads;      /* worker threads the context allows */
+    void *dev_state;        /* device tensors: the context's state on their device */
 } kr_attention_args;
 
 typedef struct kr_rope_args {
@@ -155,9 +177,13 @@ typedef struct kr_rope_args {
     const double *inv_freq; /* rotary_dim / 2 */
     double attention_factor;
     int32_t n_threads;
+    void *dev_state;
+    bool positions_on_device; /* device x only: positions is device memory */
 } kr_rope_args;
 
 /* ---- KV cache internals (the layout kv_cache.h draws) ------------------- */
+
+typedef struct kr_kv_append_args kr_kv_append_args;
 
 typedef struct kr_kv_layer {
     void *k, *v;              /* [B][capacity][Hkv][D], storage dtype */
@@ -168,11 +194,19 @@ typedef struct kr_kv_layer {
 
 struct kr_kv_cache {
     kr_kv_cache_options o;
-    int64_t *len;        /* [n_layers][B] tokens held */
+    int64_t *len;        /* [n_layers][B] tokens held (host memory) */
     kr_kv_layer *layers; /* [n_layers] */
+    /* A device cache: the plugin's memory operations, and a handle that
+     * keeps the plugin loaded until the cache is freed. */
+    const struct kr_device_ops *dev_ops;
+    void *dev_dl;
 };
 
-typedef struct kr_kv_append_args {
+/* Turns per-channel amax into int8 channel factors (the rule of
+ * kr_ref_chan_factors, which the front-end hands to every backend). */
+typedef void (*kr_chan_factors_fn)(const kr_kv_append_args *a, bool is_k, float *amax, float *tmp);
+
+struct kr_kv_append_args {
     struct kr_kv_cache *cache;
     int64_t layer;
     const kr_tensor *k, *v;   /* [B, S, Hkv, D] */
@@ -183,7 +217,10 @@ typedef struct kr_kv_append_args {
     kr_rope_layout layout;
     double attention_factor;
     int32_t n_threads;
-} kr_kv_append_args;
+    void *dev_state;
+    bool positions_implicit; /* positions were not given: len[b] + t */
+    kr_chan_factors_fn chan_factors;
+};
 
 /* Resolves a kr_rope_params into frequencies; inv_freq has room for D/2. */
 kr_status kr_rope_resolve(kr_context *ctx, const kr_rope_params *p, int64_t head_dim,

@@ -6,6 +6,10 @@
 #include "internal.h"
 #include "dispatch.h"
 
+#include "backend.h"
+#include "../backends/ref/ref.h"
+
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,19 +51,32 @@ int64_t kr_kv_cache_seq_len(const kr_kv_cache *c, int64_t layer, int64_t b) {
     return c->len[layer * c->o.batch + b];
 }
 
+/* Storage of the cache's device: host malloc, or the plugin's allocator. */
+static void *storage_alloc(const kr_kv_cache *c, size_t bytes) {
+    if (!c->dev_ops) return malloc(bytes);
+    void *p = NULL;
+    char err[KR_ERRMSG_LEN];
+    return c->dev_ops->alloc(c->o.device.index, bytes, &p, err, sizeof err) ? NULL : p;
+}
+
+static void storage_free(const kr_kv_cache *c, void *p) {
+    if (!p) return;
+    if (c->dev_ops)
+        c->dev_ops->free(c->o.device.index, p);
+    else
+        free(p);
+}
+
 void kr_kv_cache_free(kr_kv_cache *c) {
     if (!c) return;
     if (c->layers) {
         for (int64_t l = 0; l < c->o.n_layers; l++) {
             kr_kv_layer *ly = &c->layers[l];
-            free(ly->k);
-            free(ly->v);
-            free(ly->k_meta);
-            free(ly->v_meta);
-            free(ly->k_chan);
-            free(ly->v_chan);
+            void *bufs[] = {ly->k, ly->v, ly->k_meta, ly->v_meta, ly->k_chan, ly->v_chan};
+            for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) storage_free(c, bufs[i]);
         }
     }
+    if (c->dev_dl) dlclose(c->dev_dl);
     free(c->layers);
     free(c->len);
     free(c);
@@ -91,9 +108,9 @@ kr_status kr_kv_cache_create(kr_context *ctx, const kr_kv_cache_options *o, kr_k
         return kr_fail(ctx, KR_ERR_UNSUPPORTED,
                        "%s: int8 storage supports head_dim <= 256, got %lld", op,
                        (long long)o->head_dim);
-    if (o->device.type != KR_DEVICE_CPU)
-        return kr_fail(ctx, KR_ERR_DEVICE, "%s: device type %d is not served here (only the CPU)",
-                       op, (int)o->device.type);
+    void *state = NULL;
+    kr_status s = kr_device_state(ctx, op, o->device, &state);
+    if (s) return s;
     const double per_layer =
         (double)o->batch * (double)o->capacity * (double)o->n_kv_heads * (double)o->head_dim * 2.0;
     if (per_layer * (double)o->n_layers > 1e15)
@@ -103,6 +120,16 @@ kr_status kr_kv_cache_create(kr_context *ctx, const kr_kv_cache_options *o, kr_k
     kr_kv_cache *c = calloc(1, sizeof *c);
     if (!c) return kr_fail(ctx, KR_ERR_OUT_OF_MEMORY, "%s: out of memory", op);
     c->o = *o;
+    if (o->device.type == KR_DEVICE_CUDA) {
+        /* Keep the plugin loaded for as long as the cache holds its memory. */
+        c->dev_ops = ctx->dev_ops;
+        c->dev_dl = dlopen(ctx->dev_plugin_path, RTLD_NOW | RTLD_LOCAL);
+        if (!c->dev_dl) {
+            free(c);
+            return kr_fail(ctx, KR_ERR_DEVICE, "%s: cannot hold the CUDA plugin %s: %s", op,
+                           ctx->dev_plugin_path, dlerror());
+        }
+    }
     c->len = calloc((size_t)(o->n_layers * o->batch), sizeof(int64_t));
     c->layers = calloc((size_t)o->n_layers, sizeof(kr_kv_layer));
     bool ok = c->len && c->layers;
@@ -110,20 +137,23 @@ kr_status kr_kv_cache_create(kr_context *ctx, const kr_kv_cache_options *o, kr_k
     const size_t data_bytes = rows * (size_t)o->head_dim * kr_dtype_size(o->dtype);
     for (int64_t l = 0; ok && l < o->n_layers; l++) {
         kr_kv_layer *ly = &c->layers[l];
-        ly->k = malloc(data_bytes);
-        ly->v = malloc(data_bytes);
+        ly->k = storage_alloc(c, data_bytes);
+        ly->v = storage_alloc(c, data_bytes);
         ok = ly->k && ly->v;
         if (ok && o->dtype == KR_I8) {
-            ly->k_meta = malloc(rows * (size_t)KR_KV_INT8_META_BYTES(o->head_dim));
-            ly->v_meta = malloc(rows * (size_t)KR_KV_INT8_META_BYTES(o->head_dim));
-            ly->k_chan = malloc((size_t)(o->n_kv_heads * o->head_dim) * sizeof(float));
-            ly->v_chan = malloc((size_t)(o->n_kv_heads * o->head_dim) * sizeof(float));
+            const size_t meta = rows * (size_t)KR_KV_INT8_META_BYTES(o->head_dim);
+            const size_t chan = (size_t)(o->n_kv_heads * o->head_dim) * sizeof(float);
+            ly->k_meta = storage_alloc(c, meta);
+            ly->v_meta = storage_alloc(c, meta);
+            ly->k_chan = storage_alloc(c, chan);
+            ly->v_chan = storage_alloc(c, chan);
             ok = ly->k_meta && ly->v_meta && ly->k_chan && ly->v_chan;
         }
     }
     if (!ok) {
         kr_kv_cache_free(c);
-        return kr_fail(ctx, KR_ERR_OUT_OF_MEMORY, "%s: out of memory allocating %.1f MiB", op,
+        return kr_fail(ctx, KR_ERR_OUT_OF_MEMORY, "%s: out of %s memory allocating %.1f MiB", op,
+                       o->device.type == KR_DEVICE_CUDA ? "device" : "host",
                        (double)data_bytes * 2.0 * (double)o->n_layers / 1048576.0);
     }
     *out = c;
@@ -165,6 +195,13 @@ kr_status kr_kv_cache_append(kr_context *ctx, kr_kv_cache *c, int64_t layer, con
         if (k->shape[i] != v->shape[i])
             return kr_fail(ctx, KR_ERR_SHAPE, "%s: k and v shapes differ in dim %d (%lld vs %lld)",
                            op, i, (long long)k->shape[i], (long long)v->shape[i]);
+    void *state = NULL;
+    const kr_tensor *all[] = {k, v};
+    static const char *const names[] = {"k", "v"};
+    s = kr_check_devices(ctx, op, o->device, all, names, 2, &state);
+    if (s) return s;
+    if (kr_is_device_pointer(ctx, positions) || kr_is_device_pointer(ctx, n_new))
+        return kr_fail(ctx, KR_ERR_DEVICE, "%s: positions and n_new must be host memory", op);
     if (k->shape[0] != o->batch || k->shape[2] != o->n_kv_heads || k->shape[3] != o->head_dim)
         return kr_fail(ctx, KR_ERR_SHAPE,
                        "%s: k shape [%lld, %lld, %lld, %lld] must be [batch %lld, S, kv heads "
@@ -221,6 +258,9 @@ kr_status kr_kv_cache_append(kr_context *ctx, kr_kv_cache *c, int64_t layer, con
         a.layout = rope->layout;
     }
     a.n_threads = ctx->n_threads;
+    a.dev_state = state;
+    a.positions_implicit = positions == NULL;
+    a.chan_factors = kr_ref_chan_factors;
     s = kr_dispatch_kv_append(ctx, &a);
     if (!s)
         for (int64_t b = 0; b < B; b++) len[b] += nn[b];
@@ -241,6 +281,11 @@ kr_status kr_kv_cache_attention(kr_context *ctx, const kr_kv_cache *c, int64_t l
     if (s) return s;
     const kr_kv_cache_options *o = &c->o;
     s = kr_attention_check_q_out(ctx, op, q, out, o->n_kv_heads, o->head_dim);
+    if (s) return s;
+    void *state = NULL;
+    const kr_tensor *all[] = {q, out, params ? params->mask : NULL, params ? params->lse : NULL};
+    static const char *const names[] = {"q", "out", "mask", "lse"};
+    s = kr_check_devices(ctx, op, o->device, all, names, 4, &state);
     if (s) return s;
     if (q->shape[0] != o->batch)
         return kr_fail(ctx, KR_ERR_SHAPE, "%s: q batch %lld differs from the cache's batch %lld",
@@ -270,6 +315,7 @@ kr_status kr_kv_cache_attention(kr_context *ctx, const kr_kv_cache *c, int64_t l
         kr_tensor_bshd(ly->k, o->dtype, o->batch, o->capacity, o->n_kv_heads, o->head_dim);
     kr_tensor vt =
         kr_tensor_bshd(ly->v, o->dtype, o->batch, o->capacity, o->n_kv_heads, o->head_dim);
+    kt.device = vt.device = o->device;
     kr_kv_int8_view k8 = {ly->k, ly->k_meta, ly->k_chan, o->capacity};
     kr_kv_int8_view v8 = {ly->v, ly->v_meta, ly->v_chan, o->capacity};
     if (o->dtype == KR_I8) {
@@ -280,6 +326,7 @@ kr_status kr_kv_cache_attention(kr_context *ctx, const kr_kv_cache *c, int64_t l
         a.v = &vt;
     }
     a.n_threads = ctx->n_threads;
+    a.dev_state = state;
     return kr_dispatch_attention(ctx, &a);
 }
 
@@ -291,6 +338,8 @@ kr_status kr_kv_cache_read(kr_context *ctx, const kr_kv_cache *c, int64_t layer,
     kr_status s = check_layer(ctx, op, c, layer);
     if (!s) s = kr_check_tensor(ctx, op, "k_out", k_out);
     if (!s) s = kr_check_tensor(ctx, op, "v_out", v_out);
+    if (!s) s = kr_check_on_device(ctx, op, "k_out", k_out, kr_device_cpu());
+    if (!s) s = kr_check_on_device(ctx, op, "v_out", v_out, kr_device_cpu());
     if (s) return s;
     const kr_kv_cache_options *o = &c->o;
     if (b < 0 || b >= o->batch)
@@ -314,28 +363,57 @@ kr_status kr_kv_cache_read(kr_context *ctx, const kr_kv_cache *c, int64_t layer,
                            (long long)o->head_dim);
     }
     const kr_kv_layer *ly = &c->layers[layer];
-    const int64_t D = o->head_dim;
+    const int64_t D = o->head_dim, Hkv = o->n_kv_heads, M = KR_KV_INT8_META_BYTES(D);
+    const size_t es = kr_dtype_size(o->dtype);
+    /* The n * Hkv rows asked for are contiguous in each buffer, from row r0. */
+    const int64_t r0 = (b * o->capacity + start) * Hkv, rows = n * Hkv;
+    const size_t data_bytes = (size_t)(rows * D) * es, meta_bytes = (size_t)(rows * M);
+    const size_t chan_bytes_ = (size_t)(Hkv * D) * sizeof(float);
+    const bool i8 = o->dtype == KR_I8;
+    const void *src[2][3] = {
+        {(const char *)ly->k + (size_t)(r0 * D) * es, i8 ? ly->k_meta + r0 * M : NULL, ly->k_chan},
+        {(const char *)ly->v + (size_t)(r0 * D) * es, i8 ? ly->v_meta + r0 * M : NULL, ly->v_chan}};
     float *row = calloc((size_t)D, sizeof(float));
+    void *host = NULL;
     if (!row) return kr_fail(ctx, KR_ERR_OUT_OF_MEMORY, "%s: out of memory", op);
+    if (c->dev_ops) { /* bring the rows (and scales) to the host first */
+        const size_t sizes[3] = {data_bytes, i8 ? meta_bytes : 0, i8 ? chan_bytes_ : 0};
+        host = malloc(2 * (sizes[0] + sizes[1] + sizes[2]));
+        if (!host) {
+            free(row);
+            return kr_fail(ctx, KR_ERR_OUT_OF_MEMORY, "%s: out of memory", op);
+        }
+        char *p = host;
+        for (int w = 0; w < 2; w++)
+            for (int i = 0; i < 3; i++) {
+                if (!sizes[i]) continue;
+                s = kr_device_copy(ctx, p, kr_device_cpu(), src[w][i], o->device, sizes[i]);
+                if (s) {
+                    free(host);
+                    free(row);
+                    return s;
+                }
+                src[w][i] = p;
+                p += sizes[i];
+            }
+    }
     for (int w = 0; w < 2; w++) {
-        const void *data = w ? ly->v : ly->k;
-        kr_tensor src =
-            kr_tensor_bshd((void *)data, o->dtype, o->batch, o->capacity, o->n_kv_heads, D);
+        kr_tensor rows_view = kr_tensor_bshd((void *)src[w][0], o->dtype, 1, n, Hkv, D);
         for (int64_t t = 0; t < n; t++)
-            for (int64_t h = 0; h < o->n_kv_heads; h++) {
-                const int64_t r = (b * o->capacity + start + t) * o->n_kv_heads + h;
-                if (o->dtype == KR_I8)
-                    kr_kv_int8_dequant_row((const int8_t *)data + r * D,
-                                           (w ? ly->v_meta : ly->k_meta) +
-                                               r * KR_KV_INT8_META_BYTES(D),
-                                           (w ? ly->v_chan : ly->k_chan) + h * D, D, row);
+            for (int64_t h = 0; h < Hkv; h++) {
+                const int64_t r = t * Hkv + h;
+                if (i8)
+                    kr_kv_int8_dequant_row((const int8_t *)src[w][0] + r * D,
+                                           (const uint8_t *)src[w][1] + r * M,
+                                           (const float *)src[w][2] + h * D, D, row);
                 else
                     for (int64_t d = 0; d < D; d++)
-                        row[d] = kr_load(&src, kr_offset(&src, b, start + t, h, d));
+                        row[d] = kr_load(&rows_view, kr_offset(&rows_view, 0, t, h, d));
                 for (int64_t d = 0; d < D; d++)
                     kr_store(outs[w], kr_offset(outs[w], 0, t, h, d), row[d]);
             }
     }
+    free(host);
     free(row);
     return KR_OK;
 }

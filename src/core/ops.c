@@ -100,6 +100,15 @@ kr_status kr_attention_check_q_out(kr_context *ctx, const char *op, const kr_ten
     return KR_OK;
 }
 
+kr_status kr_check_devices(kr_context *ctx, const char *op, kr_device dev,
+                           const kr_tensor *const *t, const char *const *names, int n,
+                           void **state) {
+    kr_status s = kr_device_state(ctx, op, dev, state);
+    for (int i = 0; !s && i < n; i++)
+        if (t[i]) s = kr_check_on_device(ctx, op, names[i], t[i], dev);
+    return s;
+}
+
 kr_status kr_attention(kr_context *ctx, const kr_tensor *q, const kr_tensor *k, const kr_tensor *v,
                        kr_tensor *out, const kr_attention_params *params) {
     static const char op[] = "kr_attention";
@@ -145,6 +154,10 @@ kr_status kr_attention(kr_context *ctx, const kr_tensor *q, const kr_tensor *k, 
                                (long long)b, (long long)params->kv_lens[b], (long long)a.Skv);
         a.kv_lens = params->kv_lens;
     }
+    const kr_tensor *all[] = {q, k, v, out, a.mask, a.lse};
+    static const char *const names[] = {"q", "k", "v", "out", "mask", "lse"};
+    s = kr_check_devices(ctx, op, q->device, all, names, 6, &a.dev_state);
+    if (s) return s;
     a.n_threads = ctx->n_threads;
     return kr_dispatch_attention(ctx, &a);
 }
@@ -160,7 +173,17 @@ kr_status kr_rope(kr_context *ctx, kr_tensor *x, const int64_t *positions,
         return kr_fail(ctx, KR_ERR_DTYPE, "%s: x dtype must be f32, f16 or bf16, got %s", op,
                        kr_dtype_name(x->dtype));
     if (!positions) return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT, "%s: positions is NULL", op);
-    const int64_t n_pos = x->shape[0] * x->shape[1];
+    void *state = NULL;
+    const kr_tensor *all[] = {x};
+    static const char *const names[] = {"x"};
+    s = kr_check_devices(ctx, op, x->device, all, names, 1, &state);
+    if (s) return s;
+    /* Device positions (CUDA x only) are used as given; host ones are checked. */
+    const bool pos_dev = x->device.type == KR_DEVICE_CUDA && kr_is_device_pointer(ctx, positions);
+    if (!pos_dev && kr_is_device_pointer(ctx, positions))
+        return kr_fail(ctx, KR_ERR_DEVICE, "%s: positions is device memory but x is on the cpu",
+                       op);
+    const int64_t n_pos = pos_dev ? 0 : x->shape[0] * x->shape[1];
     for (int64_t i = 0; i < n_pos; i++)
         if (positions[i] < 0)
             return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT, "%s: positions[%lld] = %lld is negative",
@@ -175,6 +198,8 @@ kr_status kr_rope(kr_context *ctx, kr_tensor *x, const int64_t *positions,
     a.inv_freq = inv_freq;
     s = kr_rope_resolve(ctx, params, D, inv_freq, &a.attention_factor, &a.rotary_dim);
     a.n_threads = ctx->n_threads;
+    a.dev_state = state;
+    a.positions_on_device = pos_dev;
     if (!s) s = kr_dispatch_rope(ctx, &a);
     free(inv_freq);
     return s;

@@ -207,6 +207,26 @@ kr_status kr_registry_init(kr_context *ctx, char *err, size_t err_len) {
     kr_backend_slot *plugin = &ctx->slots[ctx->n_slots++];
     find_plugin(ctx, plugin);
     probe_slot(ctx, plugin);
+    /* A device plugin brings its memory operations and its in-device
+     * reference (the unfused path), which sits in its own slot. */
+    const char *why = plugin->reason[0] ? plugin->reason : "no CUDA plugin";
+    memcpy(ctx->dev_reason, why, strnlen(why, sizeof ctx->dev_reason - 1));
+    if (plugin->be && plugin->available && plugin->be->dev) {
+        ctx->dev_ops = plugin->be->dev;
+        memcpy(ctx->dev_plugin_path, plugin->path, sizeof ctx->dev_plugin_path);
+    }
+    if (plugin->be && plugin->be->device_reference) {
+        const kr_backend *r = plugin->be->device_reference;
+        kr_backend_slot *rs = &ctx->slots[ctx->n_slots++];
+        rs->be = r;
+        snprintf(rs->name, sizeof rs->name, "%s", r->name);
+        snprintf(rs->version, sizeof rs->version, "%s", r->version);
+        memcpy(rs->path, plugin->path, sizeof rs->path);
+        probe_slot(ctx, rs);
+        rs->available = rs->available && plugin->available;
+        if (!plugin->available) memcpy(rs->reason, plugin->reason, sizeof rs->reason);
+        rs->denied = false;
+    }
     /* The built-in CPU backend sits before ref; its probe says whether this
      * CPU runs it. */
     const kr_backend *cpu = kr_cpu_backend();
@@ -237,6 +257,10 @@ kr_status kr_registry_init(kr_context *ctx, char *err, size_t err_len) {
 }
 
 void kr_registry_free(kr_context *ctx) {
+    for (int d = 0; d < KR_MAX_DEVICES; d++)
+        if (ctx->dev_state[d]) ctx->dev_ops->close(ctx->dev_state[d]);
+    memset(ctx->dev_state, 0, sizeof ctx->dev_state);
+    ctx->dev_ops = NULL;
     for (int i = 0; i < ctx->n_slots; i++)
         if (ctx->slots[i].dl) dlclose(ctx->slots[i].dl);
     ctx->n_slots = 0;
@@ -281,25 +305,43 @@ static kr_status call_backend(const kr_backend *be, kr_op op, const void *args, 
     }
 }
 
+static bool is_reference(const kr_backend_slot *s) { return s->be && s->be->reference; }
+
+/* Runs the call on the reference of device type `dev` (ref for the CPU,
+ * the plugin's unfused path for CUDA): it serves every case. */
+static kr_status run_reference(kr_context *ctx, kr_op op, kr_feature f, kr_device_type dev,
+                               const void *args) {
+    char err[KR_ERRMSG_LEN];
+    for (int i = 0; i < ctx->n_slots; i++) {
+        kr_backend_slot *s = &ctx->slots[i];
+        if (!is_reference(s) || !s->available || s->be->device_type != dev) continue;
+        err[0] = '\0';
+        kr_status st = fault_hit(ctx, op_name(op), s->name)
+                           ? KR_ERR_FAULT_INJECTED
+                           : call_backend(s->be, op, args, err, sizeof err);
+        if (st == KR_ERR_FAULT_INJECTED && !err[0])
+            snprintf(err, sizeof err, "injected fault (KRSERVE_FAULT)");
+        if (st) return kr_fail(ctx, st, "%s on %s failed: %s", op_name(op), s->name, err);
+        s->calls[f]++;
+        return KR_OK;
+    }
+    return kr_fail(ctx, KR_ERR_DEVICE, "%s: no backend serves device type %d: %s", op_name(op),
+                   (int)dev, ctx->dev_reason);
+}
+
 kr_status kr_dispatch(kr_context *ctx, kr_op op, kr_feature f, kr_device_type dev,
                       const void *args) {
     kr_feature_counters *cnt = &ctx->counters[f];
     cnt->calls++;
     char err[KR_ERRMSG_LEN];
-    for (int i = 0; i < ctx->n_slots; i++) {
+    for (int i = 0; i < ctx->n_slots && !accel_blocked(ctx, f)[0]; i++) {
         kr_backend_slot *s = &ctx->slots[i];
-        const bool is_ref = s->be == kr_ref_backend();
-        if (!is_ref) {
-            if (accel_blocked(ctx, f)[0]) continue;
-            if (!s->be || !s->available || s->denied || s->be->device_type != dev) continue;
-            char why[256] = "";
-            if (!s->be->supports(op, args, why, sizeof why)) {
-                snprintf(cnt->last_reason, sizeof cnt->last_reason, "%s: %s", s->name, why);
-                continue;
-            }
-        } else if (dev != KR_DEVICE_CPU) {
-            return kr_fail(ctx, KR_ERR_DEVICE, "%s: no backend serves this device type %d",
-                           op_name(op), (int)dev);
+        if (!s->be || is_reference(s) || !s->available || s->denied || s->be->device_type != dev)
+            continue;
+        char why[256] = "";
+        if (!s->be->supports(op, args, why, sizeof why)) {
+            snprintf(cnt->last_reason, sizeof cnt->last_reason, "%s: %s", s->name, why);
+            continue;
         }
         err[0] = '\0';
         kr_status st = fault_hit(ctx, op_name(op), s->name)
@@ -309,10 +351,9 @@ kr_status kr_dispatch(kr_context *ctx, kr_op op, kr_feature f, kr_device_type de
             snprintf(err, sizeof err, "injected fault (KRSERVE_FAULT)");
         if (st == KR_OK) {
             s->calls[f]++;
-            if (!is_ref) cnt->accelerated++;
+            cnt->accelerated++;
             return KR_OK;
         }
-        if (is_ref) return kr_fail(ctx, st, "%s on ref failed: %s", op_name(op), err);
         /* An accelerated call failed: count it, warn once, then either
          * return the error or switch the feature off and fall through. */
         cnt->fallbacks++;
@@ -329,7 +370,7 @@ kr_status kr_dispatch(kr_context *ctx, kr_op op, kr_feature f, kr_device_type de
         }
         ctx->sticky_off[f] = true;
     }
-    return kr_fail(ctx, KR_ERR_INTERNAL, "%s: no backend ran the call", op_name(op));
+    return run_reference(ctx, op, f, dev, args);
 }
 
 /* ---- public queries -------------------------------------------------------- */
@@ -352,7 +393,7 @@ kr_status kr_accel_feature_info(kr_context *ctx, kr_feature f, kr_feature_info *
     size_t len = 0;
     for (int i = 0; i < ctx->n_slots; i++) {
         const kr_backend_slot *s = &ctx->slots[i];
-        if (s->be == kr_ref_backend()) break;
+        if (is_reference(s)) continue;
         char why[256] = "";
         if (!s->be || !s->available)
             snprintf(why, sizeof why, "%s unavailable", s->name);
@@ -457,8 +498,8 @@ int32_t kr_accel_enabled(const kr_context *ctx, const char **reason) {
         r = "acceleration.prefer_reference is true";
     else {
         for (int i = 0; i < ctx->n_slots; i++)
-            if (ctx->slots[i].be && ctx->slots[i].be != kr_ref_backend() &&
-                ctx->slots[i].available && !ctx->slots[i].denied)
+            if (ctx->slots[i].be && !is_reference(&ctx->slots[i]) && ctx->slots[i].available &&
+                !ctx->slots[i].denied)
                 on = 1;
         if (!on) r = "no accelerated backend is available";
     }

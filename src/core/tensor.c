@@ -44,10 +44,9 @@ kr_status kr_check_tensor(kr_context *ctx, const char *op, const char *name, con
     if ((int)t->dtype < 0 || t->dtype >= KR_DTYPE_COUNT_)
         return kr_fail(ctx, KR_ERR_DTYPE, "%s: %s.dtype %d is not a kr_dtype", op, name,
                        (int)t->dtype);
-    if (t->device.type != KR_DEVICE_CPU)
-        return kr_fail(ctx, KR_ERR_DEVICE,
-                       "%s: %s is on device type %d index %d; only the CPU is served here", op,
-                       name, (int)t->device.type, (int)t->device.index);
+    if (t->device.type != KR_DEVICE_CPU && t->device.type != KR_DEVICE_CUDA)
+        return kr_fail(ctx, KR_ERR_DEVICE, "%s: %s.device.type %d is not a kr_device_type", op,
+                       name, (int)t->device.type);
     for (int i = 0; i < 4; i++) {
         if (t->shape[i] < 1)
             return kr_fail(ctx, KR_ERR_SHAPE, "%s: %s.shape[%d] must be >= 1, got %lld", op, name,

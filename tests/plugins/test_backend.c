@@ -49,9 +49,17 @@ static kr_status test_attention(const kr_attention_args *a, char *err, size_t n)
 }
 
 static const kr_backend test_table = {
-    TEST_API_VERSION,  "test",           "0.0-test",    KR_DEVICE_CPU,  test_probe,
-    test_device_count, test_device_info, test_supports, test_attention, kr_ref_rope,
-    kr_ref_kv_append,
+    .api_version = TEST_API_VERSION,
+    .name = "test",
+    .version = "0.0-test",
+    .device_type = KR_DEVICE_CPU,
+    .probe = test_probe,
+    .device_count = test_device_count,
+    .device_info = test_device_info,
+    .supports = test_supports,
+    .attention = test_attention,
+    .rope = kr_ref_rope,
+    .kv_append = kr_ref_kv_append,
 };
 
 #ifndef TEST_NO_ENTRY

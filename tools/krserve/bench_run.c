@@ -216,7 +216,10 @@ static int open_backends(const kb_options *o, kr_context *probe, kb_be *be, int 
     for (int k = 0; k < n_names && n < KB_MAX_BACKENDS; k++) {
         char deny[512] = "";
         for (int i = 0; i < nb; i++) {
-            if (!strcmp(info[i].name, "ref") || !strcmp(info[i].name, names[k])) continue;
+            /* CPU runs never touch device backends; a device's reference cannot be denied. */
+            if (!strcmp(info[i].name, "ref") || !strcmp(info[i].name, names[k]) ||
+                info[i].device_type != KR_DEVICE_CPU)
+                continue;
             const size_t len = strlen(deny);
             snprintf(deny + len, sizeof deny - len, "%s%s", len ? "," : "", info[i].name);
         }

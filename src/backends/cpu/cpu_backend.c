@@ -114,9 +114,17 @@ static kr_status cpu_kv_append(const kr_kv_append_args *a, char *err, size_t n) 
 }
 
 static const kr_backend cpu_table = {
-    KR_BACKEND_API_VERSION, "cpu",           KR_VERSION_STRING, KR_DEVICE_CPU, cpu_probe,
-    cpu_device_count,       cpu_device_info, cpu_supports,      cpu_attention, cpu_rope,
-    cpu_kv_append,
+    .api_version = KR_BACKEND_API_VERSION,
+    .name = "cpu",
+    .version = KR_VERSION_STRING,
+    .device_type = KR_DEVICE_CPU,
+    .probe = cpu_probe,
+    .device_count = cpu_device_count,
+    .device_info = cpu_device_info,
+    .supports = cpu_supports,
+    .attention = cpu_attention,
+    .rope = cpu_rope,
+    .kv_append = cpu_kv_append,
 };
 
 const kr_backend *kr_cpu_backend(void) { return &cpu_table; }

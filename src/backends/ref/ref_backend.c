@@ -31,9 +31,18 @@ static bool ref_supports(kr_op op, const void *args, char *reason, size_t n) {
 }
 
 static const kr_backend ref_table = {
-    KR_BACKEND_API_VERSION, "ref",           KR_VERSION_STRING, KR_DEVICE_CPU,    ref_probe,
-    ref_device_count,       ref_device_info, ref_supports,      kr_ref_attention, kr_ref_rope,
-    kr_ref_kv_append,
+    .api_version = KR_BACKEND_API_VERSION,
+    .name = "ref",
+    .version = KR_VERSION_STRING,
+    .device_type = KR_DEVICE_CPU,
+    .probe = ref_probe,
+    .device_count = ref_device_count,
+    .device_info = ref_device_info,
+    .supports = ref_supports,
+    .attention = kr_ref_attention,
+    .rope = kr_ref_rope,
+    .kv_append = kr_ref_kv_append,
+    .reference = true,
 };
 
 const kr_backend *kr_ref_backend(void) { return &ref_table; }

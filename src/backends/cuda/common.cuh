@@ -1,0 +1,78 @@
+/*
+ * common.cuh — what the package's kernels share: element loads and stores
+ * for every dtype through a strided kr_tensor, the per-sequence length
+ * lookup, launch checking, and NaN-propagating reductions.
+ */
+#ifndef KR_CUDA_COMMON_CUH
+#define KR_CUDA_COMMON_CUH
+
+#include "kernels.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+
+__device__ __forceinline__ int64_t cu_off(const kr_tensor &t, int64_t i0, int64_t i1, int64_t i2,
+                                          int64_t i3) {
+    return i0 * t.stride[0] + i1 * t.stride[1] + i2 * t.stride[2] + i3 * t.stride[3];
+}
+
+__device__ __forceinline__ float cu_load(const void *p, int dt, int64_t off) {
+    switch (dt) {
+    case KR_F32: return ((const float *)p)[off];
+    case KR_F16: return __half2float(((const __half *)p)[off]);
+    case KR_BF16: return __bfloat162float(((const __nv_bfloat16 *)p)[off]);
+    case KR_I8: return (float)((const int8_t *)p)[off];
+    default: return 0.0f;
+    }
+}
+
+__device__ __forceinline__ void cu_store(void *p, int dt, int64_t off, float x) {
+    switch (dt) {
+    case KR_F32: ((float *)p)[off] = x; break;
+    case KR_F16: ((__half *)p)[off] = __float2half_rn(x); break;
+    case KR_BF16: ((__nv_bfloat16 *)p)[off] = __float2bfloat16_rn(x); break;
+    default: break;
+    }
+}
+
+__device__ __forceinline__ int64_t cu_len(const kr_cu_lens &l, int64_t b) {
+    return l.dev ? l.dev[b] : l.v[b];
+}
+
+/* The scale of group g of an int8 row (kv_cache.h), as the reference
+ * computes it: f16 row scale times u8 / 255. */
+__device__ __forceinline__ float cu_int8_group_scale(const uint8_t *meta, int64_t g) {
+    const unsigned short h = (unsigned short)(meta[0] | (meta[1] << 8));
+    return __fmul_rn(__half2float(__ushort_as_half(h)), __fmul_rn((float)meta[2 + g], 1.0f / 255.0f));
+}
+
+/* max that lets a NaN through (fmaxf would drop it). */
+__device__ __forceinline__ float cu_nanmax(float a, float b) {
+    return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b);
+}
+
+/* The visible key range [lo, hi) of query row i (ops.h's rules). */
+__device__ __forceinline__ void cu_row_range(const kr_cu_attention &a, int64_t L, int64_t i,
+                                             int64_t *lo, int64_t *hi) {
+    const int64_t p = L - a.Sq + i;
+    int64_t l = 0, h = L;
+    if (a.causal && p + 1 < h) h = p + 1;
+    if (a.window_right >= 0 && p + a.window_right + 1 < h) h = p + a.window_right + 1;
+    if (a.window_left >= 0 && p - a.window_left > l) l = p - a.window_left;
+    if (h < l) h = l;
+    *lo = l;
+    *hi = h;
+}
+
+/* After a launch: a configuration error becomes a status and a message. */
+static inline kr_status cu_launched(const char *what, char *err, size_t n) {
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess) return KR_OK;
+    snprintf(err, n, "%s: launch failed: %s", what, cudaGetErrorString(e));
+    return KR_ERR_BACKEND;
+}
+
+#endif /* KR_CUDA_COMMON_CUH */

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# tests/gpu/run.sh — the CUDA package on a GPU machine, in one call: the
+# card, `krserve info`, the conformance driver (test_cuda), compute-sanitizer
+# memcheck and racecheck on its small grid, and the benchmark against torch
+# SDPA (bench_sdpa.py). Full logs go under $OUT; a short table is printed last.
+#
+# Usage: tests/gpu/run.sh [BUILD_DIR] [--quick] [--no-sanitize] [--no-bench] [--no-test]
+#   BUILD_DIR (default build) holds krserve, libkrserve.so, libkrserve-cuda.so
+#   and tests/test_cuda, built with nvcc present (cmake -S . -B build). Where
+#   the build machine's shared libraries (libcjson, libyaml, libcpuid,
+#   libcmocka) are not installed, copies in BUILD_DIR/deps are used
+#   (tests/gpu/pack.sh makes such a folder).
+set -uo pipefail
+B=build
+QUICK="" SAN=1 BENCH=1 TEST=1
+for a in "$@"; do
+  case "$a" in
+    --quick) QUICK=--quick ;;
+    --no-sanitize) SAN=0 ;;
+    --no-bench) BENCH=0 ;;
+    --no-test) TEST=0 ;;
+    -*) echo "unknown option $a" >&2; exit 2 ;;
+    *) B=$a ;;
+  esac
+done
+OUT=${OUT:-/tmp/krserve-gpu}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH="$PWD/$B:$PWD/$B/deps${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export KRSERVE_PLUGIN_PATH="$PWD/$B/libkrserve-cuda.so"
+summary=()
+step() { # name, log, command...
+  local name=$1 log=$2; shift 2
+  local t0=$SECONDS
+  "$@" >"$OUT/$log" 2>&1
+  local rc=$?
+  summary+=("$(printf '%-28s %-6s %4ds  %s' "$name" "$([ $rc = 0 ] && echo ok || echo FAIL:$rc)" $((SECONDS - t0)) "$log")")
+  return $rc
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv >"$OUT/nvidia-smi.txt" 2>&1
+step "krserve info" info.txt "$B/krserve" info
+if [ $TEST = 1 ]; then
+  step "test_cuda (full grid)" test_cuda.log "$B/tests/test_cuda"
+  if [ $SAN = 1 ]; then
+    step "memcheck (quick grid)" memcheck.log env KR_TEST_QUICK=1 compute-sanitizer --tool memcheck \
+      --leak-check full --error-exitcode 9 "$B/tests/test_cuda"
+    step "racecheck (quick grid)" racecheck.log env KR_TEST_QUICK=1 compute-sanitizer --tool racecheck \
+      --error-exitcode 9 "$B/tests/test_cuda"
+  fi
+fi
+if [ $BENCH = 1 ]; then
+  step "bench vs torch SDPA" bench.log python3 "$(dirname "$0")/bench_sdpa.py" --lib "$B/libkrserve.so" \
+    --out "$OUT" $QUICK
+fi
+
+echo "== $(head -2 "$OUT/nvidia-smi.txt" | tail -1)"
+grep -E "^(cuda|cuda-unfused|  (flash_attention|fused_rope|kv_quantization))" "$OUT/info.txt" | head -8
+[ -f "$OUT/test_cuda.log" ] && grep -E "^# |PASSED|FAILED|SKIPPED" "$OUT/test_cuda.log" | tail -14
+for f in memcheck racecheck; do
+  [ -f "$OUT/$f.log" ] && grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$f.log" | tail -1 | sed "s/^/$f: /"
+done
+[ -f "$OUT/bench_gpu.md" ] && cat "$OUT/bench_gpu.md"
+printf '%s\n' "${summary[@]}"

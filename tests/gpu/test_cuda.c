@@ -1,0 +1,694 @@
+/*
+ * test_cuda.c — the CUDA package's conformance driver (run on a GPU by
+ * tests/gpu/run.sh; without a usable device every test reports SKIPPED).
+ *
+ * Each case runs three ways: in a reference-only context on host copies
+ * (ref), in a context with acceleration on (the cuda kernels where they
+ * apply, else the in-device reference cuda-unfused), and in a context with
+ * acceleration off (cuda-unfused for everything). Both device results are
+ * compared with ref and, for attention, with the float64 oracle; outputs
+ * are poisoned with NaN before each call; counters must show which backend
+ * served it. Every case prints its parameters and seed on failure
+ * (KR_TEST_SEED re-runs it).
+ *
+ * Also: the device-memory API and its refusals, RoPE (every layout and
+ * scaling, host and device positions, strided views), the device KV cache
+ * (f32/f16/bf16/int8: append with RoPE read back against ref, decode and
+ * chunked prefill against ref, int8 against fp16 within 1 %), and fault
+ * injection proving the in-device fallback.
+ */
+#include "../common.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static kr_context *ctx_ref, *ctx_gpu, *ctx_unf;
+static char no_gpu[512];
+static const kr_device DEV = {KR_DEVICE_CUDA, 0};
+
+static kr_context *make(int accel) {
+    kr_context_options o = kr_context_options_default();
+    o.acceleration = accel;
+    o.fallback_to_reference = 0;
+    o.deny_backends = "test";
+    o.log_level = KR_LOG_OFF;
+    kr_context *c = NULL;
+    char err[512];
+    if (kr_context_create(&o, &c, err, sizeof err) != KR_OK) fail_msg("context: %s", err);
+    return c;
+}
+
+static int setup(void **state) {
+    (void)state;
+    ctx_ref = make(0);
+    ctx_gpu = make(1);
+    ctx_unf = make(0);
+    void *p = NULL;
+    if (kr_device_alloc(ctx_gpu, DEV, 16, &p) != KR_OK)
+        snprintf(no_gpu, sizeof no_gpu, "%s", kr_context_last_error(ctx_gpu));
+    kr_device_free(ctx_gpu, DEV, p);
+    if (no_gpu[0]) printf("# SKIP: no usable CUDA device: %s\n", no_gpu);
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    kr_context_free(ctx_ref);
+    kr_context_free(ctx_gpu);
+    kr_context_free(ctx_unf);
+    return 0;
+}
+
+#define NEED_GPU()                                                                                 \
+    do {                                                                                           \
+        if (no_gpu[0]) skip();                                                                     \
+    } while (0)
+
+/* A device copy of a host buffer. */
+static void *to_dev(kr_context *ctx, const kt_buf *b) {
+    const size_t bytes = (size_t)b->n * kr_dtype_size(b->dt);
+    void *d = NULL;
+    if (kr_device_alloc(ctx, DEV, bytes, &d) != KR_OK ||
+        kr_device_copy(ctx, d, DEV, b->data, kr_device_cpu(), bytes) != KR_OK)
+        fail_msg("to_dev: %s", kr_context_last_error(ctx));
+    return d;
+}
+
+static void from_dev(kr_context *ctx, kt_buf *b, const void *d) {
+    if (kr_context_synchronize(ctx) != KR_OK ||
+        kr_device_copy(ctx, b->data, kr_device_cpu(), d, DEV, (size_t)b->n * kr_dtype_size(b->dt)))
+        fail_msg("from_dev: %s", kr_context_last_error(ctx));
+}
+
+/* A device buffer filled with NaN bytes (0xff: NaN in f32/f16/bf16). */
+static void *dev_poisoned(kr_context *ctx, kr_dtype dt, int64_t n) {
+    void *d = NULL;
+    const size_t bytes = (size_t)n * kr_dtype_size(dt);
+    if (kr_device_alloc(ctx, DEV, bytes, &d) != KR_OK || kr_device_fill(ctx, DEV, d, 0xff, bytes))
+        fail_msg("dev_poisoned: %s", kr_context_last_error(ctx));
+    return d;
+}
+
+static int64_t served(kr_context *ctx, const char *backend, kr_feature f) {
+    for (int32_t i = 0; i < kr_accel_backend_count(ctx); i++) {
+        kr_backend_info bi;
+        kr_accel_backend_info(ctx, i, &bi);
+        if (!strcmp(bi.name, backend)) return bi.calls[f];
+    }
+    return -1;
+}
+
+static void fill(kt_rng *r, kt_buf *b, double *d) {
+    for (int64_t i = 0; i < b->n; i++) {
+        const double x = kt_round(b->dt, kt_normal(r));
+        kt_set(b, i, x);
+        if (d) d[i] = x;
+    }
+}
+
+static double tol_for(kr_dtype dt) { return dt == KR_F32 ? 1e-5 : dt == KR_F16 ? 1e-3 : 8e-3; }
+
+static double *as_double(const kt_buf *b) {
+    double *d = malloc(sizeof(double) * (size_t)b->n);
+    for (int64_t i = 0; i < b->n; i++) d[i] = kt_get(b, i);
+    return d;
+}
+
+/* ---- device memory API --------------------------------------------------------------- */
+
+static void test_device_api(void **state) {
+    (void)state;
+    NEED_GPU();
+    kr_context *ctx = ctx_gpu;
+    float host[1000], back[1000];
+    for (int i = 0; i < 1000; i++) host[i] = (float)i * 0.5f;
+    void *d = NULL, *d2 = NULL;
+    assert_int_equal(kr_device_alloc(ctx, DEV, sizeof host, &d), KR_OK);
+    assert_int_equal(kr_device_alloc(ctx, DEV, sizeof host, &d2), KR_OK);
+    assert_int_equal(kr_device_copy(ctx, d, DEV, host, kr_device_cpu(), sizeof host), KR_OK);
+    assert_int_equal(kr_device_copy(ctx, d2, DEV, d, DEV, sizeof host), KR_OK);
+    assert_int_equal(kr_device_copy(ctx, back, kr_device_cpu(), d2, DEV, sizeof host), KR_OK);
+    assert_memory_equal(host, back, sizeof host);
+    assert_int_equal(kr_device_fill(ctx, DEV, d2, 0, sizeof host), KR_OK);
+    assert_int_equal(kr_device_copy(ctx, back, kr_device_cpu(), d2, DEV, sizeof host), KR_OK);
+    assert_true(back[999] == 0.0f);
+    /* A host pointer tagged CUDA is refused, never touched. */
+    kr_tensor th = kr_tensor_on(kr_tensor_bshd(host, KR_F32, 1, 1, 1, 1000), DEV);
+    kr_tensor td = kr_tensor_on(kr_tensor_bshd(d, KR_F32, 1, 1, 1, 1000), DEV);
+    kr_tensor to = kr_tensor_on(kr_tensor_bshd(d2, KR_F32, 1, 1, 1, 1000), DEV);
+    assert_int_equal(kr_attention(ctx, &th, &td, &td, &to, NULL), KR_ERR_DEVICE);
+    assert_non_null(strstr(kr_context_last_error(ctx), "host memory"));
+    /* Mixed devices are refused with both named. */
+    kr_tensor tc = kr_tensor_bshd(host, KR_F32, 1, 1, 1, 1000);
+    assert_int_equal(kr_attention(ctx, &td, &tc, &td, &to, NULL), KR_ERR_DEVICE);
+    assert_non_null(strstr(kr_context_last_error(ctx), "cpu:0"));
+    /* A device that does not exist. */
+    void *bad = NULL;
+    assert_int_equal(kr_device_alloc(ctx, kr_device_cuda(15), 16, &bad), KR_ERR_DEVICE);
+    printf("# cuda:15: %s\n", kr_context_last_error(ctx));
+    /* Streams: the context's own, a caller's, back again. */
+    void *s0 = NULL;
+    assert_int_equal(kr_context_get_stream(ctx, DEV, &s0), KR_OK);
+    assert_non_null(s0);
+    assert_int_equal(kr_context_set_stream(ctx, DEV, NULL), KR_OK);
+    assert_int_equal(kr_context_synchronize(ctx), KR_OK);
+    assert_int_equal(kr_device_free(ctx, DEV, d), KR_OK);
+    assert_int_equal(kr_device_free(ctx, DEV, d2), KR_OK);
+    assert_int_equal(kr_device_free(ctx, DEV, NULL), KR_OK);
+}
+
+/* ---- attention ------------------------------------------------------------------------- */
+
+typedef struct acase {
+    int64_t B, Sq, Skv, H, Hkv, D;
+    kr_dtype dt;
+    int causal, mask, ragged, lse, bhsd;
+    int64_t wl;
+    uint64_t id;
+} acase;
+
+static double worst_dec[3], worst_unf[3];
+static int n_fast, n_unfused_only;
+
+static void run_attention(const acase *c) {
+    char desc[256];
+    snprintf(desc, sizeof desc,
+             "attention B=%lld Sq=%lld Skv=%lld H=%lld Hkv=%lld D=%lld %s causal=%d wl=%lld "
+             "mask=%d ragged=%d lse=%d bhsd=%d seed=%llu",
+             (long long)c->B, (long long)c->Sq, (long long)c->Skv, (long long)c->H,
+             (long long)c->Hkv, (long long)c->D, kr_dtype_name(c->dt), c->causal, (long long)c->wl,
+             c->mask, c->ragged, c->lse, c->bhsd, (unsigned long long)c->id);
+    kt_rng r = kt_rng_for(c->id ^ kt_base_seed());
+    const int64_t nq = c->B * c->Sq * c->H * c->D, nk = c->B * c->Skv * c->Hkv * c->D;
+    const int64_t nl = c->B * c->H * c->Sq;
+    kt_buf q = kt_buf_new(c->dt, nq), k = kt_buf_new(c->dt, nk), v = kt_buf_new(c->dt, nk);
+    kt_buf o_ref = kt_buf_new(c->dt, nq), o_dev = kt_buf_new(c->dt, nq);
+    kt_buf l_ref = kt_buf_new(KR_F32, nl), l_dev = kt_buf_new(KR_F32, nl);
+    double *qd = malloc(sizeof(double) * (size_t)nq), *kd = malloc(sizeof(double) * (size_t)nk);
+    double *vd = malloc(sizeof(double) * (size_t)nk), *od = malloc(sizeof(double) * (size_t)nq);
+    double *ld = malloc(sizeof(double) * (size_t)nl);
+    fill(&r, &q, qd);
+    fill(&r, &k, kd);
+    fill(&r, &v, vd);
+    kr_tensor (*view)(void *, kr_dtype, int64_t, int64_t, int64_t, int64_t) =
+        c->bhsd ? kr_tensor_bhsd : kr_tensor_bshd;
+    /* The oracle reads BSHD; a BHSD case stores k/v transposed. */
+    if (c->bhsd) {
+        kt_buf kt = kt_buf_new(c->dt, nk), vt = kt_buf_new(c->dt, nk);
+        for (int64_t b = 0; b < c->B; b++)
+            for (int64_t s = 0; s < c->Skv; s++)
+                for (int64_t h = 0; h < c->Hkv; h++)
+                    for (int64_t d = 0; d < c->D; d++) {
+                        const int64_t src = ((b * c->Skv + s) * c->Hkv + h) * c->D + d;
+                        const int64_t dst = ((b * c->Hkv + h) * c->Skv + s) * c->D + d;
+                        kt_set(&kt, dst, kd[src]);
+                        kt_set(&vt, dst, vd[src]);
+                    }
+        kt_buf_free(&k);
+        kt_buf_free(&v);
+        k = kt;
+        v = vt;
+    }
+    kr_tensor tq = kr_tensor_bshd(q.data, c->dt, c->B, c->Sq, c->H, c->D);
+    kr_tensor tk = view(k.data, c->dt, c->B, c->Skv, c->Hkv, c->D);
+    kr_tensor tv = view(v.data, c->dt, c->B, c->Skv, c->Hkv, c->D);
+    kr_tensor tor = kr_tensor_bshd(o_ref.data, c->dt, c->B, c->Sq, c->H, c->D);
+    kr_tensor tlr = kr_tensor_contiguous(l_ref.data, KR_F32, c->B, c->H, c->Sq, 1);
+    kr_attention_params p = kr_attention_params_default();
+    p.causal = c->causal;
+    p.window_left = c->wl;
+    kt_attn_case oc = {c->B,      c->Sq, c->Skv, c->H, c->Hkv, c->D, 1.0 / sqrt((double)c->D),
+                       c->causal, c->wl, -1,     NULL, 1,      1,    NULL};
+    double *md = NULL;
+    kt_buf mb = {0};
+    kr_tensor mt, mt_dev;
+    void *mask_dev = NULL;
+    if (c->mask) {
+        const int64_t nm = c->H * c->Sq * c->Skv;
+        md = malloc(sizeof(double) * (size_t)nm);
+        mb = kt_buf_new(KR_F32, nm);
+        for (int64_t i = 0; i < nm; i++) {
+            md[i] = kt_uniform(&r) < 0.1 ? -INFINITY : kt_round(KR_F32, kt_normal(&r));
+            kt_set(&mb, i, md[i]);
+        }
+        mt = kr_tensor_contiguous(mb.data, KR_F32, 1, c->H, c->Sq, c->Skv);
+        mask_dev = to_dev(ctx_gpu, &mb);
+        mt_dev = kr_tensor_on(kr_tensor_contiguous(mask_dev, KR_F32, 1, c->H, c->Sq, c->Skv), DEV);
+        oc.mask = md;
+        oc.mask_h = c->H;
+    }
+    int64_t *lens = NULL;
+    if (c->ragged) {
+        lens = malloc(sizeof(int64_t) * (size_t)c->B);
+        for (int64_t b = 0; b < c->B; b++) lens[b] = kt_int(&r, c->Skv + 1);
+        lens[c->B - 1] = c->Skv;
+        p.kv_lens = lens;
+        oc.kv_lens = lens;
+    }
+    kt_poison(&o_ref);
+    if (c->lse) p.lse = &tlr;
+    if (c->mask) p.mask = &mt;
+    if (kr_attention(ctx_ref, &tq, &tk, &tv, &tor, &p) != KR_OK)
+        fail_msg("%s: ref: %s", desc, kr_context_last_error(ctx_ref));
+    kt_oracle_attention(&oc, qd, kd, vd, od, ld);
+    double *gr = as_double(&o_ref);
+    /* Device runs: accelerated context, then acceleration off. */
+    for (int run = 0; run < 2; run++) {
+        kr_context *ctx = run ? ctx_unf : ctx_gpu;
+        void *dq = to_dev(ctx, &q), *dk = to_dev(ctx, &k), *dv = to_dev(ctx, &v);
+        void *dout = dev_poisoned(ctx, c->dt, nq), *dl = dev_poisoned(ctx, KR_F32, nl);
+        kr_tensor gq = kr_tensor_on(kr_tensor_bshd(dq, c->dt, c->B, c->Sq, c->H, c->D), DEV);
+        kr_tensor gk = kr_tensor_on(view(dk, c->dt, c->B, c->Skv, c->Hkv, c->D), DEV);
+        kr_tensor gv = kr_tensor_on(view(dv, c->dt, c->B, c->Skv, c->Hkv, c->D), DEV);
+        kr_tensor go = kr_tensor_on(kr_tensor_bshd(dout, c->dt, c->B, c->Sq, c->H, c->D), DEV);
+        kr_tensor gl = kr_tensor_on(kr_tensor_contiguous(dl, KR_F32, c->B, c->H, c->Sq, 1), DEV);
+        kr_attention_params pd = p;
+        pd.lse = c->lse ? &gl : NULL;
+        pd.mask = c->mask ? &mt_dev : NULL;
+        const int64_t fast0 = served(ctx, "cuda", KR_FEATURE_FLASH_ATTENTION);
+        const int64_t unf0 = served(ctx, "cuda-unfused", KR_FEATURE_FLASH_ATTENTION);
+        if (kr_attention(ctx, &gq, &gk, &gv, &go, &pd) != KR_OK)
+            fail_msg("%s run %d: %s", desc, run, kr_context_last_error(ctx));
+        const bool fast = served(ctx, "cuda", KR_FEATURE_FLASH_ATTENTION) == fast0 + 1;
+        const bool unf = served(ctx, "cuda-unfused", KR_FEATURE_FLASH_ATTENTION) == unf0 + 1;
+        if (fast == unf || (run == 1 && fast))
+            fail_msg("%s run %d: served by cuda %d / cuda-unfused %d", desc, run, fast, unf);
+        if (run == 0) fast ? n_fast++ : n_unfused_only++;
+        from_dev(ctx, &o_dev, dout);
+        from_dev(ctx, &l_dev, dl);
+        double *gd = as_double(&o_dev);
+        const double eo = kt_rel_err(gd, od, nq), er = kt_rel_err(gd, gr, nq);
+        const double tol = tol_for(c->dt);
+        const char *who = fast ? "cuda" : "cuda-unfused";
+        if (!(eo <= tol)) fail_msg("%s: %s vs oracle %.3g > %.1g", desc, who, eo, tol);
+        if (!(er <= tol)) fail_msg("%s: %s vs ref %.3g > %.1g", desc, who, er, tol);
+        for (int64_t i = 0; i < nq; i++)
+            if (od[i] == 0.0 && gd[i] != 0.0)
+                fail_msg("%s: %s element %lld must be 0, got %g", desc, who, (long long)i, gd[i]);
+        if (c->lse)
+            for (int64_t i = 0; i < nl; i++) {
+                const double g = kt_get(&l_dev, i), w = ld[i];
+                if (w == -INFINITY ? g != -INFINITY : !(fabs(g - w) <= 2e-5 * (1 + fabs(w))))
+                    fail_msg("%s: %s lse[%lld] = %.9g, oracle %.9g", desc, who, (long long)i, g, w);
+            }
+        double *worst = fast ? worst_dec : worst_unf;
+        if (eo > worst[c->dt]) worst[c->dt] = eo;
+        free(gd);
+        void *bufs[] = {dq, dk, dv, dout, dl};
+        for (int i = 0; i < 5; i++) kr_device_free(ctx, DEV, bufs[i]);
+    }
+    kr_device_free(ctx_gpu, DEV, mask_dev);
+    kt_buf_free(&q);
+    kt_buf_free(&k);
+    kt_buf_free(&v);
+    kt_buf_free(&o_ref);
+    kt_buf_free(&o_dev);
+    kt_buf_free(&l_ref);
+    kt_buf_free(&l_dev);
+    kt_buf_free(&mb);
+    free(qd);
+    free(kd);
+    free(vd);
+    free(od);
+    free(ld);
+    free(gr);
+    free(md);
+    free(lens);
+}
+
+static void test_attention_grid(void **state) {
+    (void)state;
+    NEED_GPU();
+    static const int64_t sq_skv[][2] = {{1, 1},  {1, 7},    {1, 1000},  {1, 4097}, {3, 65},
+                                        {16, 1000}, {16, 4097}, {17, 64}, {65, 65}, {7, 300}};
+    static const int64_t dims[] = {64, 80, 128, 256};
+    static const int64_t gqa[] = {1, 4, 8};
+    uint64_t id = 500000;
+    /* KR_TEST_QUICK (compute-sanitizer): the small shapes only */
+    const size_t n_shapes = kt_quick() ? 5 : sizeof sq_skv / sizeof sq_skv[0];
+    for (size_t s = 0; s < n_shapes; s++)
+        for (int di = 0; di < 4; di++)
+            for (int g = 0; g < 3; g++)
+                for (int dt = 0; dt < 3; dt++, id++) {
+                    acase c = {0};
+                    c.B = 2, c.Hkv = 2, c.H = 2 * gqa[g], c.D = dims[di];
+                    c.Sq = sq_skv[s][0], c.Skv = sq_skv[s][1];
+                    c.dt = (kr_dtype)dt;
+                    c.id = id;
+                    c.wl = -1;
+                    /* Rotate the variants through the grid. */
+                    switch (id % 6) {
+                    case 0: c.causal = 1; break;
+                    case 1: c.ragged = 1, c.lse = 1; break;
+                    case 2: c.mask = 1; break;
+                    case 3: c.causal = 1, c.wl = 50; break;
+                    case 4: c.bhsd = 1, c.lse = 1; break;
+                    default: c.causal = 1, c.ragged = 1; break;
+                    }
+                    run_attention(&c);
+                }
+    if (kt_quick()) return;
+    /* More than KR_CU_INLINE sequences: lengths travel through device memory. */
+    acase big = {70, 1, 300, 8, 2, 128, KR_F16, 1, 0, 1, 1, 0, -1, 777};
+    run_attention(&big);
+    printf("# attention: %d cases on the cuda kernels, %d on cuda-unfused only; worst vs oracle "
+           "cuda f32 %.2g f16 %.2g bf16 %.2g; cuda-unfused f32 %.2g f16 %.2g bf16 %.2g\n",
+           n_fast, n_unfused_only, worst_dec[0], worst_dec[1], worst_dec[2], worst_unf[0],
+           worst_unf[1], worst_unf[2]);
+}
+
+/* ---- RoPE ------------------------------------------------------------------------------ */
+
+static void test_rope(void **state) {
+    (void)state;
+    NEED_GPU();
+    uint64_t id = 600000;
+    const int64_t dims[] = {6, 64, 80, 128, 256};
+    int64_t n_exact = 0, n_total = 0;
+    double worst = 0;
+    for (int dt = 0; dt < 3; dt++)
+        for (int lay = 0; lay < 2; lay++)
+            for (int sc = 0; sc < 4; sc++)
+                for (int di = 0; di < 5; di++)
+                    for (int var = 0; var < 3; var++, id++) {
+                        if (kt_quick() && (sc > 1 || di % 2)) continue;
+                        /* var 0: host positions; 1: device positions; 2: BHSD (strided) */
+                        const int64_t B = 2, S = 37, H = 5, D = dims[di];
+                        kt_rng r = kt_rng_for(id ^ kt_base_seed());
+                        kt_buf x = kt_buf_new((kr_dtype)dt, B * S * H * D);
+                        fill(&r, &x, NULL);
+                        int64_t pos[2 * 37];
+                        for (int i = 0; i < B * S; i++) pos[i] = kt_int(&r, 200000);
+                        kr_rope_params p = kr_rope_params_default();
+                        p.layout = (kr_rope_layout)lay;
+                        p.theta = 500000;
+                        p.rotary_dim = di == 2 ? 48 : 0;
+                        p.scaling = (kr_rope_scaling_type)sc;
+                        p.factor = 8;
+                        p.low_freq_factor = 1;
+                        p.high_freq_factor = 4;
+                        p.original_max_position_embeddings = 8192;
+                        kt_buf want = kt_buf_new((kr_dtype)dt, x.n), got = kt_buf_new((kr_dtype)dt, x.n);
+                        memcpy(want.data, x.data, (size_t)x.n * kr_dtype_size(x.dt));
+                        kr_tensor (*view)(void *, kr_dtype, int64_t, int64_t, int64_t, int64_t) =
+                            var == 2 ? kr_tensor_bhsd : kr_tensor_bshd;
+                        kr_tensor th = view(want.data, x.dt, B, S, H, D);
+                        assert_int_equal(kr_rope(ctx_ref, &th, pos, &p), KR_OK);
+                        void *dx = to_dev(ctx_gpu, &x);
+                        kr_tensor td = kr_tensor_on(view(dx, x.dt, B, S, H, D), DEV);
+                        const int64_t *gpos = pos;
+                        void *dpos = NULL;
+                        if (var == 1) {
+                            assert_int_equal(kr_device_alloc(ctx_gpu, DEV, sizeof pos, &dpos), KR_OK);
+                            assert_int_equal(kr_device_copy(ctx_gpu, dpos, DEV, pos, kr_device_cpu(), sizeof pos), KR_OK);
+                            gpos = dpos;
+                        }
+                        const int64_t before = served(ctx_gpu, "cuda", KR_FEATURE_FUSED_ROPE);
+                        if (kr_rope(ctx_gpu, &td, gpos, &p) != KR_OK)
+                            fail_msg("rope seed %llu: %s", (unsigned long long)id,
+                                     kr_context_last_error(ctx_gpu));
+                        assert_int_equal(served(ctx_gpu, "cuda", KR_FEATURE_FUSED_ROPE), before + 1);
+                        from_dev(ctx_gpu, &got, dx);
+                        double *a = as_double(&got), *b = as_double(&want);
+                        const double e = kt_rel_err(a, b, x.n);
+                        n_exact += !memcmp(got.data, want.data, (size_t)x.n * kr_dtype_size(x.dt));
+                        n_total++;
+                        /* Same arithmetic as ref; the double cos/sin may differ in a last bit. */
+                        if (!(e <= 1e-6))
+                            fail_msg("rope %s layout %d scaling %d D %lld var %d seed %llu: vs ref %.3g",
+                                     kr_dtype_name(x.dt), lay, sc, (long long)D, var,
+                                     (unsigned long long)id, e);
+                        if (e > worst) worst = e;
+                        free(a);
+                        free(b);
+                        kr_device_free(ctx_gpu, DEV, dx);
+                        kr_device_free(ctx_gpu, DEV, dpos);
+                        kt_buf_free(&x);
+                        kt_buf_free(&want);
+                        kt_buf_free(&got);
+                    }
+    printf("# rope: %lld of %lld cases bit-identical to ref; worst normwise %.2g\n",
+           (long long)n_exact, (long long)n_total, worst);
+}
+
+/* ---- KV cache on the device ------------------------------------------------------------- */
+
+/* Appends the same K/V to a host cache (ref) and a device cache (gpu). */
+static void append_both(kr_kv_cache *ch, kr_kv_cache *cd, const kt_buf *k, const kt_buf *v,
+                        int64_t B, int64_t S, int64_t Hkv, int64_t D, const int64_t *n_new,
+                        const kr_rope_params *rp) {
+    kr_tensor hk = kr_tensor_bshd(k->data, k->dt, B, S, Hkv, D);
+    kr_tensor hv = kr_tensor_bshd(v->data, v->dt, B, S, Hkv, D);
+    assert_int_equal(kr_kv_cache_append(ctx_ref, ch, 0, &hk, &hv, n_new, NULL, rp), KR_OK);
+    void *dk = to_dev(ctx_gpu, k), *dv = to_dev(ctx_gpu, v);
+    kr_tensor gk = kr_tensor_on(kr_tensor_bshd(dk, k->dt, B, S, Hkv, D), DEV);
+    kr_tensor gv = kr_tensor_on(kr_tensor_bshd(dv, v->dt, B, S, Hkv, D), DEV);
+    if (kr_kv_cache_append(ctx_gpu, cd, 0, &gk, &gv, n_new, NULL, rp) != KR_OK)
+        fail_msg("device append: %s", kr_context_last_error(ctx_gpu));
+    assert_int_equal(kr_context_synchronize(ctx_gpu), KR_OK);
+    kr_device_free(ctx_gpu, DEV, dk);
+    kr_device_free(ctx_gpu, DEV, dv);
+}
+
+static double read_back_err(kr_kv_cache *ch, kr_kv_cache *cd, int64_t B, int64_t Hkv, int64_t D) {
+    double worst = 0;
+    for (int64_t b = 0; b < B; b++) {
+        const int64_t n = kr_kv_cache_seq_len(ch, 0, b);
+        assert_int_equal(n, kr_kv_cache_seq_len(cd, 0, b));
+        if (n == 0) continue;
+        kt_buf k1 = kt_buf_new(KR_F32, n * Hkv * D), v1 = kt_buf_new(KR_F32, k1.n);
+        kt_buf k2 = kt_buf_new(KR_F32, k1.n), v2 = kt_buf_new(KR_F32, k1.n);
+        kr_tensor a1 = kr_tensor_bshd(k1.data, KR_F32, 1, n, Hkv, D);
+        kr_tensor b1 = kr_tensor_bshd(v1.data, KR_F32, 1, n, Hkv, D);
+        kr_tensor a2 = kr_tensor_bshd(k2.data, KR_F32, 1, n, Hkv, D);
+        kr_tensor b2 = kr_tensor_bshd(v2.data, KR_F32, 1, n, Hkv, D);
+        assert_int_equal(kr_kv_cache_read(ctx_ref, ch, 0, b, 0, n, &a1, &b1), KR_OK);
+        if (kr_kv_cache_read(ctx_gpu, cd, 0, b, 0, n, &a2, &b2) != KR_OK)
+            fail_msg("device read: %s", kr_context_last_error(ctx_gpu));
+        for (int w = 0; w < 2; w++) {
+            double *x = as_double(w ? &v2 : &k2), *y = as_double(w ? &v1 : &k1);
+            const double e = kt_rel_err(x, y, k1.n);
+            if (e > worst) worst = e;
+            free(x);
+            free(y);
+        }
+        kt_buf_free(&k1);
+        kt_buf_free(&v1);
+        kt_buf_free(&k2);
+        kt_buf_free(&v2);
+    }
+    return worst;
+}
+
+static void test_kv_cache(void **state) {
+    (void)state;
+    NEED_GPU();
+    const kr_dtype dts[] = {KR_F32, KR_F16, KR_BF16, KR_I8};
+    const int64_t lens[] = {1, 37, 1500, 4100};
+    const int64_t sqs[] = {1, 3, 16, 40};
+    double worst_app[4] = {0}, worst_att[4] = {0};
+    uint64_t id = 700000;
+    for (int d = 0; d < 4; d++)
+        for (int l = 0; l < 4; l++)
+            for (int s = 0; s < 4; s++, id++) {
+                if (kt_quick() && lens[l] > 37) continue;
+                const int64_t B = 2, Hkv = 2, G = (l + s) % 3 == 0 ? 1 : (l + s) % 3 == 1 ? 4 : 8;
+                const int64_t H = Hkv * G, D = s % 2 ? 64 : 128, Sq = sqs[s], L = lens[l];
+                char desc[200];
+                snprintf(desc, sizeof desc, "kv %s len %lld Sq %lld G %lld D %lld seed %llu",
+                         kr_dtype_name(dts[d]), (long long)L, (long long)Sq, (long long)G,
+                         (long long)D, (unsigned long long)id);
+                kt_rng r = kt_rng_for(id ^ kt_base_seed());
+                kr_kv_cache_options o = {1, B, L + Sq, Hkv, D, dts[d], {KR_DEVICE_CPU, 0}};
+                kr_kv_cache *ch = NULL, *cd = NULL;
+                assert_int_equal(kr_kv_cache_create(ctx_ref, &o, &ch), KR_OK);
+                o.device = DEV;
+                if (kr_kv_cache_create(ctx_gpu, &o, &cd) != KR_OK)
+                    fail_msg("%s: %s", desc, kr_context_last_error(ctx_gpu));
+                kt_buf k = kt_buf_new(KR_F16, B * L * Hkv * D), v = kt_buf_new(KR_F16, k.n);
+                fill(&r, &k, NULL);
+                fill(&r, &v, NULL);
+                for (int64_t i = 0; i < k.n; i += D) kt_set(&k, i + 5, 20.0 * kt_get(&k, i + 5));
+                int64_t n_new[2] = {L, L > 1 ? L - L / 3 : 1}; /* ragged */
+                kr_rope_params rp = kr_rope_params_default();
+                rp.layout = (kr_rope_layout)(s % 2);
+                append_both(ch, cd, &k, &v, B, L, Hkv, D, n_new, &rp);
+                const double ea = read_back_err(ch, cd, B, Hkv, D);
+                /* bit-equal arithmetic; a last-bit cos/sin difference can move an int8 code */
+                if (!(ea <= (dts[d] == KR_I8 ? 2e-3 : 1e-6)))
+                    fail_msg("%s: append read back vs ref %.3g", desc, ea);
+                if (ea > worst_app[d]) worst_app[d] = ea;
+                /* decode / chunked prefill over the cache */
+                kt_buf q = kt_buf_new(KR_F32, B * Sq * H * D), oref = kt_buf_new(KR_F32, q.n),
+                       odev = kt_buf_new(KR_F32, q.n);
+                fill(&r, &q, NULL);
+                kt_poison(&oref);
+                kr_tensor tq = kr_tensor_bshd(q.data, KR_F32, B, Sq, H, D);
+                kr_tensor t1 = kr_tensor_bshd(oref.data, KR_F32, B, Sq, H, D);
+                kr_attention_params p = kr_attention_params_default();
+                p.causal = 1;
+                assert_int_equal(kr_kv_cache_attention(ctx_ref, ch, 0, &tq, &t1, &p), KR_OK);
+                void *dq = to_dev(ctx_gpu, &q), *dout = dev_poisoned(ctx_gpu, KR_F32, q.n);
+                kr_tensor gq = kr_tensor_on(kr_tensor_bshd(dq, KR_F32, B, Sq, H, D), DEV);
+                kr_tensor go = kr_tensor_on(kr_tensor_bshd(dout, KR_F32, B, Sq, H, D), DEV);
+                if (kr_kv_cache_attention(ctx_gpu, cd, 0, &gq, &go, &p) != KR_OK)
+                    fail_msg("%s: %s", desc, kr_context_last_error(ctx_gpu));
+                from_dev(ctx_gpu, &odev, dout);
+                double *x = as_double(&odev), *y = as_double(&oref);
+                const double e = kt_rel_err(x, y, q.n);
+                if (!(e <= 2e-5)) fail_msg("%s: device cache attention vs ref %.3g", desc, e);
+                if (e > worst_att[d]) worst_att[d] = e;
+                free(x);
+                free(y);
+                kr_device_free(ctx_gpu, DEV, dq);
+                kr_device_free(ctx_gpu, DEV, dout);
+                kt_buf_free(&k);
+                kt_buf_free(&v);
+                kt_buf_free(&q);
+                kt_buf_free(&oref);
+                kt_buf_free(&odev);
+                kr_kv_cache_free(ch);
+                kr_kv_cache_free(cd);
+            }
+    printf("# device kv cache vs ref: append (read back) f32 %.2g f16 %.2g bf16 %.2g int8 %.2g; "
+           "attention f32 %.2g f16 %.2g bf16 %.2g int8 %.2g\n",
+           worst_app[0], worst_app[1], worst_app[2], worst_app[3], worst_att[0], worst_att[1],
+           worst_att[2], worst_att[3]);
+}
+
+/* INT8 cache decode against the fp16 cache, both on the device: within 1 %. */
+static void test_int8_vs_f16(void **state) {
+    (void)state;
+    NEED_GPU();
+    const int64_t B = 4, L = kt_quick() ? 512 : 8192, Hkv = 8, H = 32, D = 128;
+    kt_rng r = kt_rng_for(710000 ^ kt_base_seed());
+    kr_kv_cache *c16 = NULL, *c8 = NULL;
+    kr_kv_cache_options o = {1, B, L, Hkv, D, KR_F16, DEV};
+    assert_int_equal(kr_kv_cache_create(ctx_gpu, &o, &c16), KR_OK);
+    o.dtype = KR_I8;
+    assert_int_equal(kr_kv_cache_create(ctx_gpu, &o, &c8), KR_OK);
+    kt_buf k = kt_buf_new(KR_F16, B * L * Hkv * D), v = kt_buf_new(KR_F16, k.n);
+    fill(&r, &k, NULL);
+    fill(&r, &v, NULL);
+    void *dk = to_dev(ctx_gpu, &k), *dv = to_dev(ctx_gpu, &v);
+    kr_tensor gk = kr_tensor_on(kr_tensor_bshd(dk, KR_F16, B, L, Hkv, D), DEV);
+    kr_tensor gv = kr_tensor_on(kr_tensor_bshd(dv, KR_F16, B, L, Hkv, D), DEV);
+    kr_rope_params rp = kr_rope_params_default();
+    assert_int_equal(kr_kv_cache_append(ctx_gpu, c16, 0, &gk, &gv, NULL, NULL, &rp), KR_OK);
+    assert_int_equal(kr_kv_cache_append(ctx_gpu, c8, 0, &gk, &gv, NULL, NULL, &rp), KR_OK);
+    kt_buf q = kt_buf_new(KR_F16, B * H * D), o16 = kt_buf_new(KR_F16, q.n), o8 = kt_buf_new(KR_F16, q.n);
+    fill(&r, &q, NULL);
+    void *dq = to_dev(ctx_gpu, &q), *d16 = dev_poisoned(ctx_gpu, KR_F16, q.n),
+         *d8 = dev_poisoned(ctx_gpu, KR_F16, q.n);
+    kr_tensor gq = kr_tensor_on(kr_tensor_bshd(dq, KR_F16, B, 1, H, D), DEV);
+    kr_tensor g16 = kr_tensor_on(kr_tensor_bshd(d16, KR_F16, B, 1, H, D), DEV);
+    kr_tensor g8 = kr_tensor_on(kr_tensor_bshd(d8, KR_F16, B, 1, H, D), DEV);
+    assert_int_equal(kr_kv_cache_attention(ctx_gpu, c16, 0, &gq, &g16, NULL), KR_OK);
+    assert_int_equal(kr_kv_cache_attention(ctx_gpu, c8, 0, &gq, &g8, NULL), KR_OK);
+    from_dev(ctx_gpu, &o16, d16);
+    from_dev(ctx_gpu, &o8, d8);
+    double *x = as_double(&o8), *y = as_double(&o16);
+    const double e = kt_rel_err(x, y, q.n);
+    printf("# int8 vs fp16 device cache decode (4 x %lld, 32:8 heads, hd128): %.3g%% normwise\n", (long long)L,
+           100 * e);
+    assert_true(e <= 0.01);
+    free(x);
+    free(y);
+    void *bufs[] = {dk, dv, dq, d16, d8};
+    for (int i = 0; i < 5; i++) kr_device_free(ctx_gpu, DEV, bufs[i]);
+    kt_buf_free(&k);
+    kt_buf_free(&v);
+    kt_buf_free(&q);
+    kt_buf_free(&o16);
+    kt_buf_free(&o8);
+    kr_kv_cache_free(c16);
+    kr_kv_cache_free(c8);
+}
+
+/* ---- the in-device fallback ------------------------------------------------------------ */
+
+static void test_fault_fallback(void **state) {
+    (void)state;
+    NEED_GPU();
+    setenv("KRSERVE_FAULT", "attention:cuda", 1);
+    kr_context_options o = kr_context_options_default();
+    o.log_level = KR_LOG_OFF;
+    o.deny_backends = "test";
+    kr_context *ctx = NULL;
+    char err[512];
+    assert_int_equal(kr_context_create(&o, &ctx, err, sizeof err), KR_OK);
+    unsetenv("KRSERVE_FAULT");
+    const int64_t B = 1, S = 2000, Hkv = 2, H = 8, D = 128;
+    kt_rng r = kt_rng_for(720000 ^ kt_base_seed());
+    kt_buf q = kt_buf_new(KR_F16, B * H * D), k = kt_buf_new(KR_F16, B * S * Hkv * D),
+           v = kt_buf_new(KR_F16, k.n), out = kt_buf_new(KR_F16, q.n), want = kt_buf_new(KR_F16, q.n);
+    fill(&r, &q, NULL);
+    fill(&r, &k, NULL);
+    fill(&r, &v, NULL);
+    kr_tensor hq = kr_tensor_bshd(q.data, KR_F16, B, 1, H, D);
+    kr_tensor hk = kr_tensor_bshd(k.data, KR_F16, B, S, Hkv, D);
+    kr_tensor hv = kr_tensor_bshd(v.data, KR_F16, B, S, Hkv, D);
+    kr_tensor hw = kr_tensor_bshd(want.data, KR_F16, B, 1, H, D);
+    assert_int_equal(kr_attention(ctx_ref, &hq, &hk, &hv, &hw, NULL), KR_OK);
+    void *dq = to_dev(ctx, &q), *dk = to_dev(ctx, &k), *dv = to_dev(ctx, &v);
+    void *dout = dev_poisoned(ctx, KR_F16, q.n);
+    kr_tensor gq = kr_tensor_on(kr_tensor_bshd(dq, KR_F16, B, 1, H, D), DEV);
+    kr_tensor gk = kr_tensor_on(kr_tensor_bshd(dk, KR_F16, B, S, Hkv, D), DEV);
+    kr_tensor gv = kr_tensor_on(kr_tensor_bshd(dv, KR_F16, B, S, Hkv, D), DEV);
+    kr_tensor go = kr_tensor_on(kr_tensor_bshd(dout, KR_F16, B, 1, H, D), DEV);
+    for (int call = 0; call < 2; call++)
+        assert_int_equal(kr_attention(ctx, &gq, &gk, &gv, &go, NULL), KR_OK);
+    kr_feature_info fi;
+    kr_accel_feature_info(ctx, KR_FEATURE_FLASH_ATTENTION, &fi);
+    printf("# fault attention:cuda -> calls %lld, accelerated %lld, fallbacks %lld, "
+           "cuda-unfused served %lld; reason: %s\n",
+           (long long)fi.counters.calls, (long long)fi.counters.accelerated,
+           (long long)fi.counters.fallbacks, (long long)served(ctx, "cuda-unfused", KR_FEATURE_FLASH_ATTENTION),
+           fi.counters.last_reason);
+    assert_int_equal(fi.counters.fallbacks, 1);       /* then switched off (sticky) */
+    assert_int_equal(fi.counters.accelerated, 0);
+    assert_int_equal(served(ctx, "cuda-unfused", KR_FEATURE_FLASH_ATTENTION), 2);
+    from_dev(ctx, &out, dout);
+    double *x = as_double(&out), *y = as_double(&want);
+    assert_true(kt_rel_err(x, y, q.n) <= 1e-3);
+    free(x);
+    free(y);
+    void *bufs[] = {dq, dk, dv, dout};
+    for (int i = 0; i < 4; i++) kr_device_free(ctx, DEV, bufs[i]);
+    kt_buf_free(&q);
+    kt_buf_free(&k);
+    kt_buf_free(&v);
+    kt_buf_free(&out);
+    kt_buf_free(&want);
+    kr_context_free(ctx);
+}
+
+/* Bad input on the device gets a status and a message, never a crash. */
+static void test_errors(void **state) {
+    (void)state;
+    NEED_GPU();
+    void *d = NULL;
+    assert_int_equal(kr_device_alloc(ctx_gpu, DEV, 4 * 600 * 3, &d), KR_OK);
+    kr_tensor t = kr_tensor_on(kr_tensor_bshd(d, KR_F32, 1, 1, 1, 600), DEV);
+    const kr_status s = kr_attention(ctx_gpu, &t, &t, &t, &t, NULL);
+    printf("# head_dim 600 on the device: %s: %s\n", kr_status_name(s),
+           kr_context_last_error(ctx_gpu));
+    assert_int_equal(s, KR_ERR_UNSUPPORTED);
+    kr_kv_cache_options o = {1, 1, 16, 1, 64, KR_F16, kr_device_cuda(15)};
+    kr_kv_cache *c = NULL;
+    assert_int_equal(kr_kv_cache_create(ctx_gpu, &o, &c), KR_ERR_DEVICE);
+    kr_device_free(ctx_gpu, DEV, d);
+}
+
+int main(void) {
+    printf("# seed %llu (KR_TEST_SEED=N re-runs)\n", (unsigned long long)kt_base_seed());
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_device_api),  cmocka_unit_test(test_attention_grid),
+        cmocka_unit_test(test_rope),        cmocka_unit_test(test_kv_cache),
+        cmocka_unit_test(test_int8_vs_f16), cmocka_unit_test(test_fault_fallback),
+        cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
