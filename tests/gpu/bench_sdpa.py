@@ -418,6 +418,11 @@ def main():
         return 0
     global FLUSH
     FLUSH = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    # A stream of our own: torch's default is the legacy NULL stream, which a
+    # NULL handle cannot name through kr_context_set_stream (NULL = the
+    # context's own stream).
+    stream = torch.cuda.Stream()
+    torch.cuda.set_stream(stream)
     kr = Krserve(a.lib)
     only = a.only.split(",")
     res = {"date": datetime.date.today().isoformat(), "card": torch.cuda.get_device_name(),

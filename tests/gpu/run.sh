@@ -40,16 +40,16 @@ step() { # name, log, command...
 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv >"$OUT/nvidia-smi.txt" 2>&1
 step "krserve info" info.txt "$B/krserve" info
 if [ $TEST = 1 ]; then
-  step "test_cuda (full grid)" test_cuda.log "$B/tests/test_cuda"
+  step "test_cuda (full grid)" test_cuda.log timeout ${KR_GPU_TEST_TIMEOUT:-240} "$B/tests/test_cuda"
   if [ $SAN = 1 ]; then
-    step "memcheck (quick grid)" memcheck.log env KR_TEST_QUICK=1 compute-sanitizer --tool memcheck \
+    step "memcheck (quick grid)" memcheck.log timeout ${KR_GPU_SAN_TIMEOUT:-300} env KR_TEST_QUICK=1 compute-sanitizer --tool memcheck \
       --leak-check full --error-exitcode 9 "$B/tests/test_cuda"
-    step "racecheck (quick grid)" racecheck.log env KR_TEST_QUICK=1 compute-sanitizer --tool racecheck \
+    [ "${KR_GPU_RACECHECK:-1}" = 1 ] && step "racecheck (quick grid)" racecheck.log timeout ${KR_GPU_SAN_TIMEOUT:-300} env KR_TEST_QUICK=1 compute-sanitizer --tool racecheck \
       --error-exitcode 9 "$B/tests/test_cuda"
   fi
 fi
 if [ $BENCH = 1 ]; then
-  step "bench vs torch SDPA" bench.log python3 "$(dirname "$0")/bench_sdpa.py" --lib "$B/libkrserve.so" \
+  step "bench vs torch SDPA" bench.log timeout ${KR_GPU_BENCH_TIMEOUT:-420} python3 -u "$(dirname "$0")/bench_sdpa.py" --lib "$B/libkrserve.so" \
     --out "$OUT" $QUICK
 fi
 

@@ -173,6 +173,9 @@ static double worst_dec[3], worst_unf[3];
 static int n_fast, n_unfused_only;
 
 static void run_attention(const acase *c) {
+    static int n_cases;
+    if (++n_cases % 60 == 0) printf("# attention case %d\n", n_cases);
+    const bool verbose = getenv("KR_TEST_VERBOSE") != NULL;
     char desc[256];
     snprintf(desc, sizeof desc,
              "attention B=%lld Sq=%lld Skv=%lld H=%lld Hkv=%lld D=%lld %s causal=%d wl=%lld "
@@ -247,6 +250,7 @@ static void run_attention(const acase *c) {
         p.kv_lens = lens;
         oc.kv_lens = lens;
     }
+    if (verbose) printf("# %s\n", desc);
     kt_poison(&o_ref);
     if (c->lse) p.lse = &tlr;
     if (c->mask) p.mask = &mt;
@@ -254,6 +258,7 @@ static void run_attention(const acase *c) {
         fail_msg("%s: ref: %s", desc, kr_context_last_error(ctx_ref));
     kt_oracle_attention(&oc, qd, kd, vd, od, ld);
     double *gr = as_double(&o_ref);
+    if (verbose) printf("#   ref and oracle done\n");
     /* Device runs: accelerated context, then acceleration off. */
     for (int run = 0; run < 2; run++) {
         kr_context *ctx = run ? ctx_unf : ctx_gpu;
@@ -269,8 +274,10 @@ static void run_attention(const acase *c) {
         pd.mask = c->mask ? &mt_dev : NULL;
         const int64_t fast0 = served(ctx, "cuda", KR_FEATURE_FLASH_ATTENTION);
         const int64_t unf0 = served(ctx, "cuda-unfused", KR_FEATURE_FLASH_ATTENTION);
+        if (verbose) printf("#   run %d: inputs on the device\n", run);
         if (kr_attention(ctx, &gq, &gk, &gv, &go, &pd) != KR_OK)
             fail_msg("%s run %d: %s", desc, run, kr_context_last_error(ctx));
+        if (verbose) printf("#   run %d: queued\n", run);
         const bool fast = served(ctx, "cuda", KR_FEATURE_FLASH_ATTENTION) == fast0 + 1;
         const bool unf = served(ctx, "cuda-unfused", KR_FEATURE_FLASH_ATTENTION) == unf0 + 1;
         if (fast == unf || (run == 1 && fast))
@@ -321,8 +328,8 @@ static void run_attention(const acase *c) {
 static void test_attention_grid(void **state) {
     (void)state;
     NEED_GPU();
-    static const int64_t sq_skv[][2] = {{1, 1},  {1, 7},    {1, 1000},  {1, 4097}, {3, 65},
-                                        {16, 1000}, {16, 4097}, {17, 64}, {65, 65}, {7, 300}};
+    static const int64_t sq_skv[][2] = {{1, 1},    {1, 7},   {1, 1000}, {1, 4097}, {3, 65},
+                                        {16, 1000}, {17, 64}, {65, 65},  {7, 300}};
     static const int64_t dims[] = {64, 80, 128, 256};
     static const int64_t gqa[] = {1, 4, 8};
     uint64_t id = 500000;
@@ -683,6 +690,7 @@ static void test_errors(void **state) {
 }
 
 int main(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0); /* progress survives a killed run */
     printf("# seed %llu (KR_TEST_SEED=N re-runs)\n", (unsigned long long)kt_base_seed());
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_device_api),  cmocka_unit_test(test_attention_grid),

@@ -122,7 +122,10 @@ __device__ __forceinline__ void dc_body(const kr_cu_attention &a, int64_t splits
         l[r] = 0.0f;
         for (int c = 0; c < 8; c++) acc[r][c] = 0.0f;
     }
-    for (int64_t j0 = ks + stream; j0 < ke; j0 += (int64_t)NS * DC_U) {
+    /* The trip count is the warp's (its first key slot), so every lane
+     * reaches the shuffles below; lanes past ke load nothing. */
+    for (int64_t jw = ks + (int64_t)warp * KPW; jw < ke; jw += (int64_t)NS * DC_U) {
+        const int64_t j0 = jw + slot;
         uint4 kr[DC_U], vr[DC_U];
         float kg[DC_U], vg[DC_U];
         for (int u = 0; u < DC_U; u++) {
