@@ -138,15 +138,20 @@ class Krserve:
 
 # ---- timing ------------------------------------------------------------------------------
 FLUSH = None
+SLEEP_CYCLES = 400000  # ~200 us at H100/H200 clocks
 
 
 def timed(fn, reps, warmup=3):
-    """Median / min milliseconds of fn() over reps, L2 flushed before each."""
+    """Median / min milliseconds of fn() over reps: L2 flushed before each, and
+    the call queued behind a GPU sleep, so CUDA events measure device time."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(reps):
         FLUSH.zero_()
+        # Keep the GPU busy while the host queues the call, so the events
+        # time the device work and not any implementation's host overhead.
+        torch.cuda._sleep(SLEEP_CYCLES)
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         fn()

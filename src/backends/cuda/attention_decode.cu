@@ -23,61 +23,134 @@
 #include "common.cuh"
 
 #define DC_THREADS (KR_CU_DECODE_WARPS * 32)
-#define DC_U 2 /* keys each stream loads ahead */
 #define DC_LOG2E 1.4426950408889634f
 #define DC_LN2 0.6931471805599453f
 
-/* 8 channels of one K or V row as floats. */
-__device__ __forceinline__ void dc_unpack(uint4 raw, int dt, float *f) {
-    if (dt == KR_F16) {
-        const __half2 *h = (const __half2 *)&raw;
-        for (int i = 0; i < 4; i++) {
-            const float2 x = __half22float2(h[i]);
-            f[2 * i] = x.x;
-            f[2 * i + 1] = x.y;
-        }
-    } else if (dt == KR_BF16) {
-        const __nv_bfloat162 *h = (const __nv_bfloat162 *)&raw;
-        for (int i = 0; i < 4; i++) {
-            const float2 x = __bfloat1622float2(h[i]);
-            f[2 * i] = x.x;
-            f[2 * i + 1] = x.y;
-        }
-    } else { /* int8: the first 8 bytes */
-        const int8_t *q = (const int8_t *)&raw;
-        for (int i = 0; i < 8; i++) f[i] = (float)q[i];
+/* n (2, 4 or 8) consecutive f16/bf16 channels at p (aligned to n * 2 bytes). */
+__device__ __forceinline__ void dc_load_f16(const void *p, int dt, int n, float *f) {
+    unsigned w[4];
+    if (n == 8) {
+        const uint4 x = __ldg((const uint4 *)p);
+        w[0] = x.x, w[1] = x.y, w[2] = x.z, w[3] = x.w;
+    } else if (n == 4) {
+        const uint2 x = __ldg((const uint2 *)p);
+        w[0] = x.x, w[1] = x.y;
+    } else {
+        w[0] = __ldg((const unsigned *)p);
+    }
+    for (int i = 0; i < n / 2; i++) {
+        float2 x;
+        if (dt == KR_F16)
+            x = __half22float2(*(const __half2 *)&w[i]);
+        else
+            x = __bfloat1622float2(*(const __nv_bfloat162 *)&w[i]);
+        f[2 * i] = x.x;
+        f[2 * i + 1] = x.y;
     }
 }
 
-/* Loads this lane's 8 channels of row j (and, for int8, the group scale). */
-__device__ __forceinline__ uint4 dc_load(const kr_cu_attention &a, int which, int dt, int64_t b,
-                                         int64_t j, int64_t hk, int cidx, float *gscale) {
-    uint4 raw;
-    if (dt == KR_I8) {
-        const kr_cu_int8 &s = which ? a.v8 : a.k8;
-        const int64_t r = (b * s.capacity + j) * a.Hkv + hk;
-        const uint2 x = __ldg((const uint2 *)(s.data + r * a.D + cidx * 8));
-        raw.x = x.x;
-        raw.y = x.y;
-        raw.z = raw.w = 0;
-        *gscale = cu_int8_group_scale(s.meta + r * KR_KV_INT8_META_BYTES(a.D),
-                                      (cidx * 8) / KR_KV_INT8_GROUP);
+/* n (2, 4 or 8) int8 values at p (aligned to n bytes). */
+__device__ __forceinline__ void dc_load_i8(const int8_t *p, int n, float *f) {
+    unsigned w[2];
+    if (n == 8) {
+        const uint2 x = __ldg((const uint2 *)p);
+        w[0] = x.x, w[1] = x.y;
+    } else if (n == 4) {
+        w[0] = __ldg((const unsigned *)p);
     } else {
-        const kr_tensor &t = which ? a.v : a.k;
-        const char *p = (const char *)t.data + 2 * (cu_off(t, b, j, hk, 0) + cidx * 8);
-        raw = __ldg((const uint4 *)p);
-        *gscale = 1.0f;
+        w[0] = __ldg((const unsigned short *)p);
     }
-    return raw;
+    for (int i = 0; i < n; i++) f[i] = (float)(int8_t)(w[i / 4] >> (8 * (i % 4)));
+}
+
+/* The row scale of an int8 row, from the first two bytes of its metadata. */
+__device__ __forceinline__ float dc_row_scale(const uint8_t *meta) {
+    const unsigned short h = (unsigned short)(__ldg(meta) | (__ldg(meta + 1) << 8));
+    return __half2float(__ushort_as_half(h));
+}
+
+/* Scores of key row j against the block's ROWS query rows, one lane per
+ * key: s[r] = sum over D of q[r][c] k[c] (log2-domain q from shared memory,
+ * every lane reading the same address: a broadcast). */
+__device__ __forceinline__ void dc_scores(const kr_cu_attention &a, const float *qs, int64_t b,
+                                          int64_t j, int64_t hk, float *s, const int ROWS,
+                                          const int DT, const int D) {
+    for (int r = 0; r < ROWS; r++) s[r] = 0.0f;
+    if (DT == KR_I8) {
+        const int64_t row = (b * a.k8.capacity + j) * a.Hkv + hk;
+        const int8_t *kp = a.k8.data + row * D;
+        const uint8_t *meta = a.k8.meta + row * KR_KV_INT8_META_BYTES(D);
+        const float rs = dc_row_scale(meta);
+        for (int g = 0; g < D / 32; g++) {
+            float part[8];
+            for (int r = 0; r < ROWS; r++) part[r] = 0.0f;
+            for (int c16 = 0; c16 < 2; c16++) {
+                const uint4 x = __ldg((const uint4 *)(kp + g * 32 + c16 * 16));
+                const unsigned w[4] = {x.x, x.y, x.z, x.w};
+                for (int i = 0; i < 16; i++) {
+                    const float kv = (float)(int8_t)(w[i / 4] >> (8 * (i % 4)));
+                    for (int r = 0; r < ROWS; r++)
+                        part[r] = fmaf(qs[r * D + g * 32 + c16 * 16 + i], kv, part[r]);
+                }
+            }
+            const float gs = __fmul_rn(rs, __fmul_rn((float)__ldg(meta + 2 + g), 1.0f / 255.0f));
+            for (int r = 0; r < ROWS; r++) s[r] = fmaf(gs, part[r], s[r]);
+        }
+    } else {
+        const char *kp = (const char *)a.k.data + 2 * cu_off(a.k, b, j, hk, 0);
+        for (int c8 = 0; c8 < D / 8; c8++) {
+            float kf[8];
+            dc_load_f16(kp + 16 * c8, DT, 8, kf);
+            for (int r = 0; r < ROWS; r++) {
+                const float4 q0 = *(const float4 *)(qs + r * D + c8 * 8);
+                const float4 q1 = *(const float4 *)(qs + r * D + c8 * 8 + 4);
+                float d = s[r];
+                d = fmaf(q0.x, kf[0], d), d = fmaf(q0.y, kf[1], d);
+                d = fmaf(q0.z, kf[2], d), d = fmaf(q0.w, kf[3], d);
+                d = fmaf(q1.x, kf[4], d), d = fmaf(q1.y, kf[5], d);
+                d = fmaf(q1.z, kf[6], d), d = fmaf(q1.w, kf[7], d);
+                s[r] = d;
+            }
+        }
+    }
+}
+
+/* This lane's D/32 channels of V row j (int8: with its group scale in *vs). */
+__device__ __forceinline__ void dc_vrow(const kr_cu_attention &a, int64_t b, int64_t j, int64_t hk,
+                                        int lane, float *vf, float *vs, const int DT, const int D) {
+    const int CPL = D / 32;
+    if (DT == KR_I8) {
+        const int64_t row = (b * a.v8.capacity + j) * a.Hkv + hk;
+        dc_load_i8(a.v8.data + row * D + lane * CPL, CPL, vf);
+        const uint8_t *meta = a.v8.meta + row * KR_KV_INT8_META_BYTES(D);
+        *vs = __fmul_rn(dc_row_scale(meta),
+                        __fmul_rn((float)__ldg(meta + 2 + lane * CPL / 32), 1.0f / 255.0f));
+    } else {
+        dc_load_f16((const char *)a.v.data + 2 * (cu_off(a.v, b, j, hk, 0) + lane * CPL), DT, CPL,
+                    vf);
+        *vs = 1.0f;
+    }
+}
+
+__device__ __forceinline__ float dc_warp_max(float x) {
+    for (int o = 16; o > 0; o >>= 1) x = cu_nanmax(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+
+__device__ __forceinline__ float dc_warp_sum(float x) {
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
 }
 
 __device__ __forceinline__ void dc_body(const kr_cu_attention &a, int64_t splits,
-                                        const kr_cu_decode_ws &ws, const int ROWS, const int DT) {
+                                        const kr_cu_decode_ws &ws, const int ROWS, const int DT,
+                                        const int D) {
     extern __shared__ float sh[];
-    const int D = (int)a.D, LPK = D / 8, KPW = 32 / LPK, NS = KR_CU_DECODE_WARPS * KPW;
-    float *qs = sh;                 /* [ROWS][D] */
-    float *ml = qs + ROWS * D;      /* [NS][ROWS][2] */
-    float *accs = ml + NS * ROWS * 2; /* [NS][ROWS][D] */
+    const int NW = KR_CU_DECODE_WARPS, CPL = D / 32;
+    float *qs = sh;                   /* [ROWS][D] */
+    float *ps = qs + ROWS * D;        /* [NW][ROWS][32] probabilities of a tile */
+    float *ml = ps + NW * ROWS * 32;  /* [NW][ROWS][2] */
+    float *accs = ml + NW * ROWS * 2; /* [NW][ROWS][D] */
     __shared__ int is_last;
 
     const int64_t G = a.H / a.Hkv, R = G * a.Sq;
@@ -86,7 +159,6 @@ __device__ __forceinline__ void dc_body(const kr_cu_attention &a, int64_t splits
     const int64_t b = blockIdx.z;
     const int64_t unit = (b * a.Hkv + hk) * n_chunks + chunk;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    const int cidx = lane % LPK, slot = lane / LPK, stream = warp * KPW + slot;
     const int64_t L = a.has_lens ? cu_len(a.lens, b) : a.Skv;
 
     /* q rows, pre-scaled; each row's visible range and their union. */
@@ -111,80 +183,65 @@ __device__ __forceinline__ void dc_body(const kr_cu_attention &a, int64_t splits
             qs[r * D + c] = x;
         }
     }
-    __syncthreads();
     if (kmax < kmin) kmax = kmin;
+    /* Every row sees the whole union (decode without a window): no per-key test. */
+    bool uniform = true;
+    for (int r = 0; r < ROWS; r++)
+        if (chunk * ROWS + r < R && (lo[r] != kmin || hi[r] != kmax)) uniform = false;
+    __syncthreads();
     const int64_t per = (kmax - kmin + splits - 1) / splits;
     const int64_t ks = min(kmax, kmin + split * per), ke = min(kmax, ks + per);
 
+    /* Each warp walks its 32-key tiles: scores (a lane per key), one
+     * online-softmax step per tile, then p * V (a lane per D/32 channels).
+     * l is kept per lane and summed at the end. */
     float m[8], l[8], acc[8][8];
     for (int r = 0; r < ROWS; r++) {
         m[r] = -INFINITY;
         l[r] = 0.0f;
-        for (int c = 0; c < 8; c++) acc[r][c] = 0.0f;
+        for (int c = 0; c < CPL; c++) acc[r][c] = 0.0f;
     }
-    /* The trip count is the warp's (its first key slot), so every lane
-     * reaches the shuffles below; lanes past ke load nothing. */
-    for (int64_t jw = ks + (int64_t)warp * KPW; jw < ke; jw += (int64_t)NS * DC_U) {
-        const int64_t j0 = jw + slot;
-        uint4 kr[DC_U], vr[DC_U];
-        float kg[DC_U], vg[DC_U];
-        for (int u = 0; u < DC_U; u++) {
-            const int64_t j = j0 + (int64_t)u * NS;
-            if (j < ke) {
-                kr[u] = dc_load(a, 0, DT, b, j, hk, cidx, &kg[u]);
-                vr[u] = dc_load(a, 1, DT, b, j, hk, cidx, &vg[u]);
-            } else {
-                kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
-                kg[u] = vg[u] = 0.0f;
-            }
-        }
-        float s[DC_U][8];
-        for (int u = 0; u < DC_U; u++) {
-            float kf[8];
-            dc_unpack(kr[u], DT, kf);
-            for (int r = 0; r < ROWS; r++) {
-                const float *q = qs + r * D + cidx * 8;
-                float d = 0.0f;
-                for (int c = 0; c < 8; c++) d = fmaf(q[c], kf[c], d);
-                s[u][r] = d * kg[u];
-            }
-        }
-        for (int u = 0; u < DC_U; u++)
-            for (int r = 0; r < ROWS; r++) {
-                float x = s[u][r];
-                for (int o = LPK / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-                const int64_t j = j0 + (int64_t)u * NS;
-                s[u][r] = (j < lo[r] || j >= hi[r] || j >= ke) ? -INFINITY : x;
-            }
+    float *wps = ps + warp * ROWS * 32;
+    for (int64_t jt = ks + (int64_t)warp * 32; jt < ke; jt += (int64_t)NW * 32) {
+        const int64_t j = jt + lane;
+        float s[8];
+        if (j < ke) dc_scores(a, qs, b, j, hk, s, ROWS, DT, D);
         for (int r = 0; r < ROWS; r++) {
-            float mn = m[r];
-            for (int u = 0; u < DC_U; u++) mn = cu_nanmax(mn, s[u][r]);
+            const bool hidden = j >= ke || (!uniform && (j < lo[r] || j >= hi[r]));
+            const float sr = hidden ? -INFINITY : s[r];
+            const float mn = cu_nanmax(m[r], dc_warp_max(sr));
             const float alpha = mn == -INFINITY ? 1.0f : exp2f(m[r] - mn);
-            float p[DC_U], psum = 0.0f;
-            for (int u = 0; u < DC_U; u++) {
-                p[u] = mn == -INFINITY ? 0.0f : exp2f(s[u][r] - mn) * vg[u];
-                psum += mn == -INFINITY ? 0.0f : exp2f(s[u][r] - mn);
-            }
-            l[r] = l[r] * alpha + psum;
+            const float p = mn == -INFINITY ? 0.0f : exp2f(sr - mn);
+            l[r] = l[r] * alpha + p;
             m[r] = mn;
-            for (int c = 0; c < 8; c++) acc[r][c] *= alpha;
-            for (int u = 0; u < DC_U; u++) {
-                float vf[8];
-                dc_unpack(vr[u], DT, vf);
-                for (int c = 0; c < 8; c++) acc[r][c] = fmaf(p[u], vf[c], acc[r][c]);
+            for (int c = 0; c < CPL; c++) acc[r][c] *= alpha;
+            wps[r * 32 + lane] = p;
+        }
+        __syncwarp();
+        const int nk = (int)min((int64_t)32, ke - jt);
+#pragma unroll 8
+        for (int jj = 0; jj < nk; jj++) {
+            float vf[8], vs;
+            dc_vrow(a, b, jt + jj, hk, lane, vf, &vs, DT, D);
+            for (int r = 0; r < ROWS; r++) {
+                const float p = wps[r * 32 + jj] * vs;
+                for (int c = 0; c < CPL; c++) acc[r][c] = fmaf(p, vf[c], acc[r][c]);
             }
         }
+        __syncwarp();
     }
 
-    /* Merge the block's streams through shared memory. */
+    /* Merge the block's warps through shared memory. */
     for (int r = 0; r < ROWS; r++) {
-        if (cidx == 0) {
-            ml[(stream * ROWS + r) * 2] = m[r];
-            ml[(stream * ROWS + r) * 2 + 1] = l[r];
+        const float lsum = dc_warp_sum(l[r]);
+        if (lane == 0) {
+            ml[(warp * ROWS + r) * 2] = m[r];
+            ml[(warp * ROWS + r) * 2 + 1] = lsum;
         }
-        for (int c = 0; c < 8; c++) accs[(stream * ROWS + r) * D + cidx * 8 + c] = acc[r][c];
+        for (int c = 0; c < CPL; c++) accs[(warp * ROWS + r) * D + lane * CPL + c] = acc[r][c];
     }
     __syncthreads();
+    const int NS = NW;
     const int64_t n_part = splits > 1 ? 1 : 0;
     for (int e = tid; e < ROWS * D; e += DC_THREADS) {
         const int r = e / D, c = e % D;
@@ -247,19 +304,36 @@ __device__ __forceinline__ void dc_body(const kr_cu_attention &a, int64_t splits
     if (tid == 0) ws.counters[unit] = 0;
 }
 
-/* One kernel per (storage dtype, rows per block): the body is inlined with
- * both as constants, so the unused rows and dtype branches compile away. */
-#define DC_KERNEL(name, ROWS, DT)                                                                  \
+/* One kernel per (storage dtype, rows per block, head_dim): the body is
+ * inlined with all three as constants, so unused rows, dtype branches and
+ * channel loops compile away. */
+#define DC_KERNEL(name, ROWS, DT, D)                                                               \
     __global__ void __launch_bounds__(DC_THREADS)                                                  \
         name(kr_cu_attention a, int64_t splits, kr_cu_decode_ws ws) {                              \
-        dc_body(a, splits, ws, ROWS, DT);                                                          \
+        dc_body(a, splits, ws, ROWS, DT, D);                                                       \
     }
-DC_KERNEL(dc_f16_r4, 4, KR_F16)
-DC_KERNEL(dc_f16_r8, 8, KR_F16)
-DC_KERNEL(dc_bf16_r4, 4, KR_BF16)
-DC_KERNEL(dc_bf16_r8, 8, KR_BF16)
-DC_KERNEL(dc_i8_r4, 4, KR_I8)
-DC_KERNEL(dc_i8_r8, 8, KR_I8)
+#define DC_KERNELS(D)                                                                              \
+    DC_KERNEL(dc_f16_r4_d##D, 4, KR_F16, D)                                                        \
+    DC_KERNEL(dc_f16_r8_d##D, 8, KR_F16, D)                                                        \
+    DC_KERNEL(dc_bf16_r4_d##D, 4, KR_BF16, D)                                                      \
+    DC_KERNEL(dc_bf16_r8_d##D, 8, KR_BF16, D)                                                      \
+    DC_KERNEL(dc_i8_r4_d##D, 4, KR_I8, D)                                                          \
+    DC_KERNEL(dc_i8_r8_d##D, 8, KR_I8, D)
+DC_KERNELS(64)
+DC_KERNELS(128)
+DC_KERNELS(256)
+
+typedef void (*dc_kernel_fn)(kr_cu_attention, int64_t, kr_cu_decode_ws);
+/* [head_dim 64/128/256][f16, bf16, int8][4 rows, 8 rows] */
+static const dc_kernel_fn dc_kernels[3][3][2] = {
+    {{dc_f16_r4_d64, dc_f16_r8_d64}, {dc_bf16_r4_d64, dc_bf16_r8_d64}, {dc_i8_r4_d64, dc_i8_r8_d64}},
+    {{dc_f16_r4_d128, dc_f16_r8_d128},
+     {dc_bf16_r4_d128, dc_bf16_r8_d128},
+     {dc_i8_r4_d128, dc_i8_r8_d128}},
+    {{dc_f16_r4_d256, dc_f16_r8_d256},
+     {dc_bf16_r4_d256, dc_bf16_r8_d256},
+     {dc_i8_r4_d256, dc_i8_r8_d256}},
+};
 
 static int dc_rows(const kr_cu_attention *a) {
     return (a->H / a->Hkv) * a->Sq <= 4 ? 4 : 8;
@@ -277,8 +351,8 @@ extern "C" int kr_cu_decode_supported(const kr_cu_attention *a, char *why, size_
         snprintf(why, n, "decode kernel takes Sq <= 16, got %lld", (long long)a->Sq);
         return 0;
     }
-    if (a->D != 32 && a->D != 64 && a->D != 128 && a->D != 256) {
-        snprintf(why, n, "decode kernel takes head_dim 32, 64, 128 or 256, got %lld",
+    if (a->D != 64 && a->D != 128 && a->D != 256) {
+        snprintf(why, n, "decode kernel takes head_dim 64, 128 or 256, got %lld",
                  (long long)a->D);
         return 0;
     }
@@ -331,16 +405,13 @@ extern "C" size_t kr_cu_decode_ws_bytes(const kr_cu_attention *a, int64_t splits
 
 extern "C" kr_status kr_cu_decode(const kr_cu_attention *a, int64_t splits,
                                   const kr_cu_decode_ws *ws, void *stream, char *err, size_t n) {
-    const int rows = dc_rows(a);
+    const int rows = dc_rows(a), nw = KR_CU_DECODE_WARPS;
     const int64_t chunks = ((a->H / a->Hkv) * a->Sq + rows - 1) / rows;
-    const int ns = KR_CU_DECODE_WARPS * (32 / (int)(a->D / 8));
-    const size_t smem = sizeof(float) * (size_t)(rows * a->D + ns * rows * 2 + ns * rows * a->D);
+    const size_t smem =
+        sizeof(float) * (size_t)(rows * a->D + nw * rows * 32 + nw * rows * 2 + nw * rows * a->D);
     dim3 grid((unsigned)splits, (unsigned)(a->Hkv * chunks), (unsigned)a->B);
-    const int dt = a->int8 ? KR_I8 : a->k.dtype;
-    void (*kern)(kr_cu_attention, int64_t, kr_cu_decode_ws) =
-        dt == KR_F16    ? (rows == 4 ? dc_f16_r4 : dc_f16_r8)
-        : dt == KR_BF16 ? (rows == 4 ? dc_bf16_r4 : dc_bf16_r8)
-                        : (rows == 4 ? dc_i8_r4 : dc_i8_r8);
-    kern<<<grid, DC_THREADS, smem, (cudaStream_t)stream>>>(*a, splits, *ws);
+    const int dt = a->int8 ? 2 : a->k.dtype == KR_F16 ? 0 : 1;
+    const int di = a->D == 64 ? 0 : a->D == 128 ? 1 : 2;
+    dc_kernels[di][dt][rows == 8]<<<grid, DC_THREADS, smem, (cudaStream_t)stream>>>(*a, splits, *ws);
     return cu_launched("decode attention", err, n);
 }

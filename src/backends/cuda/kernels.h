@@ -102,6 +102,7 @@ typedef struct kr_cu_append {
     int64_t half;
     kr_rope_layout layout;
     double attention_factor;
+    bool vec; /* k and v rows: unit inner stride, 4-element aligned: 4-wide loads */
 } kr_cu_append;
 
 /* Per-channel amax of the rows an append brings (K after RoPE): amax_k and

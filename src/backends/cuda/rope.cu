@@ -18,6 +18,7 @@
 #include "common.cuh"
 
 #define RP_THREADS 128
+#define RP_ITEMS 4 /* vector items a thread keeps in flight */
 
 __device__ __forceinline__ void rp_rotate(float x, float y, float c, float s, float *xo,
                                           float *yo) {
@@ -80,30 +81,34 @@ __global__ void __launch_bounds__(RP_THREADS) rp_kernel(kr_cu_rope r, int vector
     rp_table(cs, (double)r.positions[tok], r.inv_freq, r.half, r.attention_factor);
     __syncthreads();
     const int dt = x.dtype;
-    if (vector_path) { /* 4 pairs per item */
-        const int64_t groups = r.half / 4;
-        for (int64_t it = threadIdx.x; it < H * groups; it += RP_THREADS) {
-            const int64_t h = it / groups, g = it % groups;
-            const int64_t base = cu_off(x, b, t, h, 0);
-            float f[8], o[8];
-            if (r.layout == KR_ROPE_HALF_SPLIT) {
-                rp_load4(x.data, dt, base + 4 * g, f);
-                rp_load4(x.data, dt, base + r.half + 4 * g, f + 4);
-                for (int k = 0; k < 4; k++) {
-                    const float2 c = cs[4 * g + k];
-                    rp_rotate(f[k], f[4 + k], c.x, c.y, &o[k], &o[4 + k]);
+    if (vector_path) { /* 4 pairs per item; a thread loads all its items before it writes */
+        const int64_t groups = r.half / 4, n_items = H * groups;
+        const bool hs = r.layout == KR_ROPE_HALF_SPLIT;
+        for (int64_t it0 = 0; it0 < n_items; it0 += RP_ITEMS * RP_THREADS) {
+            float f[RP_ITEMS][8];
+            int64_t base[RP_ITEMS], g[RP_ITEMS];
+            for (int k = 0; k < RP_ITEMS; k++) {
+                const int64_t it = it0 + k * RP_THREADS + threadIdx.x;
+                base[k] = -1;
+                if (it >= n_items) continue;
+                const int64_t h = it / groups;
+                g[k] = it % groups;
+                base[k] = cu_off(x, b, t, h, 0);
+                rp_load4(x.data, dt, base[k] + (hs ? 4 * g[k] : 8 * g[k]), f[k]);
+                rp_load4(x.data, dt, base[k] + (hs ? r.half + 4 * g[k] : 8 * g[k] + 4), f[k] + 4);
+            }
+            for (int k = 0; k < RP_ITEMS; k++) {
+                if (base[k] < 0) continue;
+                float o[8];
+                for (int q = 0; q < 4; q++) {
+                    const float2 c = cs[4 * g[k] + q];
+                    if (hs)
+                        rp_rotate(f[k][q], f[k][4 + q], c.x, c.y, &o[q], &o[4 + q]);
+                    else
+                        rp_rotate(f[k][2 * q], f[k][2 * q + 1], c.x, c.y, &o[2 * q], &o[2 * q + 1]);
                 }
-                rp_store4(x.data, dt, base + 4 * g, o);
-                rp_store4(x.data, dt, base + r.half + 4 * g, o + 4);
-            } else {
-                rp_load4(x.data, dt, base + 8 * g, f);
-                rp_load4(x.data, dt, base + 8 * g + 4, f + 4);
-                for (int k = 0; k < 4; k++) {
-                    const float2 c = cs[4 * g + k];
-                    rp_rotate(f[2 * k], f[2 * k + 1], c.x, c.y, &o[2 * k], &o[2 * k + 1]);
-                }
-                rp_store4(x.data, dt, base + 8 * g, o);
-                rp_store4(x.data, dt, base + 8 * g + 4, o + 4);
+                rp_store4(x.data, dt, base[k] + (hs ? 4 * g[k] : 8 * g[k]), o);
+                rp_store4(x.data, dt, base[k] + (hs ? r.half + 4 * g[k] : 8 * g[k] + 4), o + 4);
             }
         }
         return;
@@ -134,9 +139,15 @@ extern "C" kr_status kr_cu_rope_run(const kr_cu_rope *r, bool vector_path, void 
 
 /* ---- append --------------------------------------------------------------- */
 
+/* The grid of the append kernels: x = token t * AP_BLOCKS_PER_TOKEN(Hkv) + row
+ * block, y = sequence b; each warp takes one of the token's 2 * Hkv rows
+ * (K rows first, then V), so all rows of all tokens are in flight at once. */
+#define AP_WARPS (RP_THREADS / 32)
+#define AP_ROW_BLOCKS(hkv) ((2 * (hkv) + AP_WARPS - 1) / AP_WARPS)
+
 /* Token t of sequence b, or false when it is past n_new[b]. */
 __device__ __forceinline__ bool ap_token(const kr_cu_append &a, int64_t *slot, double *pos) {
-    const int64_t t = blockIdx.x, b = blockIdx.y;
+    const int64_t t = blockIdx.x / AP_ROW_BLOCKS(a.Hkv), b = blockIdx.y;
     if (t >= cu_len(a.n_new, b)) return false;
     *slot = cu_len(a.len, b) + t;
     *pos = a.positions ? (double)a.positions[b * a.S + t] : (double)*slot;
@@ -147,9 +158,14 @@ __device__ __forceinline__ bool ap_token(const kr_cu_append &a, int64_t *slot, d
  * asked (K with RoPE). Ends with the row visible to the whole warp. */
 __device__ __forceinline__ void ap_load_row(const kr_cu_append &a, const kr_tensor &src,
                                             bool rotate, int64_t h, const float2 *cs, float *row) {
-    const int64_t t = blockIdx.x, b = blockIdx.y;
+    const int64_t t = blockIdx.x / AP_ROW_BLOCKS(a.Hkv), b = blockIdx.y;
     const int lane = threadIdx.x % 32;
-    for (int64_t c = lane; c < a.D; c += 32) row[c] = cu_load(src.data, src.dtype, cu_off(src, b, t, h, c));
+    if (a.vec) { /* 4 channels per load */
+        const int64_t base = cu_off(src, b, t, h, 0);
+        for (int64_t c4 = lane; c4 < a.D / 4; c4 += 32) rp_load4(src.data, src.dtype, base + 4 * c4, row + 4 * c4);
+    } else {
+        for (int64_t c = lane; c < a.D; c += 32) row[c] = cu_load(src.data, src.dtype, cu_off(src, b, t, h, c));
+    }
     __syncwarp();
     if (!rotate) return;
     float xo[8], yo[8]; /* half <= 256 pairs: 8 per lane */
@@ -181,16 +197,15 @@ __global__ void __launch_bounds__(RP_THREADS) ap_amax_kernel(kr_cu_append a, flo
     if (a.inv_freq) rp_table(cs, pos, a.inv_freq, a.half, a.attention_factor);
     __syncthreads();
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    for (int64_t w = warp; w < 2 * a.Hkv; w += RP_THREADS / 32) {
-        const bool is_k = w < a.Hkv;
-        const int64_t h = is_k ? w : w - a.Hkv;
-        ap_load_row(a, is_k ? a.k : a.v, is_k && a.inv_freq, h, cs, row);
-        float *amax = (is_k ? amax_k : amax_v) + h * a.D;
-        for (int64_t c = lane; c < a.D; c += 32) {
-            const float v = fabsf(row[c]);
-            if (v == v) atomicMax((unsigned *)&amax[c], __float_as_uint(v));
-        }
-        __syncwarp();
+    const int64_t w = (blockIdx.x % AP_ROW_BLOCKS(a.Hkv)) * AP_WARPS + warp;
+    if (w >= 2 * a.Hkv) return;
+    const bool is_k = w < a.Hkv;
+    const int64_t h = is_k ? w : w - a.Hkv;
+    ap_load_row(a, is_k ? a.k : a.v, is_k && a.inv_freq, h, cs, row);
+    float *amax = (is_k ? amax_k : amax_v) + h * a.D;
+    for (int64_t c = lane; c < a.D; c += 32) {
+        const float v = fabsf(row[c]);
+        if (v == v) atomicMax((unsigned *)&amax[c], __float_as_uint(v));
     }
 }
 
@@ -247,19 +262,20 @@ __global__ void __launch_bounds__(RP_THREADS) ap_kernel(kr_cu_append a) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int64_t b = blockIdx.y;
     const int64_t M = KR_KV_INT8_META_BYTES(a.D);
-    for (int64_t w = warp; w < 2 * a.Hkv; w += RP_THREADS / 32) {
-        const bool is_k = w < a.Hkv;
-        const int64_t h = is_k ? w : w - a.Hkv;
-        ap_load_row(a, is_k ? a.k : a.v, is_k && a.inv_freq, h, cs, row);
-        const int64_t r = (b * a.capacity + slot) * a.Hkv + h;
-        void *dst = is_k ? a.k_dst : a.v_dst;
-        if (a.dtype == KR_I8)
-            ap_quantize(a, row, (is_k ? a.k_chan : a.v_chan) + h * a.D, (int8_t *)dst + r * a.D,
-                        (is_k ? a.k_meta : a.v_meta) + r * M);
-        else
-            for (int64_t c = lane; c < a.D; c += 32) cu_store(dst, a.dtype, r * a.D + c, row[c]);
-        __syncwarp();
-    }
+    const int64_t w = (blockIdx.x % AP_ROW_BLOCKS(a.Hkv)) * AP_WARPS + warp;
+    if (w >= 2 * a.Hkv) return;
+    const bool is_k = w < a.Hkv;
+    const int64_t h = is_k ? w : w - a.Hkv;
+    ap_load_row(a, is_k ? a.k : a.v, is_k && a.inv_freq, h, cs, row);
+    const int64_t r = (b * a.capacity + slot) * a.Hkv + h;
+    void *dst = is_k ? a.k_dst : a.v_dst;
+    if (a.dtype == KR_I8)
+        ap_quantize(a, row, (is_k ? a.k_chan : a.v_chan) + h * a.D, (int8_t *)dst + r * a.D,
+                    (is_k ? a.k_meta : a.v_meta) + r * M);
+    else if (a.D % 4 == 0) /* cache rows are contiguous and aligned */
+        for (int64_t c4 = lane; c4 < a.D / 4; c4 += 32) rp_store4(dst, a.dtype, r * a.D + 4 * c4, row + 4 * c4);
+    else
+        for (int64_t c = lane; c < a.D; c += 32) cu_store(dst, a.dtype, r * a.D + c, row[c]);
 }
 
 static kr_status ap_launch(const kr_cu_append *a, bool amax, float *amax_k, float *amax_v,
@@ -275,7 +291,12 @@ static kr_status ap_launch(const kr_cu_append *a, bool amax, float *amax_k, floa
     }
     const size_t smem = sizeof(float) * (size_t)(2 * (a->half > 0 ? a->half : 1) +
                                                  (RP_THREADS / 32) * a->D);
-    dim3 grid((unsigned)a->S, (unsigned)a->B);
+    if (a->S * AP_ROW_BLOCKS(a->Hkv) > 0x7fffffff) {
+        snprintf(err, n, "kv append: S %lld x Hkv %lld too large for one launch", (long long)a->S,
+                 (long long)a->Hkv);
+        return KR_ERR_UNSUPPORTED;
+    }
+    dim3 grid((unsigned)(a->S * AP_ROW_BLOCKS(a->Hkv)), (unsigned)a->B);
     if (amax)
         ap_amax_kernel<<<grid, RP_THREADS, smem, (cudaStream_t)stream>>>(*a, amax_k, amax_v);
     else
