@@ -101,62 +101,29 @@ __device__ __forceinline__ void dc_scores(const kr_cu_attention &a, const float 
     }
 }
 
-/* This lane's D/32 channels of V row j, raw (int8: with the row's scale
- * bits and this lane's group byte), loaded ahead and unpacked at use. */
-typedef struct dc_vraw {
-    unsigned w[4];
-    unsigned meta; /* int8: f16 row scale | group byte << 16 */
-} dc_vraw;
-
-__device__ __forceinline__ void dc_vload(const kr_cu_attention &a, int64_t b, int64_t j,
-                                         int64_t hk, int lane, dc_vraw *v, const int DT,
-                                         const int D) {
+/* This lane's D/32 channels of V row j (int8: with its group scale in *vs). */
+__device__ __forceinline__ void dc_vrow(const kr_cu_attention &a, int64_t b, int64_t j, int64_t hk,
+                                        int lane, float *vf, float *vs, const int DT, const int D) {
     const int CPL = D / 32;
     if (DT == KR_I8) {
         const int64_t row = (b * a.v8.capacity + j) * a.Hkv + hk;
         const int8_t *p = a.v8.data + row * D + lane * CPL;
+        unsigned w[2];
         if (CPL == 8) {
             const uint2 x = __ldg((const uint2 *)p);
-            v->w[0] = x.x, v->w[1] = x.y;
+            w[0] = x.x, w[1] = x.y;
         } else if (CPL == 4) {
-            v->w[0] = __ldg((const unsigned *)p);
+            w[0] = __ldg((const unsigned *)p);
         } else {
-            v->w[0] = __ldg((const unsigned short *)p);
+            w[0] = __ldg((const unsigned short *)p);
         }
+        for (int i = 0; i < CPL; i++) vf[i] = (float)(int8_t)(w[i / 4] >> (8 * (i % 4)));
         const uint8_t *meta = a.v8.meta + row * KR_KV_INT8_META_BYTES(D);
-        v->meta = (unsigned)__ldg(meta) | ((unsigned)__ldg(meta + 1) << 8) |
-                  ((unsigned)__ldg(meta + 2 + lane * CPL / 32) << 16);
+        *vs = __fmul_rn(dc_row_scale(meta),
+                        __fmul_rn((float)__ldg(meta + 2 + lane * CPL / 32), 1.0f / 255.0f));
     } else {
-        const char *p = (const char *)a.v.data + 2 * (cu_off(a.v, b, j, hk, 0) + lane * CPL);
-        if (CPL == 8) {
-            const uint4 x = __ldg((const uint4 *)p);
-            v->w[0] = x.x, v->w[1] = x.y, v->w[2] = x.z, v->w[3] = x.w;
-        } else if (CPL == 4) {
-            const uint2 x = __ldg((const uint2 *)p);
-            v->w[0] = x.x, v->w[1] = x.y;
-        } else {
-            v->w[0] = __ldg((const unsigned *)p);
-        }
-    }
-}
-
-__device__ __forceinline__ void dc_vunpack(const dc_vraw &v, float *vf, float *vs, const int DT,
-                                           const int D) {
-    const int CPL = D / 32;
-    if (DT == KR_I8) {
-        for (int i = 0; i < CPL; i++) vf[i] = (float)(int8_t)(v.w[i / 4] >> (8 * (i % 4)));
-        const float rs = __half2float(__ushort_as_half((unsigned short)(v.meta & 0xffff)));
-        *vs = __fmul_rn(rs, __fmul_rn((float)(v.meta >> 16), 1.0f / 255.0f));
-    } else {
-        for (int i = 0; i < CPL / 2; i++) {
-            float2 x;
-            if (DT == KR_F16)
-                x = __half22float2(*(const __half2 *)&v.w[i]);
-            else
-                x = __bfloat1622float2(*(const __nv_bfloat162 *)&v.w[i]);
-            vf[2 * i] = x.x;
-            vf[2 * i + 1] = x.y;
-        }
+        dc_load_f16((const char *)a.v.data + 2 * (cu_off(a.v, b, j, hk, 0) + lane * CPL), DT, CPL,
+                    vf);
         *vs = 1.0f;
     }
 }
@@ -231,14 +198,8 @@ __device__ __forceinline__ void dc_body(const kr_cu_attention &a, int64_t splits
         for (int c = 0; c < CPL; c++) acc[r][c] = 0.0f;
     }
     float *wps = ps + warp * ROWS * 32;
-    /* V rows loaded ahead per tile: all 32 (16 at head_dim 256, for registers). */
-    const int VK = D == 256 ? 16 : 32;
     for (int64_t jt = ks + (int64_t)warp * 32; jt < ke; jt += (int64_t)NW * 32) {
         const int64_t j = jt + lane;
-        dc_vraw vr[32];
-#pragma unroll
-        for (int jj = 0; jj < VK; jj++)
-            if (jt + jj < ke) dc_vload(a, b, jt + jj, hk, lane, &vr[jj], DT, D);
         float s[8];
         if (j < ke) dc_scores(a, qs, b, j, hk, s, ROWS, DT, D);
         for (int r = 0; r < ROWS; r++) {
@@ -253,22 +214,14 @@ __device__ __forceinline__ void dc_body(const kr_cu_attention &a, int64_t splits
             wps[r * 32 + lane] = p;
         }
         __syncwarp();
-#pragma unroll
-        for (int j0 = 0; j0 < 32; j0 += VK) {
-            if (j0 > 0) {
-#pragma unroll
-                for (int jj = 0; jj < VK; jj++)
-                    if (jt + j0 + jj < ke) dc_vload(a, b, jt + j0 + jj, hk, lane, &vr[jj], DT, D);
-            }
-#pragma unroll
-            for (int jj = 0; jj < VK; jj++) {
-                if (jt + j0 + jj >= ke) continue;
-                float vf[8], vs;
-                dc_vunpack(vr[jj], vf, &vs, DT, D);
-                for (int r = 0; r < ROWS; r++) {
-                    const float p = wps[r * 32 + j0 + jj] * vs;
-                    for (int c = 0; c < CPL; c++) acc[r][c] = fmaf(p, vf[c], acc[r][c]);
-                }
+        const int nk = (int)min((int64_t)32, ke - jt);
+#pragma unroll 8
+        for (int jj = 0; jj < nk; jj++) {
+            float vf[8], vs;
+            dc_vrow(a, b, jt + jj, hk, lane, vf, &vs, DT, D);
+            for (int r = 0; r < ROWS; r++) {
+                const float p = wps[r * 32 + jj] * vs;
+                for (int c = 0; c < CPL; c++) acc[r][c] = fmaf(p, vf[c], acc[r][c]);
             }
         }
         __syncwarp();

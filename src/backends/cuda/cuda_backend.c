@@ -449,7 +449,7 @@ static kr_status cuda_kv_append(const kr_kv_append_args *a, char *err, size_t n)
     c.half = half;
     c.layout = a->layout;
     c.attention_factor = a->attention_factor;
-    c.vec = c.D % 4 == 0 && c.D <= 256;
+    c.vec = c.D % 4 == 0;
     for (int w = 0; w < 2; w++) {
         const kr_tensor *t = w ? a->v : a->k;
         c.vec = c.vec && t->stride[3] == 1 && (uintptr_t)t->data % 16 == 0;

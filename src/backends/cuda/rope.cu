@@ -73,30 +73,40 @@ __device__ __forceinline__ void rp_store4(void *p, int dt, int64_t off, const fl
     }
 }
 
+/* Loads the thread's vector items it0 + k * RP_THREADS + tid (4 pairs each). */
+__device__ __forceinline__ void rp_load_items(const kr_tensor &x, int64_t b, int64_t t,
+                                              int64_t groups, int64_t n_items, bool hs,
+                                              int64_t half, int64_t it0, float (*f)[8],
+                                              int64_t *base, int64_t *g) {
+    for (int k = 0; k < RP_ITEMS; k++) {
+        const int64_t it = it0 + k * RP_THREADS + threadIdx.x;
+        base[k] = -1;
+        if (it >= n_items) continue;
+        g[k] = it % groups;
+        base[k] = cu_off(x, b, t, it / groups, 0);
+        rp_load4(x.data, x.dtype, base[k] + (hs ? 4 * g[k] : 8 * g[k]), f[k]);
+        rp_load4(x.data, x.dtype, base[k] + (hs ? half + 4 * g[k] : 8 * g[k] + 4), f[k] + 4);
+    }
+}
+
 __global__ void __launch_bounds__(RP_THREADS) rp_kernel(kr_cu_rope r, int vector_path) {
     extern __shared__ float2 cs[];
     const kr_tensor &x = r.x;
     const int64_t S = x.shape[1], H = x.shape[2];
     const int64_t tok = blockIdx.x, b = tok / S, t = tok % S;
+    const int dt = x.dtype;
+    /* The first items' loads go out before the table's double sincos, so
+     * the two latencies overlap. */
+    const int64_t groups = r.half / 4, n_items = H * groups;
+    const bool hs = r.layout == KR_ROPE_HALF_SPLIT;
+    float f[RP_ITEMS][8];
+    int64_t base[RP_ITEMS], g[RP_ITEMS];
+    if (vector_path) rp_load_items(x, b, t, groups, n_items, hs, r.half, 0, f, base, g);
     rp_table(cs, (double)r.positions[tok], r.inv_freq, r.half, r.attention_factor);
     __syncthreads();
-    const int dt = x.dtype;
     if (vector_path) { /* 4 pairs per item; a thread loads all its items before it writes */
-        const int64_t groups = r.half / 4, n_items = H * groups;
-        const bool hs = r.layout == KR_ROPE_HALF_SPLIT;
         for (int64_t it0 = 0; it0 < n_items; it0 += RP_ITEMS * RP_THREADS) {
-            float f[RP_ITEMS][8];
-            int64_t base[RP_ITEMS], g[RP_ITEMS];
-            for (int k = 0; k < RP_ITEMS; k++) {
-                const int64_t it = it0 + k * RP_THREADS + threadIdx.x;
-                base[k] = -1;
-                if (it >= n_items) continue;
-                const int64_t h = it / groups;
-                g[k] = it % groups;
-                base[k] = cu_off(x, b, t, h, 0);
-                rp_load4(x.data, dt, base[k] + (hs ? 4 * g[k] : 8 * g[k]), f[k]);
-                rp_load4(x.data, dt, base[k] + (hs ? r.half + 4 * g[k] : 8 * g[k] + 4), f[k] + 4);
-            }
+            if (it0 > 0) rp_load_items(x, b, t, groups, n_items, hs, r.half, it0, f, base, g);
             for (int k = 0; k < RP_ITEMS; k++) {
                 if (base[k] < 0) continue;
                 float o[8];
@@ -137,19 +147,13 @@ extern "C" kr_status kr_cu_rope_run(const kr_cu_rope *r, bool vector_path, void 
     return cu_launched("rope", err, n);
 }
 
-/* ---- append ---------------------------------------------------------------
+/* ---- append --------------------------------------------------------------- */
 
- * Grid: x = token t * AP_ROW_BLOCKS(Hkv) + row block, y = sequence b. A
- * block takes up to AP_WARPS * AP_RPW of the token's 2 * Hkv rows (K rows
- * first, then V); warp w takes rows w, w + AP_WARPS, ... and, on the vector
- * path, loads all of them into registers before it works on the first, so
- * each warp keeps several rows in flight. The block computes the token's
- * cos/sin once.
- */
-#define AP_WARPS 8
-#define AP_THREADS (AP_WARPS * 32)
-#define AP_RPW 8 /* rows per warp */
-#define AP_ROW_BLOCKS(hkv) ((2 * (hkv) + AP_WARPS * AP_RPW - 1) / (AP_WARPS * AP_RPW))
+/* The grid of the append kernels: x = token t * AP_BLOCKS_PER_TOKEN(Hkv) + row
+ * block, y = sequence b; each warp takes one of the token's 2 * Hkv rows
+ * (K rows first, then V), so all rows of all tokens are in flight at once. */
+#define AP_WARPS (RP_THREADS / 32)
+#define AP_ROW_BLOCKS(hkv) ((2 * (hkv) + AP_WARPS - 1) / AP_WARPS)
 
 /* Token t of sequence b, or false when it is past n_new[b]. */
 __device__ __forceinline__ bool ap_token(const kr_cu_append &a, int64_t *slot, double *pos) {
@@ -160,8 +164,25 @@ __device__ __forceinline__ bool ap_token(const kr_cu_append &a, int64_t *slot, d
     return true;
 }
 
-/* Rotates the warp's staged row in place (K with RoPE); row visible to the
- * whole warp before and after. */
+__device__ __forceinline__ void ap_rotate_row(const kr_cu_append &a, const float2 *cs, float *row);
+
+/* Loads row (b, t, h) of src into this warp's row buffer, rotated when
+ * asked (K with RoPE). Ends with the row visible to the whole warp. */
+__device__ __forceinline__ void ap_load_row(const kr_cu_append &a, const kr_tensor &src,
+                                            bool rotate, int64_t h, const float2 *cs, float *row) {
+    const int64_t t = blockIdx.x / AP_ROW_BLOCKS(a.Hkv), b = blockIdx.y;
+    const int lane = threadIdx.x % 32;
+    if (a.vec) { /* 4 channels per load */
+        const int64_t base = cu_off(src, b, t, h, 0);
+        for (int64_t c4 = lane; c4 < a.D / 4; c4 += 32) rp_load4(src.data, src.dtype, base + 4 * c4, row + 4 * c4);
+    } else {
+        for (int64_t c = lane; c < a.D; c += 32) row[c] = cu_load(src.data, src.dtype, cu_off(src, b, t, h, c));
+    }
+    __syncwarp();
+    if (rotate) ap_rotate_row(a, cs, row);
+}
+
+/* Rotates the warp's staged row in place (K with RoPE). */
 __device__ __forceinline__ void ap_rotate_row(const kr_cu_append &a, const float2 *cs, float *row) {
     const int lane = threadIdx.x % 32;
     float xo[8], yo[8]; /* half <= 256 pairs: 8 per lane */
@@ -182,50 +203,7 @@ __device__ __forceinline__ void ap_rotate_row(const kr_cu_append &a, const float
     __syncwarp();
 }
 
-/* Walks this warp's rows of the block's token: stages each (rotated for K
- * with RoPE) in `row` and hands it to `use`. */
-#define AP_FOR_ROWS(a, cs, row, BODY)                                                              \
-    do {                                                                                           \
-        const int warp_ = threadIdx.x / 32, lane_ = threadIdx.x % 32;                              \
-        const int64_t t_ = blockIdx.x / AP_ROW_BLOCKS((a).Hkv), b_ = blockIdx.y;                   \
-        const int64_t w0_ = (blockIdx.x % AP_ROW_BLOCKS((a).Hkv)) * AP_WARPS * AP_RPW + warp_;     \
-        float pre_[AP_RPW][8];                                                                     \
-        if ((a).vec)                                                                               \
-            _Pragma("unroll") for (int i_ = 0; i_ < AP_RPW; i_++) {                                \
-                const int64_t w_ = w0_ + (int64_t)i_ * AP_WARPS;                                   \
-                if (w_ >= 2 * (a).Hkv) continue;                                                   \
-                const kr_tensor &src_ = w_ < (a).Hkv ? (a).k : (a).v;                              \
-                const int64_t base_ = cu_off(src_, b_, t_, w_ % (a).Hkv, 0);                       \
-                for (int ch_ = 0; ch_ < 2; ch_++) {                                                \
-                    const int64_t c4_ = lane_ + 32 * ch_;                                          \
-                    if (c4_ < (a).D / 4)                                                           \
-                        rp_load4(src_.data, src_.dtype, base_ + 4 * c4_, &pre_[i_][4 * ch_]);      \
-                }                                                                                  \
-            }                                                                                      \
-        _Pragma("unroll") for (int i_ = 0; i_ < AP_RPW; i_++) {                                    \
-            const int64_t w = w0_ + (int64_t)i_ * AP_WARPS;                                        \
-            if (w >= 2 * (a).Hkv) continue;                                                        \
-            const bool is_k = w < (a).Hkv;                                                         \
-            const int64_t h = is_k ? w : w - (a).Hkv;                                              \
-            const kr_tensor &src_ = is_k ? (a).k : (a).v;                                          \
-            if ((a).vec) {                                                                         \
-                for (int ch_ = 0; ch_ < 2; ch_++) {                                                \
-                    const int64_t c4_ = lane_ + 32 * ch_;                                          \
-                    if (c4_ < (a).D / 4)                                                           \
-                        for (int e_ = 0; e_ < 4; e_++) row[4 * c4_ + e_] = pre_[i_][4 * ch_ + e_]; \
-                }                                                                                  \
-            } else {                                                                               \
-                for (int64_t c_ = lane_; c_ < (a).D; c_ += 32)                                     \
-                    row[c_] = cu_load(src_.data, src_.dtype, cu_off(src_, b_, t_, h, c_));         \
-            }                                                                                      \
-            __syncwarp();                                                                          \
-            if (is_k && (a).inv_freq) ap_rotate_row((a), (cs), (row));                             \
-            BODY;                                                                                  \
-            __syncwarp();                                                                          \
-        }                                                                                          \
-    } while (0)
-
-__global__ void __launch_bounds__(AP_THREADS) ap_amax_kernel(kr_cu_append a, float *amax_k,
+__global__ void __launch_bounds__(RP_THREADS) ap_amax_kernel(kr_cu_append a, float *amax_k,
                                                              float *amax_v) {
     extern __shared__ float sh[];
     float2 *cs = (float2 *)sh;
@@ -235,14 +213,17 @@ __global__ void __launch_bounds__(AP_THREADS) ap_amax_kernel(kr_cu_append a, flo
     if (!ap_token(a, &slot, &pos)) return;
     if (a.inv_freq) rp_table(cs, pos, a.inv_freq, a.half, a.attention_factor);
     __syncthreads();
-    const int lane = threadIdx.x % 32;
-    AP_FOR_ROWS(a, cs, row, {
-        float *amax = (is_k ? amax_k : amax_v) + h * a.D;
-        for (int64_t c = lane; c < a.D; c += 32) {
-            const float v = fabsf(row[c]);
-            if (v == v) atomicMax((unsigned *)&amax[c], __float_as_uint(v));
-        }
-    });
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t w = (blockIdx.x % AP_ROW_BLOCKS(a.Hkv)) * AP_WARPS + warp;
+    if (w >= 2 * a.Hkv) return;
+    const bool is_k = w < a.Hkv;
+    const int64_t h = is_k ? w : w - a.Hkv;
+    ap_load_row(a, is_k ? a.k : a.v, is_k && a.inv_freq, h, cs, row);
+    float *amax = (is_k ? amax_k : amax_v) + h * a.D;
+    for (int64_t c = lane; c < a.D; c += 32) {
+        const float v = fabsf(row[c]);
+        if (v == v) atomicMax((unsigned *)&amax[c], __float_as_uint(v));
+    }
 }
 
 /* Quantises this warp's row (kv_cache.h's layout, kr_ref_quantize_row's
@@ -286,49 +267,59 @@ __device__ __forceinline__ void ap_quantize(const kr_cu_append &a, const float *
     }
 }
 
-__global__ void __launch_bounds__(AP_THREADS) ap_kernel(kr_cu_append a) {
+__global__ void __launch_bounds__(RP_THREADS) ap_kernel(kr_cu_append a) {
     extern __shared__ float sh[];
     float2 *cs = (float2 *)sh;
     float *row = sh + 2 * (a.half > 0 ? a.half : 1) + (threadIdx.x / 32) * a.D;
     int64_t slot;
     double pos;
     if (!ap_token(a, &slot, &pos)) return;
-    if (a.inv_freq) rp_table(cs, pos, a.inv_freq, a.half, a.attention_factor);
-    __syncthreads();
-    const int lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int64_t b = blockIdx.y;
     const int64_t M = KR_KV_INT8_META_BYTES(a.D);
-    AP_FOR_ROWS(a, cs, row, {
-        const int64_t r = (b * a.capacity + slot) * a.Hkv + h;
-        void *dst = is_k ? a.k_dst : a.v_dst;
-        if (a.dtype == KR_I8)
-            ap_quantize(a, row, (is_k ? a.k_chan : a.v_chan) + h * a.D, (int8_t *)dst + r * a.D,
-                        (is_k ? a.k_meta : a.v_meta) + r * M);
-        else if (a.D % 4 == 0) /* cache rows are contiguous and aligned */
-            for (int64_t c4 = lane; c4 < a.D / 4; c4 += 32)
-                rp_store4(dst, a.dtype, r * a.D + 4 * c4, row + 4 * c4);
-        else
-            for (int64_t c = lane; c < a.D; c += 32) cu_store(dst, a.dtype, r * a.D + c, row[c]);
-    });
+    const int64_t w = (blockIdx.x % AP_ROW_BLOCKS(a.Hkv)) * AP_WARPS + warp;
+    const bool is_k = w < a.Hkv;
+    const int64_t h = is_k ? w : w - a.Hkv;
+    /* The row's loads go out before the table's double sincos. */
+    if (w < 2 * a.Hkv) ap_load_row(a, is_k ? a.k : a.v, false, h, cs, row);
+    if (a.inv_freq) rp_table(cs, pos, a.inv_freq, a.half, a.attention_factor);
+    __syncthreads();
+    if (w >= 2 * a.Hkv) return;
+    if (is_k && a.inv_freq) ap_rotate_row(a, cs, row);
+    const int64_t r = (b * a.capacity + slot) * a.Hkv + h;
+    void *dst = is_k ? a.k_dst : a.v_dst;
+    if (a.dtype == KR_I8)
+        ap_quantize(a, row, (is_k ? a.k_chan : a.v_chan) + h * a.D, (int8_t *)dst + r * a.D,
+                    (is_k ? a.k_meta : a.v_meta) + r * M);
+    else if (a.D % 4 == 0) /* cache rows are contiguous and aligned */
+        for (int64_t c4 = lane; c4 < a.D / 4; c4 += 32) rp_store4(dst, a.dtype, r * a.D + 4 * c4, row + 4 * c4);
+    else
+        for (int64_t c = lane; c < a.D; c += 32) cu_store(dst, a.dtype, r * a.D + c, row[c]);
 }
 
 static kr_status ap_launch(const kr_cu_append *a, bool amax, float *amax_k, float *amax_v,
                            void *stream, char *err, size_t n) {
-    if (a->S * AP_ROW_BLOCKS(a->Hkv) > 0x7fffffff || a->B > 65535) {
-        snprintf(err, n, "kv append: S %lld x Hkv %lld or batch %lld too large for one launch",
-                 (long long)a->S, (long long)a->Hkv, (long long)a->B);
+    if (a->S > 0x7fffffff || a->B > 65535) {
+        snprintf(err, n, "kv append: S %lld or batch %lld too large for one launch",
+                 (long long)a->S, (long long)a->B);
         return KR_ERR_UNSUPPORTED;
     }
-    if (a->half > 256 || (a->dtype == KR_I8 && a->D > 256) || (a->vec && a->D > 256)) {
+    if (a->half > 256 || (a->dtype == KR_I8 && a->D > 256)) {
         snprintf(err, n, "kv append: head_dim %lld too large", (long long)a->D);
         return KR_ERR_UNSUPPORTED;
     }
-    const size_t smem = sizeof(float) * (size_t)(2 * (a->half > 0 ? a->half : 1) + AP_WARPS * a->D);
+    const size_t smem = sizeof(float) * (size_t)(2 * (a->half > 0 ? a->half : 1) +
+                                                 (RP_THREADS / 32) * a->D);
+    if (a->S * AP_ROW_BLOCKS(a->Hkv) > 0x7fffffff) {
+        snprintf(err, n, "kv append: S %lld x Hkv %lld too large for one launch", (long long)a->S,
+                 (long long)a->Hkv);
+        return KR_ERR_UNSUPPORTED;
+    }
     dim3 grid((unsigned)(a->S * AP_ROW_BLOCKS(a->Hkv)), (unsigned)a->B);
     if (amax)
-        ap_amax_kernel<<<grid, AP_THREADS, smem, (cudaStream_t)stream>>>(*a, amax_k, amax_v);
+        ap_amax_kernel<<<grid, RP_THREADS, smem, (cudaStream_t)stream>>>(*a, amax_k, amax_v);
     else
-        ap_kernel<<<grid, AP_THREADS, smem, (cudaStream_t)stream>>>(*a);
+        ap_kernel<<<grid, RP_THREADS, smem, (cudaStream_t)stream>>>(*a);
     return cu_launched(amax ? "kv append (channel amax)" : "kv append", err, n);
 }
 
