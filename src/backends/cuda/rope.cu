@@ -73,40 +73,30 @@ __device__ __forceinline__ void rp_store4(void *p, int dt, int64_t off, const fl
     }
 }
 
-/* Loads the thread's vector items it0 + k * RP_THREADS + tid (4 pairs each). */
-__device__ __forceinline__ void rp_load_items(const kr_tensor &x, int64_t b, int64_t t,
-                                              int64_t groups, int64_t n_items, bool hs,
-                                              int64_t half, int64_t it0, float (*f)[8],
-                                              int64_t *base, int64_t *g) {
-    for (int k = 0; k < RP_ITEMS; k++) {
-        const int64_t it = it0 + k * RP_THREADS + threadIdx.x;
-        base[k] = -1;
-        if (it >= n_items) continue;
-        g[k] = it % groups;
-        base[k] = cu_off(x, b, t, it / groups, 0);
-        rp_load4(x.data, x.dtype, base[k] + (hs ? 4 * g[k] : 8 * g[k]), f[k]);
-        rp_load4(x.data, x.dtype, base[k] + (hs ? half + 4 * g[k] : 8 * g[k] + 4), f[k] + 4);
-    }
-}
-
 __global__ void __launch_bounds__(RP_THREADS) rp_kernel(kr_cu_rope r, int vector_path) {
     extern __shared__ float2 cs[];
     const kr_tensor &x = r.x;
     const int64_t S = x.shape[1], H = x.shape[2];
     const int64_t tok = blockIdx.x, b = tok / S, t = tok % S;
-    const int dt = x.dtype;
-    /* The first items' loads go out before the table's double sincos, so
-     * the two latencies overlap. */
-    const int64_t groups = r.half / 4, n_items = H * groups;
-    const bool hs = r.layout == KR_ROPE_HALF_SPLIT;
-    float f[RP_ITEMS][8];
-    int64_t base[RP_ITEMS], g[RP_ITEMS];
-    if (vector_path) rp_load_items(x, b, t, groups, n_items, hs, r.half, 0, f, base, g);
     rp_table(cs, (double)r.positions[tok], r.inv_freq, r.half, r.attention_factor);
     __syncthreads();
+    const int dt = x.dtype;
     if (vector_path) { /* 4 pairs per item; a thread loads all its items before it writes */
+        const int64_t groups = r.half / 4, n_items = H * groups;
+        const bool hs = r.layout == KR_ROPE_HALF_SPLIT;
         for (int64_t it0 = 0; it0 < n_items; it0 += RP_ITEMS * RP_THREADS) {
-            if (it0 > 0) rp_load_items(x, b, t, groups, n_items, hs, r.half, it0, f, base, g);
+            float f[RP_ITEMS][8];
+            int64_t base[RP_ITEMS], g[RP_ITEMS];
+            for (int k = 0; k < RP_ITEMS; k++) {
+                const int64_t it = it0 + k * RP_THREADS + threadIdx.x;
+                base[k] = -1;
+                if (it >= n_items) continue;
+                const int64_t h = it / groups;
+                g[k] = it % groups;
+                base[k] = cu_off(x, b, t, h, 0);
+                rp_load4(x.data, dt, base[k] + (hs ? 4 * g[k] : 8 * g[k]), f[k]);
+                rp_load4(x.data, dt, base[k] + (hs ? r.half + 4 * g[k] : 8 * g[k] + 4), f[k] + 4);
+            }
             for (int k = 0; k < RP_ITEMS; k++) {
                 if (base[k] < 0) continue;
                 float o[8];
@@ -164,8 +154,6 @@ __device__ __forceinline__ bool ap_token(const kr_cu_append &a, int64_t *slot, d
     return true;
 }
 
-__device__ __forceinline__ void ap_rotate_row(const kr_cu_append &a, const float2 *cs, float *row);
-
 /* Loads row (b, t, h) of src into this warp's row buffer, rotated when
  * asked (K with RoPE). Ends with the row visible to the whole warp. */
 __device__ __forceinline__ void ap_load_row(const kr_cu_append &a, const kr_tensor &src,
@@ -179,12 +167,7 @@ __device__ __forceinline__ void ap_load_row(const kr_cu_append &a, const kr_tens
         for (int64_t c = lane; c < a.D; c += 32) row[c] = cu_load(src.data, src.dtype, cu_off(src, b, t, h, c));
     }
     __syncwarp();
-    if (rotate) ap_rotate_row(a, cs, row);
-}
-
-/* Rotates the warp's staged row in place (K with RoPE). */
-__device__ __forceinline__ void ap_rotate_row(const kr_cu_append &a, const float2 *cs, float *row) {
-    const int lane = threadIdx.x % 32;
+    if (!rotate) return;
     float xo[8], yo[8]; /* half <= 256 pairs: 8 per lane */
     int k = 0;
     for (int64_t i = lane; i < a.half; i += 32, k++) {
@@ -274,18 +257,16 @@ __global__ void __launch_bounds__(RP_THREADS) ap_kernel(kr_cu_append a) {
     int64_t slot;
     double pos;
     if (!ap_token(a, &slot, &pos)) return;
+    if (a.inv_freq) rp_table(cs, pos, a.inv_freq, a.half, a.attention_factor);
+    __syncthreads();
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int64_t b = blockIdx.y;
     const int64_t M = KR_KV_INT8_META_BYTES(a.D);
     const int64_t w = (blockIdx.x % AP_ROW_BLOCKS(a.Hkv)) * AP_WARPS + warp;
+    if (w >= 2 * a.Hkv) return;
     const bool is_k = w < a.Hkv;
     const int64_t h = is_k ? w : w - a.Hkv;
-    /* The row's loads go out before the table's double sincos. */
-    if (w < 2 * a.Hkv) ap_load_row(a, is_k ? a.k : a.v, false, h, cs, row);
-    if (a.inv_freq) rp_table(cs, pos, a.inv_freq, a.half, a.attention_factor);
-    __syncthreads();
-    if (w >= 2 * a.Hkv) return;
-    if (is_k && a.inv_freq) ap_rotate_row(a, cs, row);
+    ap_load_row(a, is_k ? a.k : a.v, is_k && a.inv_freq, h, cs, row);
     const int64_t r = (b * a.capacity + slot) * a.Hkv + h;
     void *dst = is_k ? a.k_dst : a.v_dst;
     if (a.dtype == KR_I8)
