@@ -12,7 +12,7 @@ PREFIX    ?= /usr/local
 # Debian packages the build and the tests need (see docs/DEPENDENCIES.md).
 DEB_PKGS  := build-essential cmake pkg-config libcjson-dev libcpuid-dev libyaml-dev \
              libcmocka-dev gnuplot-nox valgrind cppcheck clang-format clang-tidy
-SOURCES   := $(shell git ls-files '*.c' '*.h' '*.cu' 2>/dev/null)
+SOURCES   := $(shell git ls-files '*.c' '*.h' '*.cu' '*.cuh' 2>/dev/null)
 
 .PHONY: all deps build run test test-release test-asan valgrind lint format format-check install clean
 

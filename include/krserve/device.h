@@ -51,8 +51,7 @@ KR_API kr_status kr_device_free(kr_context *ctx, kr_device dev, void *p);
 KR_API kr_status kr_device_copy(kr_context *ctx, void *dst, kr_device dst_dev, const void *src,
                                 kr_device src_dev, size_t bytes);
 /** Sets `bytes` bytes at dst to the byte `value`. */
-KR_API kr_status kr_device_fill(kr_context *ctx, kr_device dev, void *dst, int value,
-                                size_t bytes);
+KR_API kr_status kr_device_fill(kr_context *ctx, kr_device dev, void *dst, int value, size_t bytes);
 
 /** Makes the context's work on `dev` use `stream` (a cudaStream_t; NULL:
  *  back to the context's own). The caller keeps the stream alive. */

@@ -226,7 +226,7 @@ static void run_attention(const acase *c) {
                        c->causal, c->wl, -1,     NULL, 1,      1,    NULL};
     double *md = NULL;
     kt_buf mb = {0};
-    kr_tensor mt, mt_dev;
+    kr_tensor mt = {0}, mt_dev = {0};
     void *mask_dev = NULL;
     if (c->mask) {
         const int64_t nm = c->H * c->Sq * c->Skv;
@@ -328,7 +328,7 @@ static void run_attention(const acase *c) {
 static void test_attention_grid(void **state) {
     (void)state;
     NEED_GPU();
-    static const int64_t sq_skv[][2] = {{1, 1},    {1, 7},   {1, 1000}, {1, 4097}, {3, 65},
+    static const int64_t sq_skv[][2] = {{1, 1},     {1, 7},   {1, 1000}, {1, 4097}, {3, 65},
                                         {16, 1000}, {17, 64}, {65, 65},  {7, 300}};
     static const int64_t dims[] = {64, 80, 128, 256};
     static const int64_t gqa[] = {1, 4, 8};
@@ -397,7 +397,8 @@ static void test_rope(void **state) {
                         p.low_freq_factor = 1;
                         p.high_freq_factor = 4;
                         p.original_max_position_embeddings = 8192;
-                        kt_buf want = kt_buf_new((kr_dtype)dt, x.n), got = kt_buf_new((kr_dtype)dt, x.n);
+                        kt_buf want = kt_buf_new((kr_dtype)dt, x.n),
+                               got = kt_buf_new((kr_dtype)dt, x.n);
                         memcpy(want.data, x.data, (size_t)x.n * kr_dtype_size(x.dt));
                         kr_tensor (*view)(void *, kr_dtype, int64_t, int64_t, int64_t, int64_t) =
                             var == 2 ? kr_tensor_bhsd : kr_tensor_bshd;
@@ -408,15 +409,19 @@ static void test_rope(void **state) {
                         const int64_t *gpos = pos;
                         void *dpos = NULL;
                         if (var == 1) {
-                            assert_int_equal(kr_device_alloc(ctx_gpu, DEV, sizeof pos, &dpos), KR_OK);
-                            assert_int_equal(kr_device_copy(ctx_gpu, dpos, DEV, pos, kr_device_cpu(), sizeof pos), KR_OK);
+                            assert_int_equal(kr_device_alloc(ctx_gpu, DEV, sizeof pos, &dpos),
+                                             KR_OK);
+                            assert_int_equal(kr_device_copy(ctx_gpu, dpos, DEV, pos,
+                                                            kr_device_cpu(), sizeof pos),
+                                             KR_OK);
                             gpos = dpos;
                         }
                         const int64_t before = served(ctx_gpu, "cuda", KR_FEATURE_FUSED_ROPE);
                         if (kr_rope(ctx_gpu, &td, gpos, &p) != KR_OK)
                             fail_msg("rope seed %llu: %s", (unsigned long long)id,
                                      kr_context_last_error(ctx_gpu));
-                        assert_int_equal(served(ctx_gpu, "cuda", KR_FEATURE_FUSED_ROPE), before + 1);
+                        assert_int_equal(served(ctx_gpu, "cuda", KR_FEATURE_FUSED_ROPE),
+                                         before + 1);
                         from_dev(ctx_gpu, &got, dx);
                         double *a = as_double(&got), *b = as_double(&want);
                         const double e = kt_rel_err(a, b, x.n);
@@ -424,9 +429,10 @@ static void test_rope(void **state) {
                         n_total++;
                         /* Same arithmetic as ref; the double cos/sin may differ in a last bit. */
                         if (!(e <= 1e-6))
-                            fail_msg("rope %s layout %d scaling %d D %lld var %d seed %llu: vs ref %.3g",
-                                     kr_dtype_name(x.dt), lay, sc, (long long)D, var,
-                                     (unsigned long long)id, e);
+                            fail_msg(
+                                "rope %s layout %d scaling %d D %lld var %d seed %llu: vs ref %.3g",
+                                kr_dtype_name(x.dt), lay, sc, (long long)D, var,
+                                (unsigned long long)id, e);
                         if (e > worst) worst = e;
                         free(a);
                         free(b);
@@ -585,7 +591,8 @@ static void test_int8_vs_f16(void **state) {
     kr_rope_params rp = kr_rope_params_default();
     assert_int_equal(kr_kv_cache_append(ctx_gpu, c16, 0, &gk, &gv, NULL, NULL, &rp), KR_OK);
     assert_int_equal(kr_kv_cache_append(ctx_gpu, c8, 0, &gk, &gv, NULL, NULL, &rp), KR_OK);
-    kt_buf q = kt_buf_new(KR_F16, B * H * D), o16 = kt_buf_new(KR_F16, q.n), o8 = kt_buf_new(KR_F16, q.n);
+    kt_buf q = kt_buf_new(KR_F16, B * H * D), o16 = kt_buf_new(KR_F16, q.n),
+           o8 = kt_buf_new(KR_F16, q.n);
     fill(&r, &q, NULL);
     void *dq = to_dev(ctx_gpu, &q), *d16 = dev_poisoned(ctx_gpu, KR_F16, q.n),
          *d8 = dev_poisoned(ctx_gpu, KR_F16, q.n);
@@ -598,8 +605,8 @@ static void test_int8_vs_f16(void **state) {
     from_dev(ctx_gpu, &o8, d8);
     double *x = as_double(&o8), *y = as_double(&o16);
     const double e = kt_rel_err(x, y, q.n);
-    printf("# int8 vs fp16 device cache decode (4 x %lld, 32:8 heads, hd128): %.3g%% normwise\n", (long long)L,
-           100 * e);
+    printf("# int8 vs fp16 device cache decode (4 x %lld, 32:8 heads, hd128): %.3g%% normwise\n",
+           (long long)L, 100 * e);
     assert_true(e <= 0.01);
     free(x);
     free(y);
@@ -630,7 +637,8 @@ static void test_fault_fallback(void **state) {
     const int64_t B = 1, S = 2000, Hkv = 2, H = 8, D = 128;
     kt_rng r = kt_rng_for(720000 ^ kt_base_seed());
     kt_buf q = kt_buf_new(KR_F16, B * H * D), k = kt_buf_new(KR_F16, B * S * Hkv * D),
-           v = kt_buf_new(KR_F16, k.n), out = kt_buf_new(KR_F16, q.n), want = kt_buf_new(KR_F16, q.n);
+           v = kt_buf_new(KR_F16, k.n), out = kt_buf_new(KR_F16, q.n),
+           want = kt_buf_new(KR_F16, q.n);
     fill(&r, &q, NULL);
     fill(&r, &k, NULL);
     fill(&r, &v, NULL);
@@ -652,9 +660,10 @@ static void test_fault_fallback(void **state) {
     printf("# fault attention:cuda -> calls %lld, accelerated %lld, fallbacks %lld, "
            "cuda-unfused served %lld; reason: %s\n",
            (long long)fi.counters.calls, (long long)fi.counters.accelerated,
-           (long long)fi.counters.fallbacks, (long long)served(ctx, "cuda-unfused", KR_FEATURE_FLASH_ATTENTION),
+           (long long)fi.counters.fallbacks,
+           (long long)served(ctx, "cuda-unfused", KR_FEATURE_FLASH_ATTENTION),
            fi.counters.last_reason);
-    assert_int_equal(fi.counters.fallbacks, 1);       /* then switched off (sticky) */
+    assert_int_equal(fi.counters.fallbacks, 1); /* then switched off (sticky) */
     assert_int_equal(fi.counters.accelerated, 0);
     assert_int_equal(served(ctx, "cuda-unfused", KR_FEATURE_FLASH_ATTENTION), 2);
     from_dev(ctx, &out, dout);

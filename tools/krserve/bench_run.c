@@ -204,7 +204,7 @@ static int open_backends(const kb_options *o, kr_context *probe, kb_be *be, int 
         if (info[found].device_type != KR_DEVICE_CPU) {
             snprintf(err, err_len,
                      "--backend: backend '%s' serves device memory; its benchmark is "
-                     "tests/gpu/bench.sh",
+                     "tests/gpu/run.sh (bench_sdpa.py: against torch SDPA on the same card)",
                      o->backends[j]);
             free(info);
             return -1;

@@ -329,7 +329,9 @@ DC_KERNELS(256)
 typedef void (*dc_kernel_fn)(kr_cu_attention, int64_t, kr_cu_decode_ws);
 /* [head_dim 64/128/256][f16, bf16, int8][4 rows, 8 rows] */
 static const dc_kernel_fn dc_kernels[3][3][2] = {
-    {{dc_f16_r4_d64, dc_f16_r8_d64}, {dc_bf16_r4_d64, dc_bf16_r8_d64}, {dc_i8_r4_d64, dc_i8_r8_d64}},
+    {{dc_f16_r4_d64, dc_f16_r8_d64},
+     {dc_bf16_r4_d64, dc_bf16_r8_d64},
+     {dc_i8_r4_d64, dc_i8_r8_d64}},
     {{dc_f16_r4_d128, dc_f16_r8_d128},
      {dc_bf16_r4_d128, dc_bf16_r8_d128},
      {dc_i8_r4_d128, dc_i8_r8_d128}},
@@ -338,9 +340,7 @@ static const dc_kernel_fn dc_kernels[3][3][2] = {
      {dc_i8_r4_d256, dc_i8_r8_d256}},
 };
 
-static int dc_rows(const kr_cu_attention *a) {
-    return (a->H / a->Hkv) * a->Sq <= 4 ? 4 : 8;
-}
+static int dc_rows(const kr_cu_attention *a) { return (a->H / a->Hkv) * a->Sq <= 4 ? 4 : 8; }
 
 static bool aligned16(const kr_tensor *t) {
     if ((uintptr_t)t->data % 16) return false;
@@ -355,8 +355,7 @@ extern "C" int kr_cu_decode_supported(const kr_cu_attention *a, char *why, size_
         return 0;
     }
     if (a->D != 64 && a->D != 128 && a->D != 256) {
-        snprintf(why, n, "decode kernel takes head_dim 64, 128 or 256, got %lld",
-                 (long long)a->D);
+        snprintf(why, n, "decode kernel takes head_dim 64, 128 or 256, got %lld", (long long)a->D);
         return 0;
     }
     if (a->has_mask) {
@@ -415,6 +414,7 @@ extern "C" kr_status kr_cu_decode(const kr_cu_attention *a, int64_t splits,
     dim3 grid((unsigned)splits, (unsigned)(a->Hkv * chunks), (unsigned)a->B);
     const int dt = a->int8 ? 2 : a->k.dtype == KR_F16 ? 0 : 1;
     const int di = a->D == 64 ? 0 : a->D == 128 ? 1 : 2;
-    dc_kernels[di][dt][rows == 8]<<<grid, DC_THREADS, smem, (cudaStream_t)stream>>>(*a, splits, *ws);
+    dc_kernels[di][dt][rows == 8]<<<grid, DC_THREADS, smem, (cudaStream_t)stream>>>(*a, splits,
+                                                                                    *ws);
     return cu_launched("decode attention", err, n);
 }

@@ -46,7 +46,8 @@ __device__ __forceinline__ int64_t cu_len(const kr_cu_lens &l, int64_t b) {
  * computes it: f16 row scale times u8 / 255. */
 __device__ __forceinline__ float cu_int8_group_scale(const uint8_t *meta, int64_t g) {
     const unsigned short h = (unsigned short)(meta[0] | (meta[1] << 8));
-    return __fmul_rn(__half2float(__ushort_as_half(h)), __fmul_rn((float)meta[2 + g], 1.0f / 255.0f));
+    return __fmul_rn(__half2float(__ushort_as_half(h)),
+                     __fmul_rn((float)meta[2 + g], 1.0f / 255.0f));
 }
 
 /* max that lets a NaN through (fmaxf would drop it). */

@@ -162,9 +162,11 @@ __device__ __forceinline__ void ap_load_row(const kr_cu_append &a, const kr_tens
     const int lane = threadIdx.x % 32;
     if (a.vec) { /* 4 channels per load */
         const int64_t base = cu_off(src, b, t, h, 0);
-        for (int64_t c4 = lane; c4 < a.D / 4; c4 += 32) rp_load4(src.data, src.dtype, base + 4 * c4, row + 4 * c4);
+        for (int64_t c4 = lane; c4 < a.D / 4; c4 += 32)
+            rp_load4(src.data, src.dtype, base + 4 * c4, row + 4 * c4);
     } else {
-        for (int64_t c = lane; c < a.D; c += 32) row[c] = cu_load(src.data, src.dtype, cu_off(src, b, t, h, c));
+        for (int64_t c = lane; c < a.D; c += 32)
+            row[c] = cu_load(src.data, src.dtype, cu_off(src, b, t, h, c));
     }
     __syncwarp();
     if (!rotate) return;
@@ -186,8 +188,8 @@ __device__ __forceinline__ void ap_load_row(const kr_cu_append &a, const kr_tens
     __syncwarp();
 }
 
-__global__ void __launch_bounds__(RP_THREADS) ap_amax_kernel(kr_cu_append a, float *amax_k,
-                                                             float *amax_v) {
+__global__ void __launch_bounds__(RP_THREADS)
+    ap_amax_kernel(kr_cu_append a, float *amax_k, float *amax_v) {
     extern __shared__ float sh[];
     float2 *cs = (float2 *)sh;
     float *row = sh + 2 * (a.half > 0 ? a.half : 1) + (threadIdx.x / 32) * a.D;
@@ -227,7 +229,8 @@ __device__ __forceinline__ void ap_quantize(const kr_cu_append &a, const float *
     }
     for (int o = 16; o > 0; o >>= 1) amax = cu_nanmax(amax, __shfl_xor_sync(0xffffffffu, amax, o));
     const bool fin = isfinite(amax);
-    unsigned short rh = __half_as_ushort(__float2half_rn(fin ? amax / 127.0f : __int_as_float(0x7fc00000)));
+    unsigned short rh =
+        __half_as_ushort(__float2half_rn(fin ? amax / 127.0f : __int_as_float(0x7fc00000)));
     if (fin && __fmul_rn(__half2float(__ushort_as_half(rh)), 127.0f) < amax) rh++;
     const float row_scale = __half2float(__ushort_as_half(rh));
     if (lane == 0) {
@@ -235,7 +238,9 @@ __device__ __forceinline__ void ap_quantize(const kr_cu_append &a, const float *
         meta[1] = (uint8_t)(rh >> 8);
     }
     for (int g = 0; g < groups; g++) {
-        float u = row_scale > 0.0f ? ceilf(__fdiv_rn(__fmul_rn(255.0f, gmax[g]), __fmul_rn(127.0f, row_scale))) : 0.0f;
+        float u = row_scale > 0.0f
+                      ? ceilf(__fdiv_rn(__fmul_rn(255.0f, gmax[g]), __fmul_rn(127.0f, row_scale)))
+                      : 0.0f;
         if (!(u <= 255.0f)) u = 255.0f;
         const uint8_t ub = (uint8_t)u;
         if (lane == 0) meta[2 + g] = ub;
@@ -273,7 +278,8 @@ __global__ void __launch_bounds__(RP_THREADS) ap_kernel(kr_cu_append a) {
         ap_quantize(a, row, (is_k ? a.k_chan : a.v_chan) + h * a.D, (int8_t *)dst + r * a.D,
                     (is_k ? a.k_meta : a.v_meta) + r * M);
     else if (a.D % 4 == 0) /* cache rows are contiguous and aligned */
-        for (int64_t c4 = lane; c4 < a.D / 4; c4 += 32) rp_store4(dst, a.dtype, r * a.D + 4 * c4, row + 4 * c4);
+        for (int64_t c4 = lane; c4 < a.D / 4; c4 += 32)
+            rp_store4(dst, a.dtype, r * a.D + 4 * c4, row + 4 * c4);
     else
         for (int64_t c = lane; c < a.D; c += 32) cu_store(dst, a.dtype, r * a.D + c, row[c]);
 }
@@ -289,8 +295,8 @@ static kr_status ap_launch(const kr_cu_append *a, bool amax, float *amax_k, floa
         snprintf(err, n, "kv append: head_dim %lld too large", (long long)a->D);
         return KR_ERR_UNSUPPORTED;
     }
-    const size_t smem = sizeof(float) * (size_t)(2 * (a->half > 0 ? a->half : 1) +
-                                                 (RP_THREADS / 32) * a->D);
+    const size_t smem =
+        sizeof(float) * (size_t)(2 * (a->half > 0 ? a->half : 1) + (RP_THREADS / 32) * a->D);
     if (a->S * AP_ROW_BLOCKS(a->Hkv) > 0x7fffffff) {
         snprintf(err, n, "kv append: S %lld x Hkv %lld too large for one launch", (long long)a->S,
                  (long long)a->Hkv);
