@@ -18,7 +18,6 @@
 #include "common.cuh"
 
 #define RP_THREADS 128
-#define RP_ITEMS 4 /* vector items a thread keeps in flight */
 
 __device__ __forceinline__ void rp_rotate(float x, float y, float c, float s, float *xo,
                                           float *yo) {
@@ -81,34 +80,30 @@ __global__ void __launch_bounds__(RP_THREADS) rp_kernel(kr_cu_rope r, int vector
     rp_table(cs, (double)r.positions[tok], r.inv_freq, r.half, r.attention_factor);
     __syncthreads();
     const int dt = x.dtype;
-    if (vector_path) { /* 4 pairs per item; a thread loads all its items before it writes */
-        const int64_t groups = r.half / 4, n_items = H * groups;
-        const bool hs = r.layout == KR_ROPE_HALF_SPLIT;
-        for (int64_t it0 = 0; it0 < n_items; it0 += RP_ITEMS * RP_THREADS) {
-            float f[RP_ITEMS][8];
-            int64_t base[RP_ITEMS], g[RP_ITEMS];
-            for (int k = 0; k < RP_ITEMS; k++) {
-                const int64_t it = it0 + k * RP_THREADS + threadIdx.x;
-                base[k] = -1;
-                if (it >= n_items) continue;
-                const int64_t h = it / groups;
-                g[k] = it % groups;
-                base[k] = cu_off(x, b, t, h, 0);
-                rp_load4(x.data, dt, base[k] + (hs ? 4 * g[k] : 8 * g[k]), f[k]);
-                rp_load4(x.data, dt, base[k] + (hs ? r.half + 4 * g[k] : 8 * g[k] + 4), f[k] + 4);
-            }
-            for (int k = 0; k < RP_ITEMS; k++) {
-                if (base[k] < 0) continue;
-                float o[8];
-                for (int q = 0; q < 4; q++) {
-                    const float2 c = cs[4 * g[k] + q];
-                    if (hs)
-                        rp_rotate(f[k][q], f[k][4 + q], c.x, c.y, &o[q], &o[4 + q]);
-                    else
-                        rp_rotate(f[k][2 * q], f[k][2 * q + 1], c.x, c.y, &o[2 * q], &o[2 * q + 1]);
+    if (vector_path) { /* 4 pairs per item */
+        const int64_t groups = r.half / 4;
+        for (int64_t it = threadIdx.x; it < H * groups; it += RP_THREADS) {
+            const int64_t h = it / groups, g = it % groups;
+            const int64_t base = cu_off(x, b, t, h, 0);
+            float f[8], o[8];
+            if (r.layout == KR_ROPE_HALF_SPLIT) {
+                rp_load4(x.data, dt, base + 4 * g, f);
+                rp_load4(x.data, dt, base + r.half + 4 * g, f + 4);
+                for (int k = 0; k < 4; k++) {
+                    const float2 c = cs[4 * g + k];
+                    rp_rotate(f[k], f[4 + k], c.x, c.y, &o[k], &o[4 + k]);
                 }
-                rp_store4(x.data, dt, base[k] + (hs ? 4 * g[k] : 8 * g[k]), o);
-                rp_store4(x.data, dt, base[k] + (hs ? r.half + 4 * g[k] : 8 * g[k] + 4), o + 4);
+                rp_store4(x.data, dt, base + 4 * g, o);
+                rp_store4(x.data, dt, base + r.half + 4 * g, o + 4);
+            } else {
+                rp_load4(x.data, dt, base + 8 * g, f);
+                rp_load4(x.data, dt, base + 8 * g + 4, f + 4);
+                for (int k = 0; k < 4; k++) {
+                    const float2 c = cs[4 * g + k];
+                    rp_rotate(f[2 * k], f[2 * k + 1], c.x, c.y, &o[2 * k], &o[2 * k + 1]);
+                }
+                rp_store4(x.data, dt, base + 8 * g, o);
+                rp_store4(x.data, dt, base + 8 * g + 4, o + 4);
             }
         }
         return;
