@@ -54,7 +54,8 @@ KR_API kr_status kr_device_copy(kr_context *ctx, void *dst, kr_device dst_dev, c
 KR_API kr_status kr_device_fill(kr_context *ctx, kr_device dev, void *dst, int value, size_t bytes);
 
 /** Makes the context's work on `dev` use `stream` (a cudaStream_t; NULL:
- *  back to the context's own). The caller keeps the stream alive. */
+ *  back to the context's own, so the legacy default stream is named by
+ *  cudaStreamLegacy, not by 0). The caller keeps the stream alive. */
 KR_API kr_status kr_context_set_stream(kr_context *ctx, kr_device dev, void *stream);
 /** The stream the context's work on `dev` uses now. */
 KR_API kr_status kr_context_get_stream(kr_context *ctx, kr_device dev, void **stream);

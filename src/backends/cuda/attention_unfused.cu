@@ -106,7 +106,7 @@ extern "C" kr_status kr_cu_attention_unfused(const kr_cu_attention *a, void *str
                  UF_THREADS * UF_MAX_CH);
         return KR_ERR_UNSUPPORTED;
     }
-    if (a->Sq > 65535 * 64 || a->H > 65535 || a->B > 65535) {
+    if (a->Sq > 0x7fffffff || a->H > 65535 || a->B > 65535) {
         snprintf(err, n, "unfused attention: grid (Sq %lld, H %lld, B %lld) too large",
                  (long long)a->Sq, (long long)a->H, (long long)a->B);
         return KR_ERR_UNSUPPORTED;
