@@ -307,6 +307,16 @@ static kr_status call_backend(const kr_backend *be, kr_op op, const void *args, 
 
 static bool is_reference(const kr_backend_slot *s) { return s->be && s->be->reference; }
 
+/* One call on one backend, or the injected fault that replaces it. */
+static kr_status try_backend(kr_context *ctx, const kr_backend_slot *s, kr_op op, const void *args,
+                             char *err, size_t n) {
+    err[0] = '\0';
+    kr_status st = fault_hit(ctx, op_name(op), s->name) ? KR_ERR_FAULT_INJECTED
+                                                        : call_backend(s->be, op, args, err, n);
+    if (st == KR_ERR_FAULT_INJECTED && !err[0]) snprintf(err, n, "injected fault (KRSERVE_FAULT)");
+    return st;
+}
+
 /* Runs the call on the reference of device type `dev` (ref for the CPU,
  * the plugin's unfused path for CUDA): it serves every case. */
 static kr_status run_reference(kr_context *ctx, kr_op op, kr_feature f, kr_device_type dev,
@@ -315,12 +325,7 @@ static kr_status run_reference(kr_context *ctx, kr_op op, kr_feature f, kr_devic
     for (int i = 0; i < ctx->n_slots; i++) {
         kr_backend_slot *s = &ctx->slots[i];
         if (!is_reference(s) || !s->available || s->be->device_type != dev) continue;
-        err[0] = '\0';
-        kr_status st = fault_hit(ctx, op_name(op), s->name)
-                           ? KR_ERR_FAULT_INJECTED
-                           : call_backend(s->be, op, args, err, sizeof err);
-        if (st == KR_ERR_FAULT_INJECTED && !err[0])
-            snprintf(err, sizeof err, "injected fault (KRSERVE_FAULT)");
+        const kr_status st = try_backend(ctx, s, op, args, err, sizeof err);
         if (st) return kr_fail(ctx, st, "%s on %s failed: %s", op_name(op), s->name, err);
         s->calls[f]++;
         return KR_OK;
@@ -343,12 +348,7 @@ kr_status kr_dispatch(kr_context *ctx, kr_op op, kr_feature f, kr_device_type de
             snprintf(cnt->last_reason, sizeof cnt->last_reason, "%s: %s", s->name, why);
             continue;
         }
-        err[0] = '\0';
-        kr_status st = fault_hit(ctx, op_name(op), s->name)
-                           ? KR_ERR_FAULT_INJECTED
-                           : call_backend(s->be, op, args, err, sizeof err);
-        if (st == KR_ERR_FAULT_INJECTED && !err[0])
-            snprintf(err, sizeof err, "injected fault (KRSERVE_FAULT)");
+        const kr_status st = try_backend(ctx, s, op, args, err, sizeof err);
         if (st == KR_OK) {
             s->calls[f]++;
             cnt->accelerated++;
