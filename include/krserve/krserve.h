@@ -200,5 +200,6 @@ KR_API const char *kr_build_info(void);
 #include "krserve/ops.h"
 #include "krserve/kv_cache.h"
 #include "krserve/accel.h"
+#include "krserve/model.h"
 
 #endif /* KRSERVE_KRSERVE_H */

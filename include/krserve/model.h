@@ -1,0 +1,71 @@
+/*
+ * model.h — reading a Hugging Face model directory: config.json (Llama,
+ * Mistral, Qwen2) and the safetensors weights (one file or shards with
+ * model.safetensors.index.json), memory-mapped and validated field by field.
+ * Included by krserve.h.
+ *
+ * Every failure names the file and what was wrong in it ("model.safetensors:
+ * tensor 'lm_head.weight': data_offsets [0, 96) end past the data (64 bytes)").
+ */
+#ifndef KRSERVE_MODEL_H
+#define KRSERVE_MODEL_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum kr_arch { KR_ARCH_LLAMA = 0, KR_ARCH_MISTRAL = 1, KR_ARCH_QWEN2 = 2 } kr_arch;
+
+#define KR_MAX_EOS 8
+
+/** The fields of config.json (and generation_config.json) the engine uses,
+ *  with Hugging Face's names. */
+typedef struct kr_model_config {
+    kr_arch arch;
+    char model_type[32];
+    int64_t hidden_size;
+    int64_t n_layers;           /* num_hidden_layers */
+    int64_t n_heads;            /* num_attention_heads */
+    int64_t n_kv_heads;         /* num_key_value_heads (= n_heads when absent) */
+    int64_t head_dim;           /* head_dim, or hidden_size / n_heads */
+    int64_t intermediate_size;  /* the SwiGLU width */
+    int64_t vocab_size;
+    int64_t max_position_embeddings;
+    double rms_norm_eps;
+    kr_rope_params rope;        /* rope_theta, rope_scaling, partial_rotary_factor */
+    int32_t tie_word_embeddings;
+    int32_t qkv_bias;           /* Qwen2: q/k/v projections carry biases */
+    int64_t sliding_window;     /* Mistral; -1 = none */
+    int64_t bos_token_id;       /* -1 = none */
+    int64_t eos_token_ids[KR_MAX_EOS];
+    int32_t n_eos;
+    kr_dtype torch_dtype;       /* as declared; the weights' own dtypes rule */
+} kr_model_config;
+
+/** Reads DIR/config.json (and DIR/generation_config.json when present). */
+KR_API kr_status kr_model_config_load(kr_context *ctx, const char *dir, kr_model_config *out);
+
+/** The weights of a model directory: DIR/model.safetensors, or the shards
+ *  DIR/model.safetensors.index.json names. Memory-mapped read-only. */
+typedef struct kr_weights kr_weights;
+
+KR_API kr_status kr_weights_open(kr_context *ctx, const char *dir, kr_weights **out);
+/** Frees the weights (unmaps the files); NULL is a no-op. */
+KR_API void kr_weights_free(kr_weights *w);
+/** Number of tensors, and the name of tensor i (NULL when out of range). */
+KR_API int64_t kr_weights_count(const kr_weights *w);
+KR_API const char *kr_weights_name(const kr_weights *w, int64_t i);
+/**
+ * A read-only view of tensor `name` (its data must not be written). The view
+ * is contiguous with the tensor's shape right-aligned in the 4 dimensions
+ * ([1, 1, rows, cols] for a matrix). KR_ERR_FORMAT when absent, or when its
+ * shape differs from `expect` (n_expect extents; n_expect 0 checks nothing).
+ */
+KR_API kr_status kr_weights_get(kr_context *ctx, const kr_weights *w, const char *name,
+                                const int64_t *expect, int32_t n_expect, kr_tensor *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KRSERVE_MODEL_H */
