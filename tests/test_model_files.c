@@ -68,8 +68,8 @@ static void write_st(const char *dir, const char *name, const char *header, size
 }
 
 #define GOOD_HEADER                                                                                \
-    "{\"__metadata__\":{\"format\":\"pt\"},"                                                   \
-    "\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},"                      \
+    "{\"__metadata__\":{\"format\":\"pt\"},"                                                       \
+    "\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},"                           \
     "\"b\":{\"dtype\":\"BF16\",\"shape\":[4],\"data_offsets\":[24,32]}}"
 
 static void test_safetensors_good(void **state) {
@@ -102,7 +102,7 @@ typedef struct bad_case {
     const char *name;
     const char *header;
     size_t data;
-    int64_t claim; /* header length written; -1 = the real one */
+    int64_t claim;      /* header length written; -1 = the real one */
     size_t truncate_to; /* 0 = whole file */
     kr_status want;
     const char *msg;
@@ -119,11 +119,10 @@ static void test_safetensors_bad(void **state) {
          "needs \"dtype\""},
         {"dtype_i64", "{\"a\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[0,8]}}", 8, -1, 0,
          KR_ERR_UNSUPPORTED, "dtype I64 is not supported"},
-        {"neg_shape", "{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}", 4, -1,
-         0, KR_ERR_FORMAT, "shape[0] is not a non-negative integer"},
-        {"five_dims",
-         "{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1],\"data_offsets\":[0,4]}}", 4, -1, 0,
-         KR_ERR_FORMAT, "5 dimensions"},
+        {"neg_shape", "{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}", 4, -1, 0,
+         KR_ERR_FORMAT, "shape[0] is not a non-negative integer"},
+        {"five_dims", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1],\"data_offsets\":[0,4]}}", 4,
+         -1, 0, KR_ERR_FORMAT, "5 dimensions"},
         {"offset_past_end", "{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 8,
          -1, 0, KR_ERR_FORMAT, "end past the data"},
         {"size_mismatch", "{\"a\":{\"dtype\":\"F16\",\"shape\":[4],\"data_offsets\":[0,16]}}", 16,
@@ -266,8 +265,7 @@ static void test_config_bad(void **state) {
         {"json", "{\"model_type\":\"llama\",", KR_ERR_FORMAT, "not a JSON object"},
         {"missing", "{\"model_type\":\"llama\",\"hidden_size\":64}", KR_ERR_FORMAT,
          "\"num_hidden_layers\" is missing"},
-        {"type",
-         "{\"model_type\":\"llama\",\"hidden_size\":\"64\",\"num_hidden_layers\":1}",
+        {"type", "{\"model_type\":\"llama\",\"hidden_size\":\"64\",\"num_hidden_layers\":1}",
          KR_ERR_FORMAT, "\"hidden_size\" must be an integer"},
         {"gqa",
          "{\"model_type\":\"llama\",\"hidden_size\":48,\"num_hidden_layers\":1,"

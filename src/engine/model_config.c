@@ -66,15 +66,14 @@ static kr_status get_int(kr_context *ctx, const cJSON *o, const char *field, boo
                          int64_t dflt, int64_t lo, int64_t *out) {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, field);
     if (!j || cJSON_IsNull(j)) {
-        if (required)
-            return kr_fail(ctx, KR_ERR_FORMAT, "config.json: \"%s\" is missing", field);
+        if (required) return kr_fail(ctx, KR_ERR_FORMAT, "config.json: \"%s\" is missing", field);
         *out = dflt;
         return KR_OK;
     }
     const double d = cJSON_IsNumber(j) ? j->valuedouble : NAN;
     if (!(d == floor(d)) || d < (double)lo || d > 9007199254740991.0)
-        return kr_fail(ctx, KR_ERR_FORMAT, "config.json: \"%s\" must be an integer >= %lld",
-                       field, (long long)lo);
+        return kr_fail(ctx, KR_ERR_FORMAT, "config.json: \"%s\" must be an integer >= %lld", field,
+                       (long long)lo);
     *out = (int64_t)d;
     return KR_OK;
 }
@@ -100,10 +99,14 @@ static kr_status rope_scaling(kr_context *ctx, const cJSON *rs, int64_t max_pos,
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
     if (!t) t = cJSON_GetObjectItemCaseSensitive(rs, "type");
     const char *type = cJSON_IsString(t) ? t->valuestring : "default";
-    if (!strcmp(type, "default")) p->scaling = KR_ROPE_SCALING_NONE;
-    else if (!strcmp(type, "linear")) p->scaling = KR_ROPE_SCALING_LINEAR;
-    else if (!strcmp(type, "llama3")) p->scaling = KR_ROPE_SCALING_LLAMA3;
-    else if (!strcmp(type, "yarn")) p->scaling = KR_ROPE_SCALING_YARN;
+    if (!strcmp(type, "default"))
+        p->scaling = KR_ROPE_SCALING_NONE;
+    else if (!strcmp(type, "linear"))
+        p->scaling = KR_ROPE_SCALING_LINEAR;
+    else if (!strcmp(type, "llama3"))
+        p->scaling = KR_ROPE_SCALING_LLAMA3;
+    else if (!strcmp(type, "yarn"))
+        p->scaling = KR_ROPE_SCALING_YARN;
     else
         return kr_fail(ctx, KR_ERR_UNSUPPORTED,
                        "%s: rope_type '%s' is not supported (default, linear, llama3, yarn)", f,
@@ -127,8 +130,8 @@ static kr_status rope_scaling(kr_context *ctx, const cJSON *rs, int64_t max_pos,
     if (p->scaling != KR_ROPE_SCALING_NONE && !(p->factor > 0))
         return kr_fail(ctx, KR_ERR_FORMAT, "%s: \"factor\" must be a positive number", f);
     if (p->scaling == KR_ROPE_SCALING_LLAMA3 && p->original_max_position_embeddings < 1)
-        return kr_fail(ctx, KR_ERR_FORMAT,
-                       "%s: llama3 needs \"original_max_position_embeddings\"", f);
+        return kr_fail(ctx, KR_ERR_FORMAT, "%s: llama3 needs \"original_max_position_embeddings\"",
+                       f);
     return KR_OK;
 }
 
@@ -162,9 +165,12 @@ kr_status kr_model_config_load(kr_context *ctx, const char *dir, kr_model_config
     kr_model_config *c = out;
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     const char *type = cJSON_IsString(mt) ? mt->valuestring : "";
-    if (!strcmp(type, "llama")) c->arch = KR_ARCH_LLAMA;
-    else if (!strcmp(type, "mistral")) c->arch = KR_ARCH_MISTRAL;
-    else if (!strcmp(type, "qwen2")) c->arch = KR_ARCH_QWEN2;
+    if (!strcmp(type, "llama"))
+        c->arch = KR_ARCH_LLAMA;
+    else if (!strcmp(type, "mistral"))
+        c->arch = KR_ARCH_MISTRAL;
+    else if (!strcmp(type, "qwen2"))
+        c->arch = KR_ARCH_QWEN2;
     else {
         s = kr_fail(ctx, KR_ERR_UNSUPPORTED,
                     "config.json: model_type '%s' is not a supported architecture (llama, "
@@ -215,7 +221,8 @@ kr_status kr_model_config_load(kr_context *ctx, const char *dir, kr_model_config
         !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "use_sliding_window")))
         c->sliding_window = -1;
     if (!s) s = get_int(ctx, root, "bos_token_id", false, -1, 0, &c->bos_token_id);
-    if (!s) s = eos_ids(ctx, cJSON_GetObjectItemCaseSensitive(root, "eos_token_id"), "config.json", c);
+    if (!s)
+        s = eos_ids(ctx, cJSON_GetObjectItemCaseSensitive(root, "eos_token_id"), "config.json", c);
     if (s) goto done;
     const cJSON *td = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
     if (!td) td = cJSON_GetObjectItemCaseSensitive(root, "dtype");

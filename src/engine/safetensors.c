@@ -75,10 +75,14 @@ static bool as_count(const cJSON *j, int64_t *out) {
 }
 
 static bool dtype_of(const char *s, kr_dtype *dt) {
-    if (!strcmp(s, "F32")) *dt = KR_F32;
-    else if (!strcmp(s, "F16")) *dt = KR_F16;
-    else if (!strcmp(s, "BF16")) *dt = KR_BF16;
-    else return false;
+    if (!strcmp(s, "F32"))
+        *dt = KR_F32;
+    else if (!strcmp(s, "F16"))
+        *dt = KR_F16;
+    else if (!strcmp(s, "BF16"))
+        *dt = KR_BF16;
+    else
+        return false;
     return true;
 }
 
@@ -104,8 +108,8 @@ static kr_status add_tensor(kr_context *ctx, kr_weights *w, int32_t fi, const cJ
                        jd->valuestring);
     const int nd = cJSON_GetArraySize(js);
     if (nd > 4)
-        return kr_fail(ctx, KR_ERR_FORMAT, "%s: tensor '%s': %d dimensions (at most 4)", file,
-                       name, nd);
+        return kr_fail(ctx, KR_ERR_FORMAT, "%s: tensor '%s': %d dimensions (at most 4)", file, name,
+                       nd);
     t.ndim = nd;
     double numel = 1;
     for (int i = 0; i < nd; i++) {
@@ -129,8 +133,8 @@ static kr_status add_tensor(kr_context *ctx, kr_weights *w, int32_t fi, const cJ
                        file, name, (long long)b, (long long)en, data_size);
     if ((double)(en - b) != numel * (double)kr_dtype_size(t.dt))
         return kr_fail(ctx, KR_ERR_FORMAT,
-                       "%s: tensor '%s': %lld bytes at data_offsets but shape x %s needs %.0f", file,
-                       name, (long long)(en - b), jd->valuestring,
+                       "%s: tensor '%s': %lld bytes at data_offsets but shape x %s needs %.0f",
+                       file, name, (long long)(en - b), jd->valuestring,
                        numel * (double)kr_dtype_size(t.dt));
     t.begin = (size_t)b;
     t.end = (size_t)en;
@@ -155,8 +159,7 @@ static kr_status open_file(kr_context *ctx, kr_weights *w, const char *path) {
                        KR_ST_MAX_FILES);
     const char *file = base_name(path);
     const int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return kr_fail(ctx, KR_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (fd < 0) return kr_fail(ctx, KR_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
@@ -253,8 +256,8 @@ static kr_status open_index(kr_context *ctx, kr_weights *w, const char *dir, con
     kr_status s = KR_OK;
     for (const cJSON *e = map->child; e && !s; e = e->next) {
         if (!cJSON_IsString(e) || strchr(e->valuestring, '/')) {
-            s = kr_fail(ctx, KR_ERR_FORMAT, "%s: weight_map['%s'] must be a file name in %s",
-                        file, e->string, dir);
+            s = kr_fail(ctx, KR_ERR_FORMAT, "%s: weight_map['%s'] must be a file name in %s", file,
+                        e->string, dir);
             break;
         }
         int32_t fi = -1;
