@@ -11,7 +11,7 @@ DEBUG     ?= build-debug
 PREFIX    ?= /usr/local
 # Debian packages the build and the tests need (see docs/DEPENDENCIES.md).
 DEB_PKGS  := build-essential cmake pkg-config libcjson-dev libcpuid-dev libyaml-dev \
-             libcmocka-dev libopenblas-dev gnuplot-nox valgrind cppcheck clang-format clang-tidy
+             libcmocka-dev libopenblas-dev libpcre2-dev gnuplot-nox valgrind cppcheck clang-format clang-tidy
 SOURCES   := $(shell git ls-files '*.c' '*.h' '*.cu' '*.cuh' 2>/dev/null)
 
 .PHONY: all deps build run test test-release test-asan valgrind lint format format-check install clean
@@ -58,7 +58,7 @@ test-asan: deps
 valgrind: deps
 	cmake -S . -B $(DEBUG) -DCMAKE_BUILD_TYPE=RelWithDebInfo
 	cmake --build $(DEBUG) -j $(JOBS)
-	cd $(DEBUG) && for t in tests/test_attention tests/test_rope tests/test_kv_cache tests/test_api tests/test_accel tests/test_cpu_backend tests/test_bench tests/test_model_files tests/test_engine; do \
+	cd $(DEBUG) && for t in tests/test_attention tests/test_rope tests/test_kv_cache tests/test_api tests/test_accel tests/test_cpu_backend tests/test_bench tests/test_model_files tests/test_engine tests/test_tokenizer; do \
 	  [ -x "$$t" ] || continue; echo "valgrind $$t"; \
 	  KR_TEST_QUICK=1 valgrind -q --suppressions=$(CURDIR)/tests/valgrind.supp --leak-check=full --show-leak-kinds=definite,indirect,possible \
 	    --errors-for-leak-kinds=definite,indirect,possible --error-exitcode=3 ./$$t >/dev/null || exit 1; \

@@ -209,7 +209,8 @@ static void oracle(const tiny *c, const model_w *m, const int32_t *tok, int64_t 
     const int64_t E = c->E, H = c->H, Hkv = c->Hkv, D = c->D, F = c->F, V = c->V;
     double *x = calloc((size_t)(T * E), sizeof(double)), *h = malloc(sizeof(double) * (size_t)E);
     double *q = malloc(sizeof(double) * (size_t)(T * H * D));
-    double *k = malloc(sizeof(double) * (size_t)(T * Hkv * D)), *v = malloc(sizeof(double) * (size_t)(T * Hkv * D));
+    double *k = malloc(sizeof(double) * (size_t)(T * Hkv * D)),
+           *v = malloc(sizeof(double) * (size_t)(T * Hkv * D));
     double *a = malloc(sizeof(double) * (size_t)(H * D)), *o = malloc(sizeof(double) * (size_t)E);
     double *g = malloc(sizeof(double) * (size_t)F), *u = malloc(sizeof(double) * (size_t)F);
     double *sc = malloc(sizeof(double) * (size_t)T);
@@ -231,9 +232,12 @@ static void oracle(const tiny *c, const model_w *m, const int32_t *tok, int64_t 
     for (int64_t l = 0; l < c->L; l++) {
         for (int64_t t = 0; t < T; t++) {
             rms(x + t * E, G("input_layernorm.weight"), E, h);
-            lin(h, G("self_attn.q_proj.weight"), c->bias ? G("self_attn.q_proj.bias") : NULL, E, H * D, q + t * H * D);
-            lin(h, G("self_attn.k_proj.weight"), c->bias ? G("self_attn.k_proj.bias") : NULL, E, Hkv * D, k + t * Hkv * D);
-            lin(h, G("self_attn.v_proj.weight"), c->bias ? G("self_attn.v_proj.bias") : NULL, E, Hkv * D, v + t * Hkv * D);
+            lin(h, G("self_attn.q_proj.weight"), c->bias ? G("self_attn.q_proj.bias") : NULL, E,
+                H * D, q + t * H * D);
+            lin(h, G("self_attn.k_proj.weight"), c->bias ? G("self_attn.k_proj.bias") : NULL, E,
+                Hkv * D, k + t * Hkv * D);
+            lin(h, G("self_attn.v_proj.weight"), c->bias ? G("self_attn.v_proj.bias") : NULL, E,
+                Hkv * D, v + t * Hkv * D);
             /* rotate-half RoPE in double */
             for (int64_t hh = 0; hh < H + Hkv; hh++) {
                 double *row = hh < H ? q + (t * H + hh) * D : k + (t * Hkv + hh - H) * D;
@@ -253,7 +257,8 @@ static void oracle(const tiny *c, const model_w *m, const int32_t *tok, int64_t 
                 double mx = -INFINITY, sum = 0;
                 for (int64_t j = lo; j <= t; j++) {
                     double s = 0;
-                    for (int64_t d = 0; d < D; d++) s += q[(t * H + hh) * D + d] * k[(j * Hkv + hk) * D + d];
+                    for (int64_t d = 0; d < D; d++)
+                        s += q[(t * H + hh) * D + d] * k[(j * Hkv + hk) * D + d];
                     sc[j] = s / sqrt((double)D);
                     if (sc[j] > mx) mx = sc[j];
                 }
@@ -300,7 +305,8 @@ static void run_model(kr_context *cx, const tiny *c, uint64_t seed, kr_dtype kv,
     o.kv_dtype = kv;
     o.max_context = 64;
     kr_model *mod = NULL;
-    if (kr_model_load(cx, dir, &o, &mod) != KR_OK) fail_msg("load %s: %s", dir, kr_context_last_error(cx));
+    if (kr_model_load(cx, dir, &o, &mod) != KR_OK)
+        fail_msg("load %s: %s", dir, kr_context_last_error(cx));
     float *got = malloc(sizeof(float) * (size_t)(T * c->V));
     /* prefill 9 tokens with every row's logits, then 4 decode steps */
     assert_int_equal(kr_model_forward(cx, mod, tok, 9, got, 1), KR_OK);
@@ -321,10 +327,12 @@ static void run_model(kr_context *cx, const tiny *c, uint64_t seed, kr_dtype kv,
     const double err = kv == KR_F32 ? worst : rel;
     kr_feature_info fi;
     kr_accel_feature_info(cx, KR_FEATURE_FLASH_ATTENTION, &fi);
-    printf("# [%-4s] %-8s weights %-4s kv %-4s window %d llama3 %d bias %d tied %d: max |logit - f64| = "
+    printf("# [%-4s] %-8s weights %-4s kv %-4s window %d llama3 %d bias %d tied %d: max |logit - "
+           "f64| = "
            "%.2g, normwise %.2g (tol %.0e %s)\n",
-           cx == ctx_ref ? "ref" : fi.backend, c->type, kr_dtype_name(c->wdt), kr_dtype_name(kv), c->window, c->llama3, c->bias,
-           c->tied, worst, rel, tol, kv == KR_F32 ? "max abs" : "normwise");
+           cx == ctx_ref ? "ref" : fi.backend, c->type, kr_dtype_name(c->wdt), kr_dtype_name(kv),
+           c->window, c->llama3, c->bias, c->tied, worst, rel, tol,
+           kv == KR_F32 ? "max abs" : "normwise");
     if (!(err <= tol)) fail_msg("%s: logits differ from the float64 forward by %.3g", dir, err);
     /* reset: the same prompt again gives the same last logits */
     assert_int_equal(kr_model_reset(cx, mod), KR_OK);
@@ -367,12 +375,14 @@ static void test_model_errors(void **state) {
     write_model(dir, &c, &m, "model.layers.0.mlp.up_proj.weight", NULL);
     assert_int_equal(kr_model_load(ctx, dir, NULL, &mod), KR_ERR_FORMAT);
     printf("# missing: %s\n", kr_context_last_error(ctx));
-    assert_non_null(strstr(kr_context_last_error(ctx), "'model.layers.0.mlp.up_proj.weight' is missing"));
+    assert_non_null(
+        strstr(kr_context_last_error(ctx), "'model.layers.0.mlp.up_proj.weight' is missing"));
     snprintf(dir, sizeof dir, "%s/extra", tmp);
     write_model(dir, &c, &m, NULL, "model.layers.0.self_attn.rotary_emb.inv_freq");
     assert_int_equal(kr_model_load(ctx, dir, NULL, &mod), KR_ERR_FORMAT);
     printf("# extra: %s\n", kr_context_last_error(ctx));
-    assert_non_null(strstr(kr_context_last_error(ctx), "unexpected tensor 'model.layers.0.self_attn.rotary_emb.inv_freq'"));
+    assert_non_null(strstr(kr_context_last_error(ctx),
+                           "unexpected tensor 'model.layers.0.self_attn.rotary_emb.inv_freq'"));
     /* the config says 2 kv heads, the weights were made for 1 */
     tiny c1 = c;
     c1.Hkv = 1;
@@ -390,7 +400,8 @@ static void test_model_errors(void **state) {
     fclose(f);
     assert_int_equal(kr_model_load(ctx, dir, NULL, &mod), KR_ERR_SHAPE);
     printf("# shape: %s\n", kr_context_last_error(ctx));
-    assert_non_null(strstr(kr_context_last_error(ctx), "k_proj.weight' has shape [16, 32], expected [32, 32]"));
+    assert_non_null(
+        strstr(kr_context_last_error(ctx), "k_proj.weight' has shape [16, 32], expected [32, 32]"));
     assert_null(mod);
     /* bad tokens and a full context */
     snprintf(dir, sizeof dir, "%s/ok", tmp);

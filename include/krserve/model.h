@@ -100,6 +100,37 @@ KR_API kr_status kr_model_reset(kr_context *ctx, kr_model *m);
 KR_API kr_status kr_model_forward(kr_context *ctx, kr_model *m, const int32_t *tokens, int64_t n,
                                   float *logits, int32_t all_logits);
 
+/* ---- tokenizer (src/engine/tokenizer.c) ---- */
+
+/**
+ * A Hugging Face tokenizer.json BPE: byte-level (GPT-2, Llama-3, Qwen2:
+ * ByteLevel / Split-regex pre-tokenizers, ignore_merges) or SentencePiece-
+ * style (the `▁` metaspace, <0xNN> byte fallback); added and special tokens
+ * matched first; add_bos from tokenizer_config.json or the post-processor.
+ */
+typedef struct kr_tokenizer kr_tokenizer;
+
+KR_API kr_status kr_tokenizer_load(kr_context *ctx, const char *dir, kr_tokenizer **out);
+KR_API void kr_tokenizer_free(kr_tokenizer *t);
+KR_API int64_t kr_tokenizer_vocab_size(const kr_tokenizer *t);
+/** Encodes text (UTF-8); with add_special, the BOS the tokenizer asks for.
+ *  ids has room for cap ids; *n gets the count (KR_ERR_CAPACITY if more). */
+KR_API kr_status kr_tokenizer_encode(kr_context *ctx, const kr_tokenizer *t, const char *text,
+                                     int32_t add_special, int32_t *ids, int64_t cap, int64_t *n);
+
+/** Streaming detokenisation: bytes of each token as it comes, holding back
+ *  an incomplete UTF-8 sequence until the token that completes it. */
+typedef struct kr_detok {
+    char pending[8];
+    int32_t n_pending;
+    int32_t started; /* a SentencePiece decoder drops the first leading space */
+} kr_detok;
+
+/** Appends token id's text to out (NUL-terminated, cap bytes); returns the
+ *  bytes written, or -1 if id is out of range or out is too small. */
+KR_API int64_t kr_tokenizer_decode(const kr_tokenizer *t, kr_detok *st, int32_t id, char *out,
+                                   size_t cap);
+
 /* ---- sampling (src/engine/sampler.c) ---- */
 
 /** Applied in Hugging Face's order: repetition penalty, temperature, top-k,

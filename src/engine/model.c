@@ -33,12 +33,12 @@ typedef struct layer_w {
 
 struct kr_model {
     kr_model_config c;
-    char id[128];      /* the directory's last component: the per-model switch key */
-    float *embed;      /* [vocab][hidden] */
-    float *norm;       /* [hidden] */
-    float *lm_head;    /* [vocab][hidden] (= embed when tied) */
-    layer_w *layers;   /* [n_layers] */
-    float **owned;     /* every buffer above, for freeing */
+    char id[128];    /* the directory's last component: the per-model switch key */
+    float *embed;    /* [vocab][hidden] */
+    float *norm;     /* [hidden] */
+    float *lm_head;  /* [vocab][hidden] (= embed when tied) */
+    layer_w *layers; /* [n_layers] */
+    float **owned;   /* every buffer above, for freeing */
     int64_t n_owned;
     kr_kv_cache *cache;
     int64_t max_context;
@@ -101,7 +101,8 @@ static kr_status load_weights(kr_context *ctx, kr_model *m, const kr_weights *w)
     int64_t used = 0;
     kr_status s = take(ctx, m, w, "model.embed_tokens.weight", V, E, &m->embed, &used);
     if (!s) s = take(ctx, m, w, "model.norm.weight", E, 0, &m->norm, &used);
-    if (!s && !c->tie_word_embeddings) s = take(ctx, m, w, "lm_head.weight", V, E, &m->lm_head, &used);
+    if (!s && !c->tie_word_embeddings)
+        s = take(ctx, m, w, "lm_head.weight", V, E, &m->lm_head, &used);
     if (!s && c->tie_word_embeddings) m->lm_head = m->embed;
     char name[160];
 #define TAKE(field, suffix, d0, d1)                                                                \
@@ -131,25 +132,27 @@ static kr_status load_weights(kr_context *ctx, kr_model *m, const kr_weights *w)
     if (used != kr_weights_count(w)) { /* name the first tensor nobody asked for */
         for (int64_t i = 0; i < kr_weights_count(w); i++) {
             const char *n = kr_weights_name(w, i);
-            bool known = !strcmp(n, "model.embed_tokens.weight") || !strcmp(n, "model.norm.weight") ||
+            bool known = !strcmp(n, "model.embed_tokens.weight") ||
+                         !strcmp(n, "model.norm.weight") ||
                          (!c->tie_word_embeddings && !strcmp(n, "lm_head.weight"));
             long long l = -1;
             int off = 0;
             if (!known && sscanf(n, "model.layers.%lld.%n", &l, &off) == 1 && off > 0 && l >= 0 &&
                 l < c->n_layers) {
                 static const char *const parts[] = {
-                    "input_layernorm.weight", "post_attention_layernorm.weight",
-                    "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
-                    "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
-                    "mlp.down_proj.weight", "self_attn.q_proj.bias", "self_attn.k_proj.bias",
-                    "self_attn.v_proj.bias"};
+                    "input_layernorm.weight",  "post_attention_layernorm.weight",
+                    "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                    "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+                    "mlp.gate_proj.weight",    "mlp.up_proj.weight",
+                    "mlp.down_proj.weight",    "self_attn.q_proj.bias",
+                    "self_attn.k_proj.bias",   "self_attn.v_proj.bias"};
                 for (int p = 0; p < (c->qkv_bias ? 12 : 9) && !known; p++)
                     known = !strcmp(n + off, parts[p]);
             }
             if (!known)
                 return kr_fail(ctx, KR_ERR_FORMAT,
-                               "weights: unexpected tensor '%s' for a %s model with %lld layers",
-                               n, c->model_type, (long long)c->n_layers);
+                               "weights: unexpected tensor '%s' for a %s model with %lld layers", n,
+                               c->model_type, (long long)c->n_layers);
         }
     }
     return KR_OK;
@@ -192,12 +195,13 @@ kr_status kr_model_load(kr_context *ctx, const char *dir, const kr_model_options
     }
     kr_weights_free(w);
     if (!s) {
-        m->max_context = opts->max_context > 0 ? opts->max_context
+        m->max_context = opts->max_context > 0                 ? opts->max_context
                          : m->c.max_position_embeddings < 4096 ? m->c.max_position_embeddings
                                                                : 4096;
         m->chunk = 64;
-        kr_kv_cache_options ko = {m->c.n_layers, 1, m->max_context, m->c.n_kv_heads,
-                                  m->c.head_dim, opts->kv_dtype, kr_device_cpu()};
+        kr_kv_cache_options ko = {
+            m->c.n_layers,  1, m->max_context, m->c.n_kv_heads, m->c.head_dim, opts->kv_dtype,
+            kr_device_cpu()};
         s = kr_kv_cache_create(ctx, &ko, &m->cache);
     }
     if (!s) s = alloc_run(ctx, m);
@@ -290,7 +294,8 @@ kr_status kr_model_forward(kr_context *ctx, kr_model *m, const int32_t *tokens, 
     static const char op[] = "kr_model_forward";
     if (!ctx) return KR_ERR_INVALID_ARGUMENT;
     kr_clear_error(ctx);
-    if (!m || !tokens || n < 1) return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT, "%s: bad arguments", op);
+    if (!m || !tokens || n < 1)
+        return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT, "%s: bad arguments", op);
     for (int64_t i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= m->c.vocab_size)
             return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT,
@@ -303,7 +308,10 @@ kr_status kr_model_forward(kr_context *ctx, kr_model *m, const int32_t *tokens, 
     for (int64_t i0 = 0; i0 < n; i0 += m->chunk) {
         const int64_t k = n - i0 < m->chunk ? n - i0 : m->chunk;
         const bool last = i0 + k == n;
-        float *lg = !logits ? NULL : all_logits ? logits + i0 * m->c.vocab_size : last ? logits : NULL;
+        float *lg = !logits      ? NULL
+                    : all_logits ? logits + i0 * m->c.vocab_size
+                    : last       ? logits
+                                 : NULL;
         const kr_status s = forward_chunk(ctx, m, tokens + i0, k, lg, all_logits);
         if (s) return s;
     }

@@ -47,8 +47,8 @@ kr_status kr_sampler_create(kr_context *ctx, const kr_sampler_params *p, kr_samp
         return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT,
                        "kr_sampler_create: temperature %g (>= 0), top_k %d (>= 0), top_p %g "
                        "((0, 1]), min_p %g ([0, 1)), repetition_penalty %g (> 0): out of range",
-                       (double)p->temperature, (int)p->top_k, (double)p->top_p,
-                       (double)p->min_p, (double)p->repetition_penalty);
+                       (double)p->temperature, (int)p->top_k, (double)p->top_p, (double)p->min_p,
+                       (double)p->repetition_penalty);
     kr_sampler *s = calloc(1, sizeof *s);
     if (!s) return kr_fail(ctx, KR_ERR_OUT_OF_MEMORY, "kr_sampler_create: out of memory");
     s->p = *p;
@@ -97,8 +97,10 @@ kr_status kr_sampler_sample(kr_context *ctx, kr_sampler *s, const float *logits,
         for (int64_t h = 0; h < n_history; h++) {
             const int32_t t = history[h];
             if (t < 0 || t >= n_vocab)
-                return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT, "%s: history[%lld] = %d outside the "
-                               "vocabulary", op, (long long)h, (int)t);
+                return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT,
+                               "%s: history[%lld] = %d outside the "
+                               "vocabulary",
+                               op, (long long)h, (int)t);
             bool seen = false;
             for (int64_t g = 0; g < h && !seen; g++) seen = history[g] == t;
             if (seen) continue;
