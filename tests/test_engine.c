@@ -419,6 +419,89 @@ static void test_model_errors(void **state) {
     free_weights(&m1);
 }
 
+/* ---- greedy generation, and the demo model `krserve generate` runs in ctest ---------------- */
+
+/* A byte-level tokenizer.json over the 256 byte tokens (ids = byte values)
+ * plus "Ġt" (256) and "he" (257), BOS "<s>" (258). */
+static void write_byte_tokenizer(const char *dir) {
+    char *buf = malloc(1 << 16), *p = buf;
+    p += sprintf(p, "{\"added_tokens\":[{\"id\":258,\"content\":\"<s>\",\"special\":true}],"
+                    "\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"use_regex\":true},"
+                    "\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":["
+                    "{\"SpecialToken\":{\"id\":\"<s>\",\"type_id\":0}},"
+                    "{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}]},"
+                    "\"model\":{\"type\":\"BPE\",\"vocab\":{");
+    int k = 0;
+    for (int b = 0; b < 256; b++) {
+        const int keep = (b >= '!' && b <= '~') || (b >= 0xa1 && b <= 0xac) || b >= 0xae;
+        const int cp = keep ? b : 256 + k++;
+        if (cp == '"' || cp == '\\')
+            p += sprintf(p, "%s\"\\%c\":%d", b ? "," : "", cp, b);
+        else if (cp < 0x80)
+            p += sprintf(p, "%s\"%c\":%d", b ? "," : "", cp, b);
+        else
+            p += sprintf(p, "%s\"\\u%04x\":%d", b ? "," : "", cp, b);
+    }
+    p += sprintf(p, ",\"\\u0120t\":256,\"he\":257},\"merges\":[\"\\u0120 t\",\"h e\"]}}");
+    char path[600];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(buf, f);
+    fclose(f);
+    free(buf);
+}
+
+static void test_greedy(void **state) {
+    (void)state;
+    const tiny c = {"llama", 64, 2, 4, 2, 16, 128, 259, 0, 0, 0, 0, KR_F32};
+    model_w m;
+    make_weights(&c, 3000, &m);
+    const char *dir = KR_TEST_DEMO_DIR; /* kept: ctest's generate_demo runs the CLI on it */
+    write_model(dir, &c, &m, NULL, NULL);
+    write_byte_tokenizer(dir);
+    kr_tokenizer *tok = NULL;
+    assert_int_equal(kr_tokenizer_load(ctx, dir, &tok), KR_OK);
+    int32_t ids[64];
+    int64_t n = 0;
+    assert_int_equal(kr_tokenizer_encode(ctx, tok, "the theory", 1, ids, 64, &n), KR_OK);
+    assert_int_equal(ids[0], 258); /* BOS from the post-processor */
+    kr_model *mod = NULL;
+    kr_model_options o = kr_model_options_default();
+    o.kv_dtype = KR_F32;
+    assert_int_equal(kr_model_load(ctx, dir, &o, &mod), KR_OK);
+    kr_sampler_params sp = kr_sampler_params_default();
+    sp.temperature = 0;
+    kr_sampler *s = NULL;
+    assert_int_equal(kr_sampler_create(ctx, &sp, &s), KR_OK);
+    /* 32 greedy tokens, against the argmax of the float64 forward over the whole prefix */
+    float *lg = malloc(sizeof(float) * (size_t)c.V);
+    double *want = malloc(sizeof(double) * (size_t)(64 * c.V));
+    assert_int_equal(kr_model_forward(ctx, mod, ids, n, lg, 0), KR_OK);
+    const int64_t n0 = n;
+    int mismatches = 0;
+    for (int i = 0; i < 32; i++) {
+        int32_t next;
+        assert_int_equal(kr_sampler_sample(ctx, s, lg, c.V, ids, n, &next), KR_OK);
+        oracle(&c, &m, ids, n, want);
+        int64_t best = 0;
+        for (int64_t v = 1; v < c.V; v++)
+            if (want[(n - 1) * c.V + v] > want[(n - 1) * c.V + best]) best = v;
+        mismatches += best != next;
+        ids[n++] = next;
+        assert_int_equal(kr_model_forward(ctx, mod, &next, 1, lg, 0), KR_OK);
+    }
+    printf("# greedy: 32 tokens after a %lld-token prompt, %d differ from the float64 argmax\n",
+           (long long)n0, mismatches);
+    assert_int_equal(mismatches, 0);
+    free(lg);
+    free(want);
+    kr_sampler_free(s);
+    kr_model_free(mod);
+    kr_tokenizer_free(tok);
+    free_weights(&m);
+}
+
 /* ---- sampler ------------------------------------------------------------------------------ */
 
 static int32_t sample(const kr_sampler_params *p, const float *lg, int64_t n, const int32_t *hist,
@@ -492,6 +575,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_forward),
         cmocka_unit_test(test_model_errors),
+        cmocka_unit_test(test_greedy),
         cmocka_unit_test(test_sampler),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -67,11 +67,12 @@ static const char *byte_level_dir(bool ignore_merges) {
     snprintf(dir, sizeof dir, "%s/bl%d", tmp, ignore_merges);
     mkdir(dir, 0755);
     char *buf = malloc(1 << 16), *p = buf;
-    p += sprintf(p, "{\"added_tokens\":[{\"id\":300,\"content\":\"<|end|>\",\"special\":true}],"
-                    "\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"ByteLevel\","
-                    "\"add_prefix_space\":false,\"use_regex\":true},"
-                    "\"post_processor\":null,\"model\":{\"type\":\"BPE\",\"ignore_merges\":%s,"
-                    "\"vocab\":{",
+    p += sprintf(p,
+                 "{\"added_tokens\":[{\"id\":300,\"content\":\"<|end|>\",\"special\":true}],"
+                 "\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"ByteLevel\","
+                 "\"add_prefix_space\":false,\"use_regex\":true},"
+                 "\"post_processor\":null,\"model\":{\"type\":\"BPE\",\"ignore_merges\":%s,"
+                 "\"vocab\":{",
                  ignore_merges ? "true" : "false");
     for (int b = 0; b < 256; b++) {
         p += sprintf(p, "%s\"", b ? "," : "");

@@ -87,6 +87,8 @@ KR_API void kr_model_free(kr_model *m);
 KR_API const kr_model_config *kr_model_get_config(const kr_model *m);
 /** Tokens already in the model's KV cache (the next token's position). */
 KR_API int64_t kr_model_position(const kr_model *m);
+/** Bytes the model's KV cache holds for the tokens in it. */
+KR_API size_t kr_model_kv_bytes(const kr_model *m);
 /** Empties the KV cache (a new sequence). */
 KR_API kr_status kr_model_reset(kr_context *ctx, kr_model *m);
 

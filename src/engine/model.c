@@ -58,6 +58,8 @@ int64_t kr_model_position(const kr_model *m) {
     return m ? kr_kv_cache_seq_len(m->cache, 0, 0) : -1;
 }
 
+size_t kr_model_kv_bytes(const kr_model *m) { return m ? kr_kv_cache_bytes_used(m->cache) : 0; }
+
 void kr_model_free(kr_model *m) {
     if (!m) return;
     for (int64_t i = 0; i < m->n_owned; i++) free(m->owned[i]);

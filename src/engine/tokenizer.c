@@ -217,8 +217,8 @@ kr_status kr_tokenizer_load(kr_context *ctx, const char *dir, kr_tokenizer **out
     const cJSON *mtype = model ? cJSON_GetObjectItemCaseSensitive(model, "type") : NULL;
     const cJSON *vocab = model ? cJSON_GetObjectItemCaseSensitive(model, "vocab") : NULL;
     const cJSON *merges = model ? cJSON_GetObjectItemCaseSensitive(model, "merges") : NULL;
-    if (!cJSON_IsString(mtype) || strcmp(mtype->valuestring, "BPE") != 0 || !cJSON_IsObject(vocab) ||
-        !cJSON_IsArray(merges)) {
+    if (!cJSON_IsString(mtype) || strcmp(mtype->valuestring, "BPE") != 0 ||
+        !cJSON_IsObject(vocab) || !cJSON_IsArray(merges)) {
         s = kr_fail(ctx, KR_ERR_UNSUPPORTED,
                     "tokenizer.json: model must be {\"type\": \"BPE\", \"vocab\": {...}, "
                     "\"merges\": [...]}");
@@ -238,7 +238,8 @@ kr_status kr_tokenizer_load(kr_context *ctx, const char *dir, kr_tokenizer **out
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
     cJSON_ArrayForEach(e, added) {
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
-        if (cJSON_IsNumber(id) && (int64_t)id->valuedouble > max_id) max_id = (int64_t)id->valuedouble;
+        if (cJSON_IsNumber(id) && (int64_t)id->valuedouble > max_id)
+            max_id = (int64_t)id->valuedouble;
     }
     t->n_vocab = max_id + 1;
     t->piece = calloc((size_t)(t->n_vocab > 0 ? t->n_vocab : 1), sizeof *t->piece);
@@ -328,7 +329,8 @@ kr_status kr_tokenizer_load(kr_context *ctx, const char *dir, kr_tokenizer **out
     const cJSON *ab = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "add_bos_token") : NULL;
     const cJSON *bt = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "bos_token") : NULL;
     const char *bos = cJSON_GetStringValue(bt);
-    if (!bos && cJSON_IsObject(bt)) bos = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(bt, "content"));
+    if (!bos && cJSON_IsObject(bt))
+        bos = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(bt, "content"));
     if (cJSON_IsTrue(ab) && bos) t->bos = (int32_t)lookup(&t->vocab, bos);
     const cJSON *pp = cJSON_GetObjectItemCaseSensitive(root, "post_processor");
     const cJSON *single = pp ? cJSON_GetObjectItemCaseSensitive(pp, "single") : NULL;
@@ -456,7 +458,10 @@ static kr_status encode_text(kr_context *ctx, const kr_tokenizer *t, const char 
                 if (ov[0] > pos) { /* an unmatched gap is a piece of its own */
                     b = pos, e = ov[0];
                 } else {
-                    b = ov[0], e = ov[1] > ov[0] ? ov[1] : ov[0] + utf8_len((const unsigned char *)s + ov[0], len - ov[0]);
+                    b = ov[0],
+                    e = ov[1] > ov[0]
+                            ? ov[1]
+                            : ov[0] + utf8_len((const unsigned char *)s + ov[0], len - ov[0]);
                 }
             }
         }
@@ -551,7 +556,11 @@ int64_t kr_tokenizer_decode(const kr_tokenizer *t, kr_detok *st, int32_t id, cha
     while (back < 4 && back < n && ((unsigned char)bytes[n - 1 - back] & 0xc0) == 0x80) back++;
     if (back < n) {
         const unsigned char lead = (unsigned char)bytes[n - 1 - back];
-        const size_t need = lead < 0x80 ? 1 : (lead >> 5) == 6 ? 2 : (lead >> 4) == 14 ? 3 : (lead >> 3) == 30 ? 4 : 1;
+        const size_t need = lead < 0x80         ? 1
+                            : (lead >> 5) == 6  ? 2
+                            : (lead >> 4) == 14 ? 3
+                            : (lead >> 3) == 30 ? 4
+                                                : 1;
         if (need > back + 1) keep = n - 1 - back;
     }
     if (keep + 1 > cap) return -1;

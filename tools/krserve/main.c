@@ -1,9 +1,11 @@
 /*
  * main.c — the `krserve` command line: `info` (what this build and machine
- * offer) and `bench` (bench_*.c), with `--version` and `--help`. Each sub-command is one function;
+ * offer), `bench` (bench_*.c), `generate` and `tokenize` (generate.c), with
+ * `--version` and `--help`. Each sub-command is one function;
  * main() only picks it.
  */
 #include "bench.h"
+#include "generate.h"
 
 #include <krserve/krserve.h>
 
@@ -24,6 +26,8 @@ static void usage(FILE *f) {
             "                  counters\n"
             "  bench [SUB...]  accelerated vs reference benchmarks: attention, decode, rope,\n"
             "                  kv-append (krserve bench --help)\n"
+            "  generate        text from a Hugging Face model directory (krserve generate --help)\n"
+            "  tokenize        --model DIR TEXT: token ids and pieces\n"
             "\n"
             "--config FILE     the YAML configuration (default: KRSERVE_CONFIG, ./krserve.yaml)\n"
             "\n"
@@ -266,6 +270,10 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(cmd, "info")) return cmd_info(argc - first - 1, argv + first + 1, config);
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - first - 1, argv + first + 1, config);
+    if (!strcmp(cmd, "generate"))
+        return kr_cmd_generate(argc - first - 1, argv + first + 1, config);
+    if (!strcmp(cmd, "tokenize"))
+        return kr_cmd_tokenize(argc - first - 1, argv + first + 1, config);
     fprintf(stderr, "krserve: unknown command '%s' (try --help)\n", cmd);
     return 2;
 }
