@@ -34,7 +34,9 @@ static void gen_usage(FILE *f) {
                "  --repeat-penalty R repetition penalty (default 1 = off)\n"
                "  --seed S           sampler seed (default 0)\n"
                "  --kv-dtype T       KV cache storage: f16 (default), bf16, f32, i8\n"
-               "  --ctx N            KV cache capacity in tokens (default min(model, 4096))\n");
+               "  --ctx N            KV cache capacity in tokens (default min(model, 4096))\n"
+               "  --stop STR         stop when the text generated so far ends with STR\n"
+               "                     (repeatable; eos ids from the model always stop)\n");
 }
 
 static bool parse_num(const char *s, double lo, double hi, double *out) {
@@ -59,6 +61,8 @@ static kr_context *open_ctx(const char *config) {
 
 int kr_cmd_generate(int argc, char **argv, const char *config) {
     const char *dir = NULL, *prompt = NULL;
+    const char *stops[16];
+    int n_stops = 0;
     double n_gen = 64, ctx_len = 0;
     kr_sampler_params sp = kr_sampler_params_default();
     sp.temperature = 0.8f;
@@ -71,22 +75,40 @@ int kr_cmd_generate(int argc, char **argv, const char *config) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             gen_usage(stdout);
             return 0;
-        } else if (!strcmp(a, "--model")) dir = v;
-        else if (!strcmp(a, "--prompt")) prompt = v;
-        else if (!strcmp(a, "-n")) ok = ok && parse_num(v, 0, 1e7, &n_gen);
-        else if (!strcmp(a, "--ctx")) ok = ok && parse_num(v, 1, 1e8, &ctx_len);
-        else if (!strcmp(a, "--temp")) ok = ok && parse_num(v, 0, 100, &x), sp.temperature = (float)x;
-        else if (!strcmp(a, "--top-k")) ok = ok && parse_num(v, 0, 1e9, &x), sp.top_k = (int32_t)x;
-        else if (!strcmp(a, "--top-p")) ok = ok && parse_num(v, 1e-9, 1, &x), sp.top_p = (float)x;
-        else if (!strcmp(a, "--min-p")) ok = ok && parse_num(v, 0, 0.999999, &x), sp.min_p = (float)x;
-        else if (!strcmp(a, "--repeat-penalty")) ok = ok && parse_num(v, 1e-3, 100, &x), sp.repetition_penalty = (float)x;
-        else if (!strcmp(a, "--seed")) ok = ok && parse_num(v, 0, 1.8e19, &x), sp.seed = (uint64_t)x;
+        } else if (!strcmp(a, "--model"))
+            dir = v;
+        else if (!strcmp(a, "--prompt"))
+            prompt = v;
+        else if (!strcmp(a, "--stop")) {
+            ok = ok && *v && n_stops < 16;
+            if (ok) stops[n_stops++] = v;
+        } else if (!strcmp(a, "-n"))
+            ok = ok && parse_num(v, 0, 1e7, &n_gen);
+        else if (!strcmp(a, "--ctx"))
+            ok = ok && parse_num(v, 1, 1e8, &ctx_len);
+        else if (!strcmp(a, "--temp"))
+            ok = ok && parse_num(v, 0, 100, &x), sp.temperature = (float)x;
+        else if (!strcmp(a, "--top-k"))
+            ok = ok && parse_num(v, 0, 1e9, &x), sp.top_k = (int32_t)x;
+        else if (!strcmp(a, "--top-p"))
+            ok = ok && parse_num(v, 1e-9, 1, &x), sp.top_p = (float)x;
+        else if (!strcmp(a, "--min-p"))
+            ok = ok && parse_num(v, 0, 0.999999, &x), sp.min_p = (float)x;
+        else if (!strcmp(a, "--repeat-penalty"))
+            ok = ok && parse_num(v, 1e-3, 100, &x), sp.repetition_penalty = (float)x;
+        else if (!strcmp(a, "--seed"))
+            ok = ok && parse_num(v, 0, 1.8e19, &x), sp.seed = (uint64_t)x;
         else if (!strcmp(a, "--kv-dtype")) {
-            if (ok && !strcmp(v, "f16")) mo.kv_dtype = KR_F16;
-            else if (ok && !strcmp(v, "bf16")) mo.kv_dtype = KR_BF16;
-            else if (ok && !strcmp(v, "f32")) mo.kv_dtype = KR_F32;
-            else if (ok && (!strcmp(v, "i8") || !strcmp(v, "int8"))) mo.kv_dtype = KR_I8;
-            else ok = false;
+            if (ok && !strcmp(v, "f16"))
+                mo.kv_dtype = KR_F16;
+            else if (ok && !strcmp(v, "bf16"))
+                mo.kv_dtype = KR_BF16;
+            else if (ok && !strcmp(v, "f32"))
+                mo.kv_dtype = KR_F32;
+            else if (ok && (!strcmp(v, "i8") || !strcmp(v, "int8")))
+                mo.kv_dtype = KR_I8;
+            else
+                ok = false;
         } else {
             fprintf(stderr, "krserve generate: unknown option '%s' (try --help)\n", a);
             return 2;
@@ -141,6 +163,8 @@ int kr_cmd_generate(int argc, char **argv, const char *config) {
     kr_detok dt = {0};
     int64_t n_out = 0;
     char text[4096];
+    char tail[256] = ""; /* the last bytes generated, for --stop */
+    size_t tail_len = 0;
     fputs(prompt, stdout);
     fflush(stdout);
     const double t1 = now_s();
@@ -159,6 +183,19 @@ int kr_cmd_generate(int argc, char **argv, const char *config) {
         if (w > 0) {
             fwrite(text, 1, (size_t)w, stdout);
             fflush(stdout);
+            for (int64_t i = 0; i < w; i++) { /* keep the last 255 bytes */
+                if (tail_len == sizeof tail - 1) memmove(tail, tail + 1, --tail_len);
+                tail[tail_len++] = text[i];
+            }
+            tail[tail_len] = '\0';
+            for (int k = 0; k < n_stops && !stop; k++) {
+                const size_t l = strlen(stops[k]);
+                stop = l <= tail_len && !memcmp(tail + tail_len - l, stops[k], l);
+            }
+            if (stop) {
+                n_out++;
+                break;
+            }
         }
         if (n_out + 1 < (int64_t)n_gen && kr_model_forward(ctx, m, &next, 1, logits, 0)) {
             fprintf(stderr, "\nkrserve generate: %s\n", kr_context_last_error(ctx));
