@@ -87,6 +87,14 @@ KR_API void kr_model_free(kr_model *m);
 KR_API const kr_model_config *kr_model_get_config(const kr_model *m);
 /** Tokens already in the model's KV cache (the next token's position). */
 KR_API int64_t kr_model_position(const kr_model *m);
+/** A model with the given configuration and random weights (normal, scaled
+ *  like an initialised model): for benchmarks and tests, no files needed. */
+KR_API kr_status kr_model_create_random(kr_context *ctx, const kr_model_config *c,
+                                        const kr_model_options *opts, uint64_t seed,
+                                        kr_model **out);
+/** The model's KV cache (layer l of the model is layer l of the cache), e.g.
+ *  to inspect it or to fill it for a benchmark; the model keeps owning it. */
+KR_API kr_kv_cache *kr_model_kv_cache(kr_model *m);
 /** Bytes the model's KV cache holds for the tokens in it. */
 KR_API size_t kr_model_kv_bytes(const kr_model *m);
 /** Empties the KV cache (a new sequence). */

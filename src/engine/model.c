@@ -178,6 +178,8 @@ static kr_status alloc_run(kr_context *ctx, kr_model *m) {
     return KR_OK;
 }
 
+static kr_status finish_load(kr_context *ctx, kr_model *m, const kr_model_options *opts);
+
 kr_status kr_model_load(kr_context *ctx, const char *dir, const kr_model_options *opts,
                         kr_model **out) {
     if (!ctx) return KR_ERR_INVALID_ARGUMENT;
@@ -196,17 +198,7 @@ kr_status kr_model_load(kr_context *ctx, const char *dir, const kr_model_options
                       : kr_fail(ctx, KR_ERR_OUT_OF_MEMORY, "kr_model_load: out of memory");
     }
     kr_weights_free(w);
-    if (!s) {
-        m->max_context = opts->max_context > 0                 ? opts->max_context
-                         : m->c.max_position_embeddings < 4096 ? m->c.max_position_embeddings
-                                                               : 4096;
-        m->chunk = 64;
-        kr_kv_cache_options ko = {
-            m->c.n_layers,  1, m->max_context, m->c.n_kv_heads, m->c.head_dim, opts->kv_dtype,
-            kr_device_cpu()};
-        s = kr_kv_cache_create(ctx, &ko, &m->cache);
-    }
-    if (!s) s = alloc_run(ctx, m);
+    if (!s) s = finish_load(ctx, m, opts);
     if (s) {
         kr_model_free(m);
         return s;
@@ -217,17 +209,115 @@ kr_status kr_model_load(kr_context *ctx, const char *dir, const kr_model_options
     return KR_OK;
 }
 
+kr_kv_cache *kr_model_kv_cache(kr_model *m) { return m ? m->cache : NULL; }
+
+/* The cache and run state of a model whose config and weights are set. */
+static kr_status finish_load(kr_context *ctx, kr_model *m, const kr_model_options *opts) {
+    openblas_set_num_threads(1); /* the engine threads its products itself (linear) */
+    m->max_context = opts->max_context > 0                 ? opts->max_context
+                     : m->c.max_position_embeddings < 4096 ? m->c.max_position_embeddings
+                                                           : 4096;
+    m->chunk = 64;
+    kr_kv_cache_options ko = {
+        m->c.n_layers,  1, m->max_context, m->c.n_kv_heads, m->c.head_dim, opts->kv_dtype,
+        kr_device_cpu()};
+    kr_status s = kr_kv_cache_create(ctx, &ko, &m->cache);
+    return s ? s : alloc_run(ctx, m);
+}
+
+/* A new owned f32 array of n normal values (Box-Muller over splitmix64). */
+static float *random_f32(kr_model *m, int64_t n, double sd, double mean, uint64_t *state) {
+    float *f = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    float **owned = realloc(m->owned, sizeof *owned * (size_t)(m->n_owned + 1));
+    if (owned) m->owned = owned;
+    if (!f || !owned) {
+        free(f);
+        return NULL;
+    }
+    m->owned[m->n_owned++] = f;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        const double u1 = ((double)(z >> 11) + 0.5) * 0x1.0p-53;
+        const double u2 = (double)((z >> 1) & 0xffff) / 65536.0;
+        f[i] = (float)(mean + sd * sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+    }
+    return f;
+}
+
+kr_status kr_model_create_random(kr_context *ctx, const kr_model_config *c,
+                                 const kr_model_options *opts, uint64_t seed, kr_model **out) {
+    static const char op[] = "kr_model_create_random";
+    if (!ctx) return KR_ERR_INVALID_ARGUMENT;
+    kr_clear_error(ctx);
+    if (!c || !out) return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT, "%s: NULL argument", op);
+    *out = NULL;
+    if (c->hidden_size < 1 || c->n_layers < 1 || c->n_heads < 1 || c->n_kv_heads < 1 ||
+        c->n_heads % c->n_kv_heads || c->head_dim < 2 || c->head_dim % 2 ||
+        c->intermediate_size < 1 || c->vocab_size < 1 || !(c->rms_norm_eps > 0))
+        return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT, "%s: inconsistent configuration", op);
+    const kr_model_options d = kr_model_options_default();
+    if (!opts) opts = &d;
+    kr_model *m = calloc(1, sizeof *m);
+    if (!m) return kr_fail(ctx, KR_ERR_OUT_OF_MEMORY, "%s: out of memory", op);
+    m->c = *c;
+    snprintf(m->id, sizeof m->id, "random");
+    const int64_t E = c->hidden_size, HD = c->n_heads * c->head_dim,
+                  KD = c->n_kv_heads * c->head_dim, F = c->intermediate_size, V = c->vocab_size;
+    uint64_t st = seed;
+    const double sd = 0.02;
+    bool ok = (m->layers = calloc((size_t)c->n_layers, sizeof *m->layers)) != NULL;
+    ok = ok && (m->embed = random_f32(m, V * E, sd, 0, &st)) &&
+         (m->norm = random_f32(m, E, 0, 1, &st));
+    if (ok) m->lm_head = c->tie_word_embeddings ? m->embed : random_f32(m, V * E, sd, 0, &st);
+    ok = ok && m->lm_head;
+    for (int64_t l = 0; ok && l < c->n_layers; l++) {
+        layer_w *ly = &m->layers[l];
+        ok = (ly->w_in = random_f32(m, E, 0, 1, &st)) &&
+             (ly->w_post = random_f32(m, E, 0, 1, &st)) &&
+             (ly->wq = random_f32(m, HD * E, sd, 0, &st)) &&
+             (ly->wk = random_f32(m, KD * E, sd, 0, &st)) &&
+             (ly->wv = random_f32(m, KD * E, sd, 0, &st)) &&
+             (ly->wo = random_f32(m, E * HD, sd, 0, &st)) &&
+             (ly->wg = random_f32(m, F * E, sd, 0, &st)) &&
+             (ly->wu = random_f32(m, F * E, sd, 0, &st)) &&
+             (ly->wd = random_f32(m, E * F, sd, 0, &st));
+        if (ok && c->qkv_bias)
+            ok = (ly->bq = random_f32(m, HD, sd, 0, &st)) &&
+                 (ly->bk = random_f32(m, KD, sd, 0, &st)) &&
+                 (ly->bv = random_f32(m, KD, sd, 0, &st));
+    }
+    kr_status s = ok ? finish_load(ctx, m, opts)
+                     : kr_fail(ctx, KR_ERR_OUT_OF_MEMORY, "%s: out of memory", op);
+    if (s) {
+        kr_model_free(m);
+        return s;
+    }
+    *out = m;
+    return KR_OK;
+}
+
 kr_status kr_model_reset(kr_context *ctx, kr_model *m) {
     if (!ctx) return KR_ERR_INVALID_ARGUMENT;
     if (!m) return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT, "kr_model_reset: model is NULL");
     return kr_kv_cache_reset(ctx, m->cache);
 }
 
-/* y[n][out] = x[n][in] W^T (+ b) */
+/* y[n][out] = x[n][in] W^T (+ b). The output columns are split over the
+ * context's OpenMP threads, each calling a single-threaded OpenBLAS sgemm:
+ * one thread pool for the whole engine (OpenBLAS's own pool spinning beside
+ * OpenMP's halved decode speed on 2 cores). */
 static void linear(const float *x, const float *W, const float *b, int64_t n, int64_t in,
-                   int64_t out, float *y) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)out, (int)in, 1.0f, x,
-                (int)in, W, (int)in, 0.0f, y, (int)out);
+                   int64_t out, float *y, int32_t n_threads) {
+    const int64_t per = ((out + n_threads - 1) / n_threads + 15) / 16 * 16;
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t j0 = 0; j0 < out; j0 += per) {
+        const int64_t cols = out - j0 < per ? out - j0 : per;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)cols, (int)in, 1.0f, x,
+                    (int)in, W + j0 * in, (int)in, 0.0f, y + j0, (int)out);
+    }
     if (b)
         for (int64_t i = 0; i < n; i++)
             for (int64_t j = 0; j < out; j++) y[i * out + j] += b[j];
@@ -257,13 +347,14 @@ static kr_status forward_chunk(kr_context *ctx, kr_model *m, const int32_t *toke
     kr_attention_params ap = kr_attention_params_default();
     ap.causal = 1;
     if (c->sliding_window > 0) ap.window_left = c->sliding_window - 1;
+    const int32_t nt = ctx->n_threads;
     kr_status s = kr_context_set_model(ctx, m->id);
     for (int64_t l = 0; l < c->n_layers && !s; l++) {
         const layer_w *ly = &m->layers[l];
         rmsnorm(m->x, ly->w_in, n, E, c->rms_norm_eps, m->h);
-        linear(m->h, ly->wq, ly->bq, n, E, HD, m->q);
-        linear(m->h, ly->wk, ly->bk, n, E, KD, m->k);
-        linear(m->h, ly->wv, ly->bv, n, E, KD, m->v);
+        linear(m->h, ly->wq, ly->bq, n, E, HD, m->q, nt);
+        linear(m->h, ly->wk, ly->bk, n, E, KD, m->k, nt);
+        linear(m->h, ly->wv, ly->bv, n, E, KD, m->v, nt);
         kr_tensor tq = kr_tensor_bshd(m->q, KR_F32, 1, n, H, D);
         kr_tensor tk = kr_tensor_bshd(m->k, KR_F32, 1, n, Hkv, D);
         kr_tensor tv = kr_tensor_bshd(m->v, KR_F32, 1, n, Hkv, D);
@@ -272,22 +363,22 @@ static kr_status forward_chunk(kr_context *ctx, kr_model *m, const int32_t *toke
         if (!s) s = kr_kv_cache_append(ctx, m->cache, l, &tk, &tv, NULL, m->pos, &c->rope);
         if (!s) s = kr_kv_cache_attention(ctx, m->cache, l, &tq, &ta, &ap);
         if (s) break;
-        linear(m->att, ly->wo, NULL, n, HD, E, m->h);
+        linear(m->att, ly->wo, NULL, n, HD, E, m->h, nt);
         for (int64_t i = 0; i < n * E; i++) m->x[i] += m->h[i];
         rmsnorm(m->x, ly->w_post, n, E, c->rms_norm_eps, m->h);
-        linear(m->h, ly->wg, NULL, n, E, F, m->g);
-        linear(m->h, ly->wu, NULL, n, E, F, m->u);
+        linear(m->h, ly->wg, NULL, n, E, F, m->g, nt);
+        linear(m->h, ly->wu, NULL, n, E, F, m->u, nt);
         for (int64_t i = 0; i < n * F; i++) {
             const float g = m->g[i];
             m->g[i] = g / (1.0f + expf(-g)) * m->u[i]; /* silu(g) * u */
         }
-        linear(m->g, ly->wd, NULL, n, F, E, m->h);
+        linear(m->g, ly->wd, NULL, n, F, E, m->h, nt);
         for (int64_t i = 0; i < n * E; i++) m->x[i] += m->h[i];
     }
     if (s || !logits) return s;
     const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
     rmsnorm(m->x + first * E, m->norm, rows, E, c->rms_norm_eps, m->h);
-    linear(m->h, m->lm_head, NULL, rows, E, V, logits);
+    linear(m->h, m->lm_head, NULL, rows, E, V, logits, nt);
     return KR_OK;
 }
 

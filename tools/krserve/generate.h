@@ -7,5 +7,7 @@
 
 int kr_cmd_generate(int argc, char **argv, const char *config);
 int kr_cmd_tokenize(int argc, char **argv, const char *config);
+/* `krserve bench generate` (bench_generate.c). */
+int kr_cmd_bench_generate(int argc, char **argv, const char *config);
 
 #endif /* KR_TOOLS_GENERATE_H */

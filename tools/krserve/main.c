@@ -216,6 +216,8 @@ static int cmd_info(int argc, char **argv, const char *config) {
 }
 
 static int cmd_bench(int argc, char **argv, const char *config) {
+    if (argc > 0 && !strcmp(argv[0], "generate"))
+        return kr_cmd_bench_generate(argc - 1, argv + 1, config);
     kb_options o;
     kb_options_default(&o);
     o.config = config;
