@@ -36,11 +36,13 @@ build: deps
 	cmake --build $(BUILD) -j $(JOBS)
 
 # The main job: what this machine offers, then the default benchmark
-# (accelerated vs reference, < 3 minutes on 2 cores) with its summary, JSON and plot.
+# (accelerated vs reference, < 3 minutes on 2 cores) with its summary, JSON and plot,
+# then the whole-model benchmark (a random-weight Llama-shaped model) at two depths.
 run: build
 	./$(BUILD)/krserve info
 	./$(BUILD)/krserve bench --json $(BUILD)/bench.json --plot $(BUILD)/bench.png
 	@echo "wrote $(BUILD)/bench.json and $(BUILD)/bench.png"
+	./$(BUILD)/krserve bench generate --depths 512,2048
 
 test: test-release test-asan
 

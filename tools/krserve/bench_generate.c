@@ -73,7 +73,8 @@ static kr_status measure(kr_context *ctx, kr_model *m, int64_t depth, int64_t n_
     if (!s) s = kr_model_forward(ctx, m, tok, n_pre, lg, 0);
     r->prefill = (double)n_pre / (now() - t0);
     t0 = now();
-    for (int64_t i = 0; i < n_dec && !s; i++) s = kr_model_forward(ctx, m, tok + i % n_pre, 1, lg, 0);
+    for (int64_t i = 0; i < n_dec && !s; i++)
+        s = kr_model_forward(ctx, m, tok + i % n_pre, 1, lg, 0);
     r->decode = (double)n_dec / (now() - t0);
     free(tok);
     free(lg);
@@ -118,8 +119,10 @@ int kr_cmd_bench_generate(int argc, char **argv, const char *config) {
             for (const char *p = v; *p && n_depths < 16;) {
                 const long long d = strtoll(p, &end, 10);
                 if (end == p || d < 0 || d > (1 << 24)) {
-                    fprintf(stderr, "krserve bench generate: --depths '%s' is not a list of "
-                                    "token counts\n", v);
+                    fprintf(stderr,
+                            "krserve bench generate: --depths '%s' is not a list of "
+                            "token counts\n",
+                            v);
                     return 2;
                 }
                 depths[n_depths++] = d;
@@ -133,13 +136,15 @@ int kr_cmd_bench_generate(int argc, char **argv, const char *config) {
         } else if (!strcmp(a, "--kv-dtype") && (!strcmp(v, "f16") || !strcmp(v, "i8"))) {
             kv = !strcmp(v, "i8") ? KR_I8 : KR_F16;
         } else {
-            fprintf(stderr, "krserve bench generate: bad option or value '%s %s' (try --help)\n", a, v);
+            fprintf(stderr, "krserve bench generate: bad option or value '%s %s' (try --help)\n", a,
+                    v);
             return 2;
         }
         i++;
     }
     int64_t max_depth = 0;
-    for (int64_t i = 0; i < n_depths; i++) max_depth = depths[i] > max_depth ? depths[i] : max_depth;
+    for (int64_t i = 0; i < n_depths; i++)
+        max_depth = depths[i] > max_depth ? depths[i] : max_depth;
     kr_context *acc = ctx_for(config, KR_UNSET), *ref = ctx_for(config, 0);
     kr_model *m = NULL;
     int rc = 1;
@@ -167,12 +172,13 @@ int kr_cmd_bench_generate(int argc, char **argv, const char *config) {
         }
     }
     const kr_model_config *mc = kr_model_get_config(m);
-    printf("krserve bench generate: %s, %lld layers, hidden %lld, %lld:%lld heads x %lld, ffn %lld, "
-           "vocab %lld%s; KV %s; prefill %lld tokens, decode %lld tokens at each depth\n",
-           mc->model_type, (long long)mc->n_layers, (long long)mc->hidden_size,
-           (long long)mc->n_heads, (long long)mc->n_kv_heads, (long long)mc->head_dim,
-           (long long)mc->intermediate_size, (long long)mc->vocab_size,
-           dir ? "" : " (random weights)", kr_dtype_name(kv), (long long)n_pre, (long long)n_dec);
+    printf(
+        "krserve bench generate: %s, %lld layers, hidden %lld, %lld:%lld heads x %lld, ffn %lld, "
+        "vocab %lld%s; KV %s; prefill %lld tokens, decode %lld tokens at each depth\n",
+        mc->model_type, (long long)mc->n_layers, (long long)mc->hidden_size, (long long)mc->n_heads,
+        (long long)mc->n_kv_heads, (long long)mc->head_dim, (long long)mc->intermediate_size,
+        (long long)mc->vocab_size, dir ? "" : " (random weights)", kr_dtype_name(kv),
+        (long long)n_pre, (long long)n_dec);
     printf("%8s | %14s %14s %8s | %14s %14s %8s\n", "depth", "prefill accel", "prefill ref",
            "speed-up", "decode accel", "decode ref", "speed-up");
     /* the reference's attention speed, from the smallest depth, scales its estimates */
@@ -195,7 +201,8 @@ int kr_cmd_bench_generate(int argc, char **argv, const char *config) {
                 goto done;
             }
             const double spent = now() - t0;
-            if (d > 0) ref_s_per_key = fmax(ref_s_per_key, spent / ((double)(n_pre + n_dec) * (double)d));
+            if (d > 0)
+                ref_s_per_key = fmax(ref_s_per_key, spent / ((double)(n_pre + n_dec) * (double)d));
         }
         char p_ref[32], d_ref[32], p_x[16], d_x[16];
         if (rr.prefill < 0) {
