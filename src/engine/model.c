@@ -137,10 +137,13 @@ static kr_status load_weights(kr_context *ctx, kr_model *m, const kr_weights *w)
             bool known = !strcmp(n, "model.embed_tokens.weight") ||
                          !strcmp(n, "model.norm.weight") ||
                          (!c->tie_word_embeddings && !strcmp(n, "lm_head.weight"));
-            long long l = -1;
-            int off = 0;
-            if (!known && sscanf(n, "model.layers.%lld.%n", &l, &off) == 1 && off > 0 && l >= 0 &&
-                l < c->n_layers) {
+            static const char prefix[] = "model.layers.";
+            char *dot = NULL;
+            const long long l = strncmp(n, prefix, sizeof prefix - 1)
+                                    ? -1
+                                    : strtoll(n + sizeof prefix - 1, &dot, 10);
+            const int off = dot && *dot == '.' ? (int)(dot + 1 - n) : 0;
+            if (!known && off > 0 && l >= 0 && l < c->n_layers) {
                 static const char *const parts[] = {
                     "input_layernorm.weight",  "post_attention_layernorm.weight",
                     "self_attn.q_proj.weight", "self_attn.k_proj.weight",

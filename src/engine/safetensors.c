@@ -208,10 +208,10 @@ static kr_status open_file(kr_context *ctx, kr_weights *w, const char *path) {
     if (s) return s;
     /* No two tensors of this file may share bytes. */
     const int64_t n = w->n - first;
-    st_tensor **by = malloc(sizeof *by * (size_t)(n > 0 ? n : 1));
+    st_tensor **by = malloc(sizeof(st_tensor *) * (size_t)(n > 0 ? n : 1));
     if (!by) return kr_fail(ctx, KR_ERR_OUT_OF_MEMORY, "%s: out of memory", file);
     for (int64_t i = 0; i < n; i++) by[i] = &w->t[first + i];
-    qsort(by, (size_t)n, sizeof *by, cmp_begin);
+    qsort(by, (size_t)n, sizeof(st_tensor *), cmp_begin);
     for (int64_t i = 1; i < n && !s; i++)
         if (by[i]->begin < by[i - 1]->end && by[i]->end > by[i]->begin)
             s = kr_fail(ctx, KR_ERR_FORMAT, "%s: tensors '%s' and '%s' overlap", file,
@@ -248,7 +248,7 @@ static kr_status open_index(kr_context *ctx, kr_weights *w, const char *dir, con
     cJSON *root = cJSON_Parse(text);
     free(text);
     const cJSON *map = root ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL;
-    if (!cJSON_IsObject(map)) {
+    if (!map || !cJSON_IsObject(map)) {
         cJSON_Delete(root);
         return kr_fail(ctx, KR_ERR_FORMAT, "%s: needs a \"weight_map\" object of name -> shard",
                        file);
@@ -269,7 +269,7 @@ static kr_status open_index(kr_context *ctx, kr_weights *w, const char *dir, con
             s = open_file(ctx, w, path);
         }
     }
-    if (!s) {
+    if (!s && w->n) {
         qsort(w->t, (size_t)w->n, sizeof *w->t, cmp_name);
         for (const cJSON *e = map->child; e && !s; e = e->next) {
             st_tensor key = {.name = e->string};
@@ -302,7 +302,7 @@ kr_status kr_weights_open(kr_context *ctx, const char *dir, kr_weights **out) {
     else
         s = kr_fail(ctx, KR_ERR_IO, "%s: no model.safetensors or model.safetensors.index.json",
                     dir);
-    if (!s) {
+    if (!s && w->n) {
         qsort(w->t, (size_t)w->n, sizeof *w->t, cmp_name);
         for (int64_t i = 1; i < w->n && !s; i++)
             if (!strcmp(w->t[i].name, w->t[i - 1].name))
@@ -330,7 +330,7 @@ kr_status kr_weights_get(kr_context *ctx, const kr_weights *w, const char *name,
     if (!w || !name || !out || n_expect < 0 || n_expect > 4 || (n_expect && !expect))
         return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT, "kr_weights_get: bad arguments");
     st_tensor key = {.name = (char *)name};
-    const st_tensor *t = bsearch(&key, w->t, (size_t)w->n, sizeof *w->t, cmp_name);
+    const st_tensor *t = w->n ? bsearch(&key, w->t, (size_t)w->n, sizeof *w->t, cmp_name) : NULL;
     if (!t) return kr_fail(ctx, KR_ERR_FORMAT, "weights: tensor '%s' is missing", name);
     const char *file = base_name(w->files[t->file].path);
     bool same = n_expect == 0 || n_expect == t->ndim;

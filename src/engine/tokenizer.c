@@ -168,7 +168,7 @@ static kr_status pre_tokenizer(kr_context *ctx, kr_tokenizer *t, const cJSON *pt
     if (!strcmp(ty, "Split")) {
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(pt, "pattern");
         const cJSON *rx = p ? cJSON_GetObjectItemCaseSensitive(p, "Regex") : NULL;
-        if (!cJSON_IsString(rx))
+        if (!rx || !cJSON_IsString(rx))
             return kr_fail(ctx, KR_ERR_UNSUPPORTED,
                            "tokenizer.json: a Split pre-tokenizer without a Regex pattern");
         pattern = rx->valuestring;
@@ -217,7 +217,7 @@ kr_status kr_tokenizer_load(kr_context *ctx, const char *dir, kr_tokenizer **out
     const cJSON *mtype = model ? cJSON_GetObjectItemCaseSensitive(model, "type") : NULL;
     const cJSON *vocab = model ? cJSON_GetObjectItemCaseSensitive(model, "vocab") : NULL;
     const cJSON *merges = model ? cJSON_GetObjectItemCaseSensitive(model, "merges") : NULL;
-    if (!cJSON_IsString(mtype) || strcmp(mtype->valuestring, "BPE") != 0 ||
+    if (!mtype || !cJSON_IsString(mtype) || strcmp(mtype->valuestring, "BPE") != 0 ||
         !cJSON_IsObject(vocab) || !cJSON_IsArray(merges)) {
         s = kr_fail(ctx, KR_ERR_UNSUPPORTED,
                     "tokenizer.json: model must be {\"type\": \"BPE\", \"vocab\": {...}, "
@@ -277,7 +277,7 @@ kr_status kr_tokenizer_load(kr_context *ctx, const char *dir, kr_tokenizer **out
             s = kr_fail(ctx, KR_ERR_OUT_OF_MEMORY, "tokenizer.json: out of memory");
             goto done;
         }
-        memcpy(key, a, la);
+        memcpy(key, a, la); /* NOLINT(bugprone-not-null-terminated-result): terminated below */
         key[la] = '\x01';
         memcpy(key + la + 1, b, lb + 1);
         t->rank_keys[t->n_ranks] = key;
@@ -433,12 +433,17 @@ static kr_status encode_text(kr_context *ctx, const kr_tokenizer *t, const char 
         char *m = malloc(len * 3 + 4);
         if (!m) return kr_fail(ctx, KR_ERR_OUT_OF_MEMORY, "tokenize: out of memory");
         size_t n = 0;
-        if (t->sp_prepend && at_start) memcpy(m, SP_SPACE, 3), n = 3;
-        for (size_t i = 0; i < len; i++)
-            if (s[i] == ' ')
-                memcpy(m + n, SP_SPACE, 3), n += 3;
-            else
+        /* m is a byte buffer with a length, not a C string */
+        if (t->sp_prepend && at_start)
+            memcpy(m, SP_SPACE, 3), n = 3; /* NOLINT(bugprone-not-null-terminated-result) */
+        for (size_t i = 0; i < len; i++) {
+            if (s[i] != ' ') {
                 m[n++] = s[i];
+                continue;
+            }
+            memcpy(m + n, SP_SPACE, 3); /* NOLINT(bugprone-not-null-terminated-result) */
+            n += 3;
+        }
         kr_status st = bpe(ctx, t, m, n, o);
         free(m);
         return st;
@@ -528,7 +533,7 @@ int64_t kr_tokenizer_decode(const kr_tokenizer *t, kr_detok *st, int32_t id, cha
     if (special || (!t->byte_level && pl == 6 && !strncmp(p, "<0x", 3) && p[5] == '>')) {
         if (special) {
             if (n + pl > sizeof bytes) return -1;
-            memcpy(bytes + n, p, pl), n += pl;
+            memcpy(bytes + n, p, pl), n += pl; /* NOLINT(bugprone-not-null-terminated-result) */
         } else {
             bytes[n++] = (char)strtol(p + 3, NULL, 16);
         }

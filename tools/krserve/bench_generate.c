@@ -128,9 +128,19 @@ int kr_cmd_bench_generate(int argc, char **argv, const char *config) {
                 depths[n_depths++] = d;
                 p = *end == ',' ? end + 1 : end;
             }
-        } else if (!strcmp(a, "--prefill") && (n_pre = strtoll(v, &end, 10)) > 0 && !*end) {
-        } else if (!strcmp(a, "--decode") && (n_dec = strtoll(v, &end, 10)) > 0 && !*end) {
-        } else if (!strcmp(a, "--ref-budget") && (ref_budget = strtod(v, &end)) >= 0 && !*end) {
+        } else if (!strcmp(a, "--prefill") || !strcmp(a, "--decode") ||
+                   !strcmp(a, "--ref-budget")) {
+            const double x = strtod(v, &end);
+            if (end == v || *end || !(x >= (a[2] == 'r' ? 0 : 1)) || x > 1e7) {
+                fprintf(stderr, "krserve bench generate: %s '%s' is out of range\n", a, v);
+                return 2;
+            }
+            if (a[2] == 'p')
+                n_pre = (int64_t)x;
+            else if (a[2] == 'd')
+                n_dec = (int64_t)x;
+            else
+                ref_budget = x;
         } else if (!strcmp(a, "--model")) {
             dir = v;
         } else if (!strcmp(a, "--kv-dtype") && (!strcmp(v, "f16") || !strcmp(v, "i8"))) {
