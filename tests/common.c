@@ -197,3 +197,23 @@ int kt_teardown_context(void **state) {
     kr_context_free(*state);
     return 0;
 }
+
+int kt_tmpdir(const char *stem, char *dir) {
+    snprintf(dir, 256, "/tmp/%s_XXXXXX", stem);
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+int kt_tmpdir_remove(const char *dir) {
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+void kt_write_text(const char *dir, const char *name, const char *text) {
+    char path[700];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    if (!f) fail_msg("cannot write %s", path);
+    fputs(text, f);
+    fclose(f);
+}

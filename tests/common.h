@@ -75,4 +75,12 @@ kr_context *kt_context(void);
 int kt_setup_context(void **state);
 int kt_teardown_context(void **state);
 
+/* ---- files ------------------------------------------------------------- */
+/* A fresh directory /tmp/<stem>_XXXXXX into dir (256 bytes); 0 on success. */
+int kt_tmpdir(const char *stem, char *dir);
+/* Removes a directory made by kt_tmpdir with everything in it; 0 on success. */
+int kt_tmpdir_remove(const char *dir);
+/* Writes text to dir/name (fails the test if it cannot). */
+void kt_write_text(const char *dir, const char *name, const char *text);
+
 #endif /* KR_TESTS_COMMON_H */

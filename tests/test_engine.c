@@ -23,8 +23,7 @@ static kr_context *ctx, *ctx_ref; /* default backends; reference only */
 
 static int setup(void **state) {
     (void)state;
-    snprintf(tmp, sizeof tmp, "/tmp/kr_engine_XXXXXX");
-    if (!mkdtemp(tmp)) return -1;
+    if (kt_tmpdir("kr_engine", tmp)) return -1;
     ctx = kt_context();
     kr_context_options o = kr_context_options_default();
     o.acceleration = 0;
@@ -34,9 +33,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     (void)state;
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    if (system(cmd) != 0) return -1;
+    if (kt_tmpdir_remove(tmp)) return -1;
     kr_context_free(ctx);
     kr_context_free(ctx_ref);
     return 0;

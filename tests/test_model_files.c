@@ -18,17 +18,14 @@ static kr_context *ctx;
 
 static int setup(void **state) {
     (void)state;
-    snprintf(tmp, sizeof tmp, "/tmp/kr_model_XXXXXX");
-    if (!mkdtemp(tmp)) return -1;
+    if (kt_tmpdir("kr_model", tmp)) return -1;
     ctx = kt_context();
     return 0;
 }
 
 static int teardown(void **state) {
     (void)state;
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    if (system(cmd) != 0) return -1;
+    if (kt_tmpdir_remove(tmp)) return -1;
     kr_context_free(ctx);
     return 0;
 }
@@ -48,10 +45,6 @@ static void write_file(const char *dir, const char *name, const void *data, size
     assert_non_null(f);
     assert_int_equal(fwrite(data, 1, n, f), n);
     fclose(f);
-}
-
-static void write_text(const char *dir, const char *name, const char *text) {
-    write_file(dir, name, text, strlen(text));
 }
 
 /* A safetensors file with `header` and `data_bytes` bytes of data (value i & 0xff). */
@@ -172,9 +165,9 @@ static void test_shards(void **state) {
              "{\"x\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[0,4]}}", 4, -1);
     write_st(dir, "model-00002-of-00002.safetensors",
              "{\"y\":{\"dtype\":\"F32\",\"shape\":[1,2],\"data_offsets\":[0,8]}}", 8, -1);
-    write_text(dir, "model.safetensors.index.json",
-               "{\"metadata\":{},\"weight_map\":{\"x\":\"model-00001-of-00002.safetensors\","
-               "\"y\":\"model-00002-of-00002.safetensors\"}}");
+    kt_write_text(dir, "model.safetensors.index.json",
+                  "{\"metadata\":{},\"weight_map\":{\"x\":\"model-00001-of-00002.safetensors\","
+                  "\"y\":\"model-00002-of-00002.safetensors\"}}");
     kr_weights *w = NULL;
     assert_int_equal(kr_weights_open(ctx, dir, &w), KR_OK);
     assert_int_equal(kr_weights_count(w), 2);
@@ -183,15 +176,15 @@ static void test_shards(void **state) {
     assert_int_equal(t.dtype, KR_F32);
     kr_weights_free(w);
     /* the index names a tensor its shard lacks; a shard that is missing */
-    write_text(dir, "model.safetensors.index.json",
-               "{\"weight_map\":{\"x\":\"model-00002-of-00002.safetensors\"}}");
+    kt_write_text(dir, "model.safetensors.index.json",
+                  "{\"weight_map\":{\"x\":\"model-00002-of-00002.safetensors\"}}");
     assert_int_equal(kr_weights_open(ctx, dir, &w), KR_ERR_FORMAT);
     assert_non_null(strstr(kr_context_last_error(ctx), "'x' is mapped to"));
-    write_text(dir, "model.safetensors.index.json",
-               "{\"weight_map\":{\"x\":\"model-00003-of-00002.safetensors\"}}");
+    kt_write_text(dir, "model.safetensors.index.json",
+                  "{\"weight_map\":{\"x\":\"model-00003-of-00002.safetensors\"}}");
     assert_int_equal(kr_weights_open(ctx, dir, &w), KR_ERR_IO);
     assert_non_null(strstr(kr_context_last_error(ctx), "model-00003-of-00002.safetensors"));
-    write_text(dir, "model.safetensors.index.json", "{\"weight_map\":[]}");
+    kt_write_text(dir, "model.safetensors.index.json", "{\"weight_map\":[]}");
     assert_int_equal(kr_weights_open(ctx, dir, &w), KR_ERR_FORMAT);
     assert_non_null(strstr(kr_context_last_error(ctx), "weight_map"));
 }
@@ -208,7 +201,7 @@ static const char *LLAMA3 =
 static void test_config(void **state) {
     (void)state;
     const char *dir = fresh_dir("llama3");
-    write_text(dir, "config.json", LLAMA3);
+    kt_write_text(dir, "config.json", LLAMA3);
     kr_model_config c;
     assert_int_equal(kr_model_config_load(ctx, dir, &c), KR_OK);
     assert_int_equal(c.arch, KR_ARCH_LLAMA);
@@ -223,19 +216,19 @@ static void test_config(void **state) {
     assert_int_equal(c.eos_token_ids[1], 3);
     assert_int_equal(c.torch_dtype, KR_BF16);
     /* generation_config.json overrides bos/eos */
-    write_text(dir, "generation_config.json", "{\"bos_token_id\":7,\"eos_token_id\":9}");
+    kt_write_text(dir, "generation_config.json", "{\"bos_token_id\":7,\"eos_token_id\":9}");
     assert_int_equal(kr_model_config_load(ctx, dir, &c), KR_OK);
     assert_int_equal(c.bos_token_id, 7);
     assert_int_equal(c.n_eos, 1);
     assert_int_equal(c.eos_token_ids[0], 9);
     /* Qwen2: biases; a window only with use_sliding_window; yarn factor derived */
     const char *q = fresh_dir("qwen2");
-    write_text(q, "config.json",
-               "{\"model_type\":\"qwen2\",\"hidden_size\":32,\"num_hidden_layers\":1,"
-               "\"num_attention_heads\":2,\"intermediate_size\":64,\"vocab_size\":100,"
-               "\"max_position_embeddings\":32768,\"sliding_window\":4096,"
-               "\"use_sliding_window\":false,\"rope_scaling\":{\"type\":\"yarn\","
-               "\"original_max_position_embeddings\":4096}}");
+    kt_write_text(q, "config.json",
+                  "{\"model_type\":\"qwen2\",\"hidden_size\":32,\"num_hidden_layers\":1,"
+                  "\"num_attention_heads\":2,\"intermediate_size\":64,\"vocab_size\":100,"
+                  "\"max_position_embeddings\":32768,\"sliding_window\":4096,"
+                  "\"use_sliding_window\":false,\"rope_scaling\":{\"type\":\"yarn\","
+                  "\"original_max_position_embeddings\":4096}}");
     assert_int_equal(kr_model_config_load(ctx, q, &c), KR_OK);
     assert_int_equal(c.arch, KR_ARCH_QWEN2);
     assert_int_equal(c.qkv_bias, 1);
@@ -244,10 +237,10 @@ static void test_config(void **state) {
     assert_true(c.rope.scaling == KR_ROPE_SCALING_YARN && c.rope.factor == 8.0);
     /* Mistral's window */
     const char *m = fresh_dir("mistral");
-    write_text(m, "config.json",
-               "{\"model_type\":\"mistral\",\"hidden_size\":32,\"num_hidden_layers\":1,"
-               "\"num_attention_heads\":4,\"num_key_value_heads\":1,\"intermediate_size\":64,"
-               "\"vocab_size\":100,\"sliding_window\":4096,\"rope_scaling\":null}");
+    kt_write_text(m, "config.json",
+                  "{\"model_type\":\"mistral\",\"hidden_size\":32,\"num_hidden_layers\":1,"
+                  "\"num_attention_heads\":4,\"num_key_value_heads\":1,\"intermediate_size\":64,"
+                  "\"vocab_size\":100,\"sliding_window\":4096,\"rope_scaling\":null}");
     assert_int_equal(kr_model_config_load(ctx, m, &c), KR_OK);
     assert_int_equal(c.sliding_window, 4096);
     assert_int_equal(c.rope.scaling, KR_ROPE_SCALING_NONE);
@@ -285,7 +278,7 @@ static void test_config_bad(void **state) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *dir = fresh_dir(cases[i].name);
-        write_text(dir, "config.json", cases[i].json);
+        kt_write_text(dir, "config.json", cases[i].json);
         kr_model_config c;
         const kr_status s = kr_model_config_load(ctx, dir, &c);
         printf("# config %-8s -> %s: %s\n", cases[i].name, kr_status_name(s),

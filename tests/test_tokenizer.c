@@ -18,28 +18,16 @@ static kr_context *ctx;
 
 static int setup(void **state) {
     (void)state;
-    snprintf(tmp, sizeof tmp, "/tmp/kr_tok_XXXXXX");
-    if (!mkdtemp(tmp)) return -1;
+    if (kt_tmpdir("kr_tok", tmp)) return -1;
     ctx = kt_context();
     return 0;
 }
 
 static int teardown(void **state) {
     (void)state;
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    if (system(cmd) != 0) return -1;
+    if (kt_tmpdir_remove(tmp)) return -1;
     kr_context_free(ctx);
     return 0;
-}
-
-static void write_text(const char *dir, const char *name, const char *text) {
-    char path[600];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
 }
 
 /* GPT-2's byte -> code point map, to write the byte-level vocabulary. */
@@ -82,7 +70,7 @@ static const char *byte_level_dir(bool ignore_merges) {
     /* 256 Ġt, 257 he, 258 Ġthe, 259 Ġthere (reachable only whole) */
     p += sprintf(p, ",\"\\u0120t\":256,\"he\":257,\"\\u0120the\":258,\"\\u0120there\":259},"
                     "\"merges\":[\"\\u0120 t\",\"h e\",\"\\u0120t he\"]}}");
-    write_text(dir, "tokenizer.json", buf);
+    kt_write_text(dir, "tokenizer.json", buf);
     free(buf);
     return dir;
 }
@@ -165,9 +153,9 @@ static void test_sentencepiece(void **state) {
                     "\"\\u2581he\":264,\"ll\":265,\"llo\":266},"
                     "\"merges\":[[\"\\u2581\",\"h\"],[\"\\u2581h\",\"e\"],[\"l\",\"l\"],"
                     "[\"ll\",\"o\"]]}}");
-    write_text(dir, "tokenizer.json", buf);
+    kt_write_text(dir, "tokenizer.json", buf);
     free(buf);
-    write_text(dir, "tokenizer_config.json", "{\"add_bos_token\":true,\"bos_token\":\"<s>\"}");
+    kt_write_text(dir, "tokenizer_config.json", "{\"add_bos_token\":true,\"bos_token\":\"<s>\"}");
     kr_tokenizer *t = NULL;
     assert_int_equal(kr_tokenizer_load(ctx, dir, &t), KR_OK);
     int32_t ids[64];
@@ -210,7 +198,7 @@ static void test_bad_tokenizers(void **state) {
         char dir[400];
         snprintf(dir, sizeof dir, "%s/bad_%s", tmp, cases[i].name);
         mkdir(dir, 0755);
-        write_text(dir, "tokenizer.json", cases[i].json);
+        kt_write_text(dir, "tokenizer.json", cases[i].json);
         kr_tokenizer *t = NULL;
         const kr_status s = kr_tokenizer_load(ctx, dir, &t);
         printf("# tokenizer %-8s -> %s: %s\n", cases[i].name, kr_status_name(s),
