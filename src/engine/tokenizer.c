@@ -324,20 +324,24 @@ kr_status kr_tokenizer_load(kr_context *ctx, const char *dir, kr_tokenizer **out
     if (s) goto done;
     const char *unk = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(model, "unk_token"));
     if (unk) t->unk = (int32_t)lookup(&t->vocab, unk);
-    /* BOS: tokenizer_config.json's add_bos_token + bos_token, else a
-     * TemplateProcessing post-processor that starts with a special token */
+    /* BOS: a TemplateProcessing post-processor that starts with a special
+     * token is what transformers' fast tokenizers apply; without one,
+     * tokenizer_config.json's add_bos_token + bos_token. */
+    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(root, "post_processor");
+    const cJSON *single = pp ? cJSON_GetObjectItemCaseSensitive(pp, "single") : NULL;
+    const cJSON *first = single ? cJSON_GetArrayItem(single, 0) : NULL;
+    const cJSON *spt = first ? cJSON_GetObjectItemCaseSensitive(first, "SpecialToken") : NULL;
+    const char *spid =
+        spt ? cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(spt, "id")) : NULL;
     const cJSON *ab = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "add_bos_token") : NULL;
     const cJSON *bt = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "bos_token") : NULL;
     const char *bos = cJSON_GetStringValue(bt);
     if (!bos && cJSON_IsObject(bt))
         bos = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(bt, "content"));
-    if (cJSON_IsTrue(ab) && bos) t->bos = (int32_t)lookup(&t->vocab, bos);
-    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(root, "post_processor");
-    const cJSON *single = pp ? cJSON_GetObjectItemCaseSensitive(pp, "single") : NULL;
-    const cJSON *first = cJSON_GetArrayItem(single, 0);
-    const cJSON *sp = first ? cJSON_GetObjectItemCaseSensitive(first, "SpecialToken") : NULL;
-    const char *spid = sp ? cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(sp, "id")) : NULL;
-    if (!ab && spid) t->bos = (int32_t)lookup(&t->vocab, spid);
+    if (spid)
+        t->bos = (int32_t)lookup(&t->vocab, spid);
+    else if (cJSON_IsTrue(ab) && bos)
+        t->bos = (int32_t)lookup(&t->vocab, bos);
 done:
     cJSON_Delete(root);
     cJSON_Delete(cfg);

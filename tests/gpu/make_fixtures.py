@@ -80,10 +80,11 @@ def sentencepiece_tokenizer(vocab_size=600):
                                   special_tokens=["<unk>", "<s>", "</s>"] + byte_tokens,
                                   show_progress=False)
     tok.train_from_iterator(corpus(), trainer)
-    t = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                unk_token="<unk>")
-    t.add_bos_token = True
-    return t
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                       special_tokens=[("<s>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
 
 
 def save(name, model, tokenizer, out):
