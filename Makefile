@@ -37,12 +37,14 @@ build: deps
 
 # The main job: what this machine offers, then the default benchmark
 # (accelerated vs reference, < 3 minutes on 2 cores) with its summary, JSON and plot,
-# then the whole-model benchmark (a random-weight Llama-shaped model) at two depths.
+# then the whole-model benchmark (a random-weight Llama-shaped model) at two depths,
+# then a greedy generation with the tiny random-weight Llama fixture (tests/fixtures/llama).
 run: build
 	./$(BUILD)/krserve info
 	./$(BUILD)/krserve bench --json $(BUILD)/bench.json --plot $(BUILD)/bench.png
 	@echo "wrote $(BUILD)/bench.json and $(BUILD)/bench.png"
 	./$(BUILD)/krserve bench generate --depths 512,2048
+	./$(BUILD)/krserve generate --model tests/fixtures/llama --prompt "The quick brown fox" -n 32 --temp 0
 
 test: test-release test-asan
 

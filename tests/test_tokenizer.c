@@ -121,6 +121,13 @@ static void test_byte_level(void **state) {
     assert_int_equal(kr_tokenizer_decode(t, &st, ids[0], out, sizeof out), 0);
     assert_int_equal(kr_tokenizer_decode(t, &st, ids[1], out, sizeof out), 2);
     assert_string_equal(out, "\xc3\xa9");
+    /* bytes that cannot be UTF-8 come out as U+FFFD each: a lead byte followed by a
+     * non-continuation, a stray continuation, an overlong 0xc1 lead */
+    const int32_t bad[] = {0xc3, 'a', 0x80, 0xc1, 0xbf, 'b'};
+    dec_all(t, bad, 6, out, sizeof out);
+    assert_string_equal(out, "\xef\xbf\xbd"
+                             "a\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"
+                             "b");
     /* " there": no merge reaches Ġthere ... */
     n = enc(t, " there", 0, ids);
     assert_int_equal(n, 3); /* Ġthe r e */

@@ -207,9 +207,19 @@ kr_status kr_model_config_load(kr_context *ctx, const char *dir, kr_model_config
     s = get_num(ctx, root, "config.json", "rope_theta", 10000.0, &c->rope.theta);
     if (!s && !(c->rope.theta > 0))
         s = kr_fail(ctx, KR_ERR_FORMAT, "config.json: \"rope_theta\" must be positive");
-    if (!s)
-        s = rope_scaling(ctx, cJSON_GetObjectItemCaseSensitive(root, "rope_scaling"),
-                         c->max_position_embeddings, &c->rope);
+    /* transformers 5 writes "rope_parameters" (rope_type, rope_theta and the scaling
+     * fields in one object) where earlier versions wrote rope_theta + rope_scaling. */
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    if (!s && cJSON_IsObject(rp)) {
+        if (!rs || cJSON_IsNull(rs)) rs = rp;
+        if (cJSON_GetObjectItemCaseSensitive(rp, "rope_theta"))
+            s = get_num(ctx, rp, "config.json", "rope_theta", 10000.0, &c->rope.theta);
+        if (!s && !(c->rope.theta > 0))
+            s = kr_fail(ctx, KR_ERR_FORMAT,
+                        "config.json: rope_parameters \"rope_theta\" must be positive");
+    }
+    if (!s) s = rope_scaling(ctx, rs, c->max_position_embeddings, &c->rope);
     if (s) goto done;
     const cJSON *tie = cJSON_GetObjectItemCaseSensitive(root, "tie_word_embeddings");
     c->tie_word_embeddings = cJSON_IsTrue(tie);

@@ -18,6 +18,7 @@
 #include "../core/internal.h"
 
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <errno.h>
 #include <search.h>
 #include <stdio.h>
@@ -85,6 +86,31 @@ static size_t put_utf8(char *o, uint32_t cp) {
 static size_t utf8_len(const unsigned char *s, size_t left) {
     size_t n = *s < 0x80 ? 1 : (*s >> 5) == 6 ? 2 : (*s >> 4) == 14 ? 3 : (*s >> 3) == 30 ? 4 : 1;
     return n <= left ? n : 1;
+}
+
+/* Length of the well-formed UTF-8 sequence at s (RFC 3629: no overlongs, no surrogates,
+ * nothing above U+10FFFF), or 0 where the byte at s does not start one. */
+static size_t utf8_valid(const unsigned char *s, size_t avail) {
+    const unsigned char c = s[0];
+    if (c < 0x80) return 1;
+    size_t l;
+    unsigned char lo = 0x80, hi = 0xbf;
+    if (c >= 0xc2 && c <= 0xdf)
+        l = 2;
+    else if (c >= 0xe0 && c <= 0xef) {
+        l = 3;
+        if (c == 0xe0) lo = 0xa0;
+        if (c == 0xed) hi = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        l = 4;
+        if (c == 0xf0) lo = 0x90;
+        if (c == 0xf4) hi = 0x8f;
+    } else
+        return 0;
+    if (avail < l || s[1] < lo || s[1] > hi) return 0;
+    for (size_t k = 2; k < l; k++)
+        if ((s[k] & 0xc0) != 0x80) return 0;
+    return l;
 }
 
 static int64_t lookup(struct hsearch_data *h, const char *key) {
@@ -534,13 +560,15 @@ int64_t kr_tokenizer_decode(const kr_tokenizer *t, kr_detok *st, int32_t id, cha
     bool special = false;
     for (int32_t a = 0; a < t->n_added; a++) special |= t->added[a].id == id;
     const size_t pl = strlen(p);
-    if (special || (!t->byte_level && pl == 6 && !strncmp(p, "<0x", 3) && p[5] == '>')) {
-        if (special) {
-            if (n + pl > sizeof bytes) return -1;
-            memcpy(bytes + n, p, pl), n += pl; /* NOLINT(bugprone-not-null-terminated-result) */
-        } else {
-            bytes[n++] = (char)strtol(p + 3, NULL, 16);
-        }
+    /* <0xNN> is a byte wherever it comes from (the vocabulary or an added token), as
+     * tokenizers' ByteFallback decoder has it; other added tokens are their text. */
+    const bool byte_tok = t->byte_fallback && pl == 6 && !strncmp(p, "<0x", 3) && p[5] == '>' &&
+                          isxdigit((unsigned char)p[3]) && isxdigit((unsigned char)p[4]);
+    if (byte_tok) {
+        bytes[n++] = (char)strtol(p + 3, NULL, 16);
+    } else if (special) {
+        if (n + pl > sizeof bytes) return -1;
+        memcpy(bytes + n, p, pl), n += pl; /* NOLINT(bugprone-not-null-terminated-result) */
     } else {
         for (size_t i = 0; i < pl && n + 4 < sizeof bytes;) {
             const size_t l = utf8_len((const unsigned char *)p + i, pl - i);
@@ -572,10 +600,20 @@ int64_t kr_tokenizer_decode(const kr_tokenizer *t, kr_detok *st, int32_t id, cha
                                                 : 1;
         if (need > back + 1) keep = n - 1 - back;
     }
-    if (keep + 1 > cap) return -1;
-    memcpy(out, bytes, keep);
-    out[keep] = '\0';
+    /* bytes that are not well-formed UTF-8 (a stray continuation byte, an overlong or
+     * cut-short sequence) come out as U+FFFD, as tokenizers' decoders write them */
+    size_t w = 0;
+    for (size_t i = 0; i < keep;) {
+        const size_t l = utf8_valid((const unsigned char *)bytes + i, keep - i);
+        if (w + (l ? l : 3) + 1 > cap) return -1;
+        if (l) {
+            memcpy(out + w, bytes + i, l), w += l, i += l;
+        } else {
+            memcpy(out + w, "\xef\xbf\xbd", 3), w += 3, i++;
+        }
+    }
+    out[w] = '\0';
     st->n_pending = (int32_t)(n - keep);
     memcpy(st->pending, bytes + keep, n - keep);
-    return (int64_t)keep;
+    return (int64_t)w;
 }

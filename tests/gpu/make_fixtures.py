@@ -18,8 +18,6 @@ reads these directories (tests/fixtures) and checks logits within 1e-4, identica
 identical tokenisations, on ref and on every accelerated backend.
 
 Usage: make_fixtures.py OUT        (then copy OUT/* to tests/fixtures/)
-Status: written 2026-11-26 without a run (no GPU time left that session); run it and commit
-its output.
 """
 import json
 import os
@@ -28,8 +26,11 @@ import sys
 import torch
 from tokenizers import (Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors,
                         trainers)
+import transformers
 from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
                           PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM)
+
+TF_MAJOR = int(transformers.__version__.split(".")[0])
 
 TEXTS = [
     "Hello world! The quick brown fox jumps over the lazy dog.",
@@ -40,7 +41,9 @@ TEXTS = [
     "emoji: 🙂 👍🏽 🇫🇷 👨‍👩‍👧 and symbols ∑ ∫ √ ≠ ≤",
     "code: def f(x):\n    return x ** 2  # square\n",
 ]
-PROMPTS = ["The quick brown fox", "café 日本 🙂 123", "def f(x):\n    return"]
+PROMPTS = ["The quick brown fox", "café 日本 🙂 123", "def f(x):\n    return",
+           # longer than the Mistral fixture's sliding window of 8
+           "Hello world! The quick brown fox jumps over the lazy dog, twice: 1,000,000 times."]
 GREEDY = 32
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
                 r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -87,7 +90,20 @@ def sentencepiece_tokenizer(vocab_size=600):
                                    unk_token="<unk>")
 
 
+def perturb(model):
+    """Random biases and norm weights: transformers initialises them to 0 and 1, which would
+    let a loader that drops them pass."""
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith(".bias"):
+                p.normal_(0.0, 0.1)
+            elif "norm" in n:
+                p.uniform_(0.5, 1.5)
+    return model
+
+
 def save(name, model, tokenizer, out):
+    perturb(model)
     d = os.path.join(out, name)
     os.makedirs(d, exist_ok=True)
     model.save_pretrained(d, safe_serialization=True)
@@ -98,8 +114,16 @@ def save(name, model, tokenizer, out):
         ids = tokenizer(p)["input_ids"]
         with torch.no_grad():
             logits = model(torch.tensor([ids])).logits[0].float()
-            gen = model.generate(torch.tensor([ids]), max_new_tokens=GREEDY, do_sample=False,
-                                 min_new_tokens=GREEDY, pad_token_id=0)[0][len(ids):]
+            # an explicit attention mask: with pad_token_id equal to BOS, generate would
+            # otherwise infer one that masks the BOS position out
+            gen = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids),
+                                                                               dtype=torch.long),
+                                 max_new_tokens=GREEDY, do_sample=False, min_new_tokens=GREEDY,
+                                 pad_token_id=tokenizer.eos_token_id)[0][len(ids):]
+            # the first greedy id must be the forward pass's argmax (eos masked)
+            last = logits[-1].clone()
+            last[tokenizer.eos_token_id] = -float("inf")
+            assert int(last.argmax()) == int(gen[0]), (name, p, int(last.argmax()), int(gen[0]))
         ref["prompts"].append({"text": p, "ids": ids, "logits": logits.tolist(),
                                "greedy": gen.tolist()})
     for t in TEXTS:
@@ -109,28 +133,42 @@ def save(name, model, tokenizer, out):
     print(name, "vocab", len(tokenizer), "->", d)
 
 
+def rope(theta, scaling=None):
+    """rope_theta + rope_scaling before transformers 5, rope_parameters from 5 on."""
+    if TF_MAJOR >= 5:
+        p = {"rope_type": "default", "rope_theta": theta}
+        p.update(scaling or {})
+        return {"rope_parameters": p}
+    return {"rope_theta": theta, "rope_scaling": scaling}
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "fixtures"
+    print("torch", torch.__version__, "transformers", transformers.__version__)
     torch.manual_seed(20261126)
     bl = byte_level_tokenizer()
     sp = sentencepiece_tokenizer()
-    common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
-                  torch_dtype="float32")
-    llama = LlamaConfig(vocab_size=len(bl), max_position_embeddings=131072, rope_theta=500000.0,
-                        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                      "high_freq_factor": 4.0,
-                                      "original_max_position_embeddings": 8192},
-                        bos_token_id=bl.bos_token_id, eos_token_id=bl.eos_token_id,
-                        tie_word_embeddings=False, **common)
+    # initializer_range 0.1 (not 0.02) so attention is far from uniform and RoPE errors show
+    common = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                  num_attention_heads=4, rms_norm_eps=1e-5, initializer_range=0.1)
+    llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    # head_dim 64 given explicitly (q_proj is 128 -> 256), GQA 4:2
+    llama = LlamaConfig(vocab_size=len(bl), max_position_embeddings=131072, head_dim=64,
+                        num_key_value_heads=2, bos_token_id=bl.bos_token_id,
+                        eos_token_id=bl.eos_token_id, tie_word_embeddings=False,
+                        **rope(500000.0, llama3), **common)
     save("llama", LlamaForCausalLM(llama).float(), bl, out)
+    # head_dim 32, GQA 4:1, a sliding window shorter than prompt + 32 generated tokens
     mistral = MistralConfig(vocab_size=len(sp), sliding_window=8, max_position_embeddings=4096,
-                            bos_token_id=sp.bos_token_id, eos_token_id=sp.eos_token_id,
-                            tie_word_embeddings=False, **common)
+                            num_key_value_heads=1, bos_token_id=sp.bos_token_id,
+                            eos_token_id=sp.eos_token_id, tie_word_embeddings=False,
+                            **rope(10000.0), **common)
     save("mistral", MistralForCausalLM(mistral).float(), sp, out)
-    qwen2 = Qwen2Config(vocab_size=len(bl), max_position_embeddings=4096,
+    # head_dim 32, GQA 4:2, q/k/v biases, tied embeddings
+    qwen2 = Qwen2Config(vocab_size=len(bl), max_position_embeddings=4096, num_key_value_heads=2,
                         bos_token_id=bl.bos_token_id, eos_token_id=bl.eos_token_id,
-                        tie_word_embeddings=True, **common)
+                        tie_word_embeddings=True, **rope(1000000.0), **common)
     save("qwen2", Qwen2ForCausalLM(qwen2).float(), bl, out)
 
 
