@@ -10,6 +10,8 @@
 #   the build machine's shared libraries (libcjson, libyaml, libcpuid,
 #   libcmocka) are not installed, copies in BUILD_DIR/deps are used
 #   (tests/gpu/pack.sh makes such a folder).
+# Environment: KR_GPU_BENCH_ONLY=ceiling,decode (a subset of the benchmark's parts),
+#   KR_GPU_RACECHECK=0, KR_GPU_{TEST,SAN,BENCH}_TIMEOUT (seconds).
 set -uo pipefail
 B=build
 QUICK="" SAN=1 BENCH=1 TEST=1
@@ -50,7 +52,7 @@ if [ $TEST = 1 ]; then
 fi
 if [ $BENCH = 1 ]; then
   step "bench vs torch SDPA" bench.log timeout ${KR_GPU_BENCH_TIMEOUT:-420} python3 -u "$(dirname "$0")/bench_sdpa.py" --lib "$B/libkrserve.so" \
-    --out "$OUT" $QUICK
+    --out "$OUT" $QUICK ${KR_GPU_BENCH_ONLY:+--only "$KR_GPU_BENCH_ONLY"}
 fi
 
 echo "== $(head -2 "$OUT/nvidia-smi.txt" | tail -1)"

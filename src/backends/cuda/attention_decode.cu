@@ -138,6 +138,127 @@ __device__ __forceinline__ float dc_warp_sum(float x) {
     return x;
 }
 
+/* The end of a block, once every warp's (m, l, acc) is in shared memory
+ * (ml: [NW][ROWS][2] max and sum, accs: [NW][ROWS][D] unnormalised output):
+ * the warps are merged; with one split the result is stored, else the
+ * block's partial is written and the last split of the unit to arrive
+ * merges every split's partial into out (and lse). */
+__device__ __forceinline__ void dc_merge(const kr_cu_attention &a, int64_t splits,
+                                         const kr_cu_decode_ws &ws, const float *ml,
+                                         const float *accs, int64_t unit, int64_t chunk,
+                                         int64_t hk, int64_t b, const int ROWS, const int DT,
+                                         const int D) {
+    const int NW = KR_CU_DECODE_WARPS;
+    const int tid = threadIdx.x;
+    const int64_t G = a.H / a.Hkv, R = G * a.Sq;
+    const int64_t split = blockIdx.x;
+    __shared__ int is_last;
+    __syncthreads();
+    const int NS = NW;
+    const int64_t n_part = splits > 1 ? 1 : 0;
+    for (int e = tid; e < ROWS * D; e += DC_THREADS) {
+        const int r = e / D, c = e % D;
+        float M = -INFINITY;
+        for (int st = 0; st < NS; st++) M = cu_nanmax(M, ml[(st * ROWS + r) * 2]);
+        float Lsum = 0.0f, O = 0.0f;
+        for (int st = 0; st < NS; st++) {
+            const float ms = ml[(st * ROWS + r) * 2];
+            const float w = ms == -INFINITY ? 0.0f : exp2f(ms - M);
+            Lsum += w * ml[(st * ROWS + r) * 2 + 1];
+            O += w * accs[(st * ROWS + r) * D + c];
+        }
+        const bool empty = M == -INFINITY;
+        const float o = empty ? 0.0f : O / Lsum;
+        const float lse2 = empty ? -INFINITY : M + log2f(Lsum);
+        const int64_t row = chunk * ROWS + r;
+        if (n_part) {
+            float *po = ws.part_o + ((unit * splits + split) * ROWS + r) * D;
+            po[c] = o;
+            if (c == 0) ws.part_lse[(unit * splits + split) * ROWS + r] = lse2;
+        } else if (row < R) {
+            const int64_t h = hk * G + row / a.Sq, i = row % a.Sq;
+            const float f = DT == KR_I8 ? a.v8.chan[hk * a.D + c] : 1.0f;
+            cu_store(a.out.data, a.out.dtype, cu_off(a.out, b, i, h, c), o * f);
+            if (a.has_lse && c == 0)
+                ((float *)a.lse.data)[cu_off(a.lse, b, h, i, 0)] = lse2 * DC_LN2;
+        }
+    }
+    if (!n_part) return;
+
+    /* The last split to arrive merges every split's partial. */
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) is_last = atomicAdd(&ws.counters[unit], 1u) == (uint32_t)(splits - 1);
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    /* Two passes, so that no load waits on a running maximum: a warp per row
+     * finds the largest split LSE and the sum of the weights; then every
+     * thread sums 4 channels of one row over the splits, its loads
+     * independent of each other. */
+    __shared__ float row_m[8], row_w[8];
+    const float *lse_of = ws.part_lse + unit * splits * ROWS;
+    for (int r = tid / 32; r < ROWS; r += NW) {
+        const int lane = tid % 32;
+        float mx = -INFINITY, w = 0.0f;
+        for (int64_t sp = lane; sp < splits; sp += 32) mx = cu_nanmax(mx, __ldcg(lse_of + sp * ROWS + r));
+        mx = dc_warp_max(mx);
+        for (int64_t sp = lane; sp < splits; sp += 32) {
+            const float ls = __ldcg(lse_of + sp * ROWS + r);
+            w += ls == -INFINITY ? 0.0f : exp2f(ls - mx);
+        }
+        w = dc_warp_sum(w);
+        if (lane == 0) row_m[r] = mx, row_w[r] = w;
+    }
+    __syncthreads();
+    for (int e = 4 * tid; e < ROWS * D; e += 4 * DC_THREADS) {
+        const int r = e / D, c = e % D;
+        const int64_t row = chunk * ROWS + r;
+        if (row >= R) continue;
+        const float M = row_m[r], W = row_w[r];
+        const float *po = ws.part_o + (unit * splits * ROWS + r) * D + c;
+        float O[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 8
+        for (int64_t sp = 0; sp < splits; sp++) {
+            const float ls = __ldcg(lse_of + sp * ROWS + r);
+            const float4 os = __ldcg((const float4 *)(po + sp * ROWS * D));
+            const float w = ls == -INFINITY ? 0.0f : exp2f(ls - M);
+            O[0] = fmaf(w, os.x, O[0]), O[1] = fmaf(w, os.y, O[1]);
+            O[2] = fmaf(w, os.z, O[2]), O[3] = fmaf(w, os.w, O[3]);
+        }
+        const bool empty = M == -INFINITY;
+        const int64_t h = hk * G + row / a.Sq, i = row % a.Sq;
+        for (int k = 0; k < 4; k++) {
+            const float f = DT == KR_I8 ? a.v8.chan[hk * a.D + c + k] : 1.0f;
+            cu_store(a.out.data, a.out.dtype, cu_off(a.out, b, i, h, c + k),
+                     empty ? 0.0f : O[k] / W * f);
+        }
+        if (a.has_lse && c == 0)
+            ((float *)a.lse.data)[cu_off(a.lse, b, h, i, 0)] =
+                empty ? -INFINITY : (M + log2f(W)) * DC_LN2;
+    }
+    if (tid == 0) ws.counters[unit] = 0;
+}
+
+/* Warp state of the CUDA-core kernels (lane owns channels lane * D/32 ..)
+ * into shared memory, then dc_merge. */
+__device__ __forceinline__ void dc_finish(const kr_cu_attention &a, int64_t splits,
+                                          const kr_cu_decode_ws &ws, float *ml, float *accs,
+                                          const float *m, const float *l, float (*acc)[8],
+                                          int64_t unit, int64_t chunk, int64_t hk, int64_t b,
+                                          const int ROWS, const int DT, const int D) {
+    const int CPL = D / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int r = 0; r < ROWS; r++) {
+        const float lsum = dc_warp_sum(l[r]);
+        if (lane == 0) {
+            ml[(warp * ROWS + r) * 2] = m[r];
+            ml[(warp * ROWS + r) * 2 + 1] = lsum;
+        }
+        for (int c = 0; c < CPL; c++) accs[(warp * ROWS + r) * D + lane * CPL + c] = acc[r][c];
+    }
+    dc_merge(a, splits, ws, ml, accs, unit, chunk, hk, b, ROWS, DT, D);
+}
+
 __device__ __forceinline__ void dc_body(const kr_cu_attention &a, int64_t splits,
                                         const kr_cu_decode_ws &ws, const int ROWS, const int DT,
                                         const int D) {
@@ -147,7 +268,6 @@ __device__ __forceinline__ void dc_body(const kr_cu_attention &a, int64_t splits
     float *ps = qs + ROWS * D;        /* [NW][ROWS][32] probabilities of a tile */
     float *ml = ps + NW * ROWS * 32;  /* [NW][ROWS][2] */
     float *accs = ml + NW * ROWS * 2; /* [NW][ROWS][D] */
-    __shared__ int is_last;
 
     const int64_t G = a.H / a.Hkv, R = G * a.Sq;
     const int64_t n_chunks = (R + ROWS - 1) / ROWS;
@@ -227,84 +347,7 @@ __device__ __forceinline__ void dc_body(const kr_cu_attention &a, int64_t splits
         __syncwarp();
     }
 
-    /* Merge the block's warps through shared memory. */
-    for (int r = 0; r < ROWS; r++) {
-        const float lsum = dc_warp_sum(l[r]);
-        if (lane == 0) {
-            ml[(warp * ROWS + r) * 2] = m[r];
-            ml[(warp * ROWS + r) * 2 + 1] = lsum;
-        }
-        for (int c = 0; c < CPL; c++) accs[(warp * ROWS + r) * D + lane * CPL + c] = acc[r][c];
-    }
-    __syncthreads();
-    const int NS = NW;
-    const int64_t n_part = splits > 1 ? 1 : 0;
-    for (int e = tid; e < ROWS * D; e += DC_THREADS) {
-        const int r = e / D, c = e % D;
-        float M = -INFINITY;
-        for (int st = 0; st < NS; st++) M = cu_nanmax(M, ml[(st * ROWS + r) * 2]);
-        float Lsum = 0.0f, O = 0.0f;
-        for (int st = 0; st < NS; st++) {
-            const float ms = ml[(st * ROWS + r) * 2];
-            const float w = ms == -INFINITY ? 0.0f : exp2f(ms - M);
-            Lsum += w * ml[(st * ROWS + r) * 2 + 1];
-            O += w * accs[(st * ROWS + r) * D + c];
-        }
-        const bool empty = M == -INFINITY;
-        const float o = empty ? 0.0f : O / Lsum;
-        const float lse2 = empty ? -INFINITY : M + log2f(Lsum);
-        const int64_t row = chunk * ROWS + r;
-        if (n_part) {
-            float *po = ws.part_o + ((unit * splits + split) * ROWS + r) * D;
-            po[c] = o;
-            if (c == 0) ws.part_lse[(unit * splits + split) * ROWS + r] = lse2;
-        } else if (row < R) {
-            const int64_t h = hk * G + row / a.Sq, i = row % a.Sq;
-            const float f = DT == KR_I8 ? a.v8.chan[hk * a.D + c] : 1.0f;
-            cu_store(a.out.data, a.out.dtype, cu_off(a.out, b, i, h, c), o * f);
-            if (a.has_lse && c == 0)
-                ((float *)a.lse.data)[cu_off(a.lse, b, h, i, 0)] = lse2 * DC_LN2;
-        }
-    }
-    if (!n_part) return;
-
-    /* The last split to arrive merges every split's partial. */
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) is_last = atomicAdd(&ws.counters[unit], 1u) == (uint32_t)(splits - 1);
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    for (int e = tid; e < ROWS * D; e += DC_THREADS) {
-        const int r = e / D, c = e % D;
-        const int64_t row = chunk * ROWS + r;
-        if (row >= R) continue;
-        /* One pass, rescaling when the running maximum grows; the loads of
-         * several splits are independent, so they overlap. */
-        float M = -INFINITY, W = 0.0f, O = 0.0f;
-#pragma unroll 8
-        for (int64_t sp = 0; sp < splits; sp++) {
-            const float ls = __ldcg(ws.part_lse + (unit * splits + sp) * ROWS + r);
-            const float os = __ldcg(ws.part_o + ((unit * splits + sp) * ROWS + r) * D + c);
-            if (ls > M) {
-                const float k = M == -INFINITY ? 0.0f : exp2f(M - ls);
-                W *= k;
-                O *= k;
-                M = ls;
-            }
-            const float w = ls == -INFINITY ? 0.0f : exp2f(ls - M);
-            W += w;
-            O = fmaf(w, os, O);
-        }
-        const bool empty = M == -INFINITY;
-        const int64_t h = hk * G + row / a.Sq, i = row % a.Sq;
-        const float f = DT == KR_I8 ? a.v8.chan[hk * a.D + c] : 1.0f;
-        cu_store(a.out.data, a.out.dtype, cu_off(a.out, b, i, h, c), empty ? 0.0f : O / W * f);
-        if (a.has_lse && c == 0)
-            ((float *)a.lse.data)[cu_off(a.lse, b, h, i, 0)] =
-                empty ? -INFINITY : (M + log2f(W)) * DC_LN2;
-    }
-    if (tid == 0) ws.counters[unit] = 0;
+    dc_finish(a, splits, ws, ml, accs, m, l, acc, unit, chunk, hk, b, ROWS, DT, D);
 }
 
 /* One kernel per (storage dtype, rows per block, head_dim): the body is
@@ -325,6 +368,437 @@ __device__ __forceinline__ void dc_body(const kr_cu_attention &a, int64_t splits
 DC_KERNELS(64)
 DC_KERNELS(128)
 DC_KERNELS(256)
+
+/* ---- v3: f16 / bf16 K/V through a cp.async pipeline in shared memory ----
+ *
+ * The block streams its split's keys in tiles of DP_BT(D) keys (16 KiB of K
+ * and 16 KiB of V), DP_STAGES tiles deep: while the warps compute on one tile
+ * the next ones are in flight, so each SM keeps ~128 KiB of loads outstanding
+ * without holding them in registers. Rows are padded by 16 bytes in shared
+ * memory so that 8 lanes reading 8 different key rows hit 8 different banks.
+ *
+ * In a tile, warp w owns keys [w * KPW, (w + 1) * KPW) (KPW = 2048 / D): for
+ * the scores each key is spread over D / 64 lanes of 64 channels each (one
+ * shuffle step per extra lane), for p * V every lane takes D / 32 channels of
+ * each of the warp's keys, as in v2. */
+#define DP_STAGES 3 /* dp_wait_ahead waits for DP_STAGES - 2 */
+#define DP_BT(D) (8192 / (D))
+#define DP_PITCH(D) (2 * (D) + 16)
+
+__device__ __forceinline__ void dp_cp16(void *dst, const void *src, bool valid) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    const int n = valid ? 16 : 0; /* 0: the 16 bytes are zero-filled, nothing is read */
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void dp_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
+/* Wait until at most DP_STAGES - 2 groups (the tiles ahead) are in flight, or none. */
+__device__ __forceinline__ void dp_wait_ahead(void) {
+    asm volatile("cp.async.wait_group 1;\n" ::); /* DP_STAGES - 2 */
+}
+__device__ __forceinline__ void dp_wait_all(void) { asm volatile("cp.async.wait_group 0;\n" ::); }
+
+/* Issue the copies of the tile of keys j0 .. j0 + BT into K and V stages;
+ * keys at or past ke are zero-filled. A thread copies one 16-byte column
+ * of every (128 / (D / 8))-th row, so its addresses advance by a stride. */
+__device__ __forceinline__ void dp_load_tile(const kr_cu_attention &a, char *ks_, char *vs_,
+                                             int64_t b, int64_t hk, int64_t j0, int64_t ke,
+                                             const int D) {
+    const int BT = DP_BT(D), CH = D / 8, P = DP_PITCH(D), RPP = DC_THREADS / CH;
+    const int r0 = threadIdx.x / CH, c = threadIdx.x % CH;
+    const int64_t sk = 2 * RPP * a.k.stride[1], sv = 2 * RPP * a.v.stride[1];
+    const char *kp = (const char *)a.k.data + 2 * cu_off(a.k, b, j0 + r0, hk, 8 * c);
+    const char *vp = (const char *)a.v.data + 2 * cu_off(a.v, b, j0 + r0, hk, 8 * c);
+    for (int r = r0; r < BT; r += RPP, kp += sk, vp += sv) {
+        const bool ok = j0 + r < ke;
+        dp_cp16(ks_ + r * P + 16 * c, ok ? kp : (const char *)a.k.data, ok);
+        dp_cp16(vs_ + r * P + 16 * c, ok ? vp : (const char *)a.v.data, ok);
+    }
+}
+
+__device__ __forceinline__ void dp_cvt8(const uint4 x, const int DT, float *f) {
+    const unsigned w[4] = {x.x, x.y, x.z, x.w};
+    for (int i = 0; i < 4; i++) {
+        float2 y;
+        if (DT == KR_F16)
+            y = __half22float2(*(const __half2 *)&w[i]);
+        else
+            y = __bfloat1622float2(*(const __nv_bfloat162 *)&w[i]);
+        f[2 * i] = y.x;
+        f[2 * i + 1] = y.y;
+    }
+}
+
+__device__ __forceinline__ void dp_body(const kr_cu_attention &a, int64_t splits,
+                                        const kr_cu_decode_ws &ws, const int ROWS, const int DT,
+                                        const int D) {
+    extern __shared__ __align__(16) float sh[];
+    const int NW = KR_CU_DECODE_WARPS, CPL = D / 32;
+    const int BT = DP_BT(D), P = DP_PITCH(D), KPW = BT / NW, LPK = 32 / KPW;
+    float *qs = sh;                                  /* [ROWS][D] */
+    float *ps = qs + ROWS * D;                       /* [NW][KPW][ROWS] */
+    char *stages = (char *)(ps + NW * KPW * ROWS);   /* [STAGES][K tile, V tile] */
+    const int STB = 2 * BT * P;                      /* bytes of one stage */
+    float *ml = (float *)stages;                     /* after the loop: [NW][ROWS][2] */
+    float *accs = ml + NW * ROWS * 2;                /* and [NW][ROWS][D] */
+
+    const int64_t G = a.H / a.Hkv, R = G * a.Sq;
+    const int64_t n_chunks = (R + ROWS - 1) / ROWS;
+    const int64_t split = blockIdx.x, hk = blockIdx.y / n_chunks, chunk = blockIdx.y % n_chunks;
+    const int64_t b = blockIdx.z;
+    const int64_t unit = (b * a.Hkv + hk) * n_chunks + chunk;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int64_t L = a.has_lens ? cu_len(a.lens, b) : a.Skv;
+
+    int64_t lo[8], hi[8], kmin = L, kmax = 0;
+    for (int r = 0; r < ROWS; r++) {
+        const int64_t row = chunk * ROWS + r;
+        lo[r] = hi[r] = 0;
+        if (row < R) {
+            cu_row_range(a, L, row % a.Sq, &lo[r], &hi[r]);
+            if (hi[r] > lo[r]) {
+                kmin = min(kmin, lo[r]);
+                kmax = max(kmax, hi[r]);
+            }
+        }
+    }
+    if (kmax < kmin) kmax = kmin;
+    bool uniform = true;
+    for (int r = 0; r < ROWS; r++)
+        if (chunk * ROWS + r < R && (lo[r] != kmin || hi[r] != kmax)) uniform = false;
+    const int64_t per = (kmax - kmin + splits - 1) / splits;
+    const int64_t ks = min(kmax, kmin + split * per), ke = min(kmax, ks + per);
+    const int64_t nt = (ke - ks + BT - 1) / BT;
+
+    /* Start the pipeline first, then stage q while the loads fly. */
+    for (int t = 0; t < DP_STAGES - 1; t++) {
+        if (t < nt) dp_load_tile(a, stages + t * STB, stages + t * STB + BT * P, b, hk,
+                                 ks + (int64_t)t * BT, ke, D);
+        dp_commit();
+    }
+    for (int r = 0; r < ROWS; r++) {
+        const int64_t row = chunk * ROWS + r;
+        const int64_t h = hk * G + row / a.Sq, i = row % a.Sq;
+        for (int c = tid; c < D; c += DC_THREADS)
+            qs[r * D + c] = row < R ? cu_load(a.q.data, a.q.dtype, cu_off(a.q, b, i, h, c)) *
+                                          a.scale * DC_LOG2E
+                                    : 0.0f;
+    }
+
+    float m[8], l[8], acc[8][8];
+    for (int r = 0; r < ROWS; r++) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+        for (int c = 0; c < CPL; c++) acc[r][c] = 0.0f;
+    }
+    const int kk = lane % KPW, part = lane / KPW;
+    float *wps = ps + warp * KPW * ROWS;
+    for (int64_t t = 0; t < nt; t++) {
+        dp_wait_ahead();
+        __syncthreads(); /* tile t landed for every thread; tile t - 1 is consumed */
+        {
+            const int64_t tn = t + DP_STAGES - 1;
+            char *st = stages + (tn % DP_STAGES) * STB;
+            if (tn < nt) dp_load_tile(a, st, st + BT * P, b, hk, ks + tn * BT, ke, D);
+            dp_commit();
+        }
+        const char *kt = stages + (t % DP_STAGES) * STB, *vt = kt + BT * P;
+        const int64_t j0 = ks + t * BT + warp * KPW;
+        /* scores: this lane's 64 channels of key kk, then the key's lanes summed */
+        float s[8];
+        for (int r = 0; r < ROWS; r++) s[r] = 0.0f;
+        const char *kr = kt + (warp * KPW + kk) * P + part * 128;
+#pragma unroll
+        for (int c8 = 0; c8 < 8; c8++) {
+            float kf[8];
+            dp_cvt8(*(const uint4 *)(kr + 16 * c8), DT, kf);
+            for (int r = 0; r < ROWS; r++) {
+                const float4 q0 = *(const float4 *)(qs + r * D + part * 64 + c8 * 8);
+                const float4 q1 = *(const float4 *)(qs + r * D + part * 64 + c8 * 8 + 4);
+                float d = s[r];
+                d = fmaf(q0.x, kf[0], d), d = fmaf(q0.y, kf[1], d);
+                d = fmaf(q0.z, kf[2], d), d = fmaf(q0.w, kf[3], d);
+                d = fmaf(q1.x, kf[4], d), d = fmaf(q1.y, kf[5], d);
+                d = fmaf(q1.z, kf[6], d), d = fmaf(q1.w, kf[7], d);
+                s[r] = d;
+            }
+        }
+        for (int o = KPW; o < 32; o <<= 1)
+            for (int r = 0; r < ROWS; r++) s[r] += __shfl_xor_sync(0xffffffffu, s[r], o);
+        const int64_t j = j0 + kk;
+        for (int r = 0; r < ROWS; r++) {
+            const bool hidden = j >= ke || (!uniform && (j < lo[r] || j >= hi[r]));
+            const float sr = hidden ? -INFINITY : s[r];
+            const float mn = cu_nanmax(m[r], dc_warp_max(sr));
+            const float alpha = mn == -INFINITY ? 1.0f : exp2f(m[r] - mn);
+            const float p = mn == -INFINITY ? 0.0f : exp2f(sr - mn);
+            l[r] = l[r] * alpha + (part == 0 ? p : 0.0f);
+            m[r] = mn;
+            for (int c = 0; c < CPL; c++) acc[r][c] *= alpha;
+            if (part == 0) wps[kk * ROWS + r] = p;
+        }
+        __syncwarp();
+        /* p * V over the warp's keys; zero-filled rows past ke have p = 0 */
+#pragma unroll 4
+        for (int k2 = 0; k2 < KPW; k2++) {
+            const char *vr = vt + (warp * KPW + k2) * P + lane * CPL * 2;
+            float vf[8];
+            if (CPL == 8) {
+                dp_cvt8(*(const uint4 *)vr, DT, vf);
+            } else {
+                const uint2 x = CPL == 4 ? *(const uint2 *)vr
+                                         : make_uint2(*(const unsigned *)vr, 0u);
+                dp_cvt8(make_uint4(x.x, x.y, 0u, 0u), DT, vf);
+            }
+            for (int r = 0; r < ROWS; r++) {
+                const float p = wps[k2 * ROWS + r];
+                for (int c = 0; c < CPL; c++) acc[r][c] = fmaf(p, vf[c], acc[r][c]);
+            }
+        }
+        __syncwarp();
+    }
+    (void)LPK;
+    dp_wait_all();
+    __syncthreads(); /* the stages are reused for the merge */
+    dc_finish(a, splits, ws, ml, accs, m, l, acc, unit, chunk, hk, b, ROWS, DT, D);
+}
+
+#define DP_KERNEL(name, ROWS, DT, D)                                                               \
+    __global__ void __launch_bounds__(DC_THREADS)                                                  \
+        name(kr_cu_attention a, int64_t splits, kr_cu_decode_ws ws) {                              \
+        dp_body(a, splits, ws, ROWS, DT, D);                                                       \
+    }
+#define DP_KERNELS(D)                                                                              \
+    DP_KERNEL(dp_f16_r4_d##D, 4, KR_F16, D)                                                        \
+    DP_KERNEL(dp_f16_r8_d##D, 8, KR_F16, D)                                                        \
+    DP_KERNEL(dp_bf16_r4_d##D, 4, KR_BF16, D)                                                      \
+    DP_KERNEL(dp_bf16_r8_d##D, 8, KR_BF16, D)
+DP_KERNELS(64)
+DP_KERNELS(128)
+DP_KERNELS(256)
+
+/* ---- v4: the same pipeline, scores and p * V on tensor cores (mma.sync) ----
+ *
+ * For head_dim 64 and 128. A warp's KPW keys of a tile go through
+ * m16n8k16 MMAs with the block's query rows as M (ROWS of the 16 are real,
+ * the rest zero: decode is bound by reading K/V, so the idle rows cost
+ * nothing that matters) and keys as N: S = Q K^T with K fragments read by
+ * ldmatrix, then P (rounded to the storage type) times V with V fragments
+ * read by ldmatrix.trans, the accumulators of S reused as the A operand of
+ * P V as in FlashAttention-2. A lane holds query row lane / 4 and, of each
+ * 8-key or 8-channel block, columns 2 (lane % 4) and 2 (lane % 4) + 1.
+ * q enters the MMA unscaled (exact for f16 q over an f16 cache); the scale
+ * and log2 e are applied to S in fp32. */
+__device__ __forceinline__ void dm_ldsm4(const void *p, unsigned *r) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+__device__ __forceinline__ void dm_ldsm4_t(const void *p, unsigned *r) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+/* c[0..1] += A B for one m16n8k16 step; A rows 8..15 are zero (a1 = a3 = 0)
+ * and the accumulators of those rows are dropped. */
+__device__ __forceinline__ void dm_mma(float *c, unsigned a0, unsigned a2, unsigned b0,
+                                       unsigned b1, const int DT) {
+    float z2 = 0.0f, z3 = 0.0f; /* rows 8..15: zero in, dropped out */
+    if (DT == KR_F16)
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(z2), "+f"(z3)
+                     : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(z2), "+f"(z3)
+                     : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ unsigned dm_pack(float lo, float hi, const int DT) {
+    unsigned u;
+    if (DT == KR_F16) {
+        const __half2 h = __floats2half2_rn(lo, hi);
+        u = *(const unsigned *)&h;
+    } else {
+        const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+        u = *(const unsigned *)&h;
+    }
+    return u;
+}
+
+__device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits,
+                                        const kr_cu_decode_ws &ws, const int ROWS, const int DT,
+                                        const int D) {
+    extern __shared__ __align__(16) float sh[];
+    const int NW = KR_CU_DECODE_WARPS;
+    const int BT = DP_BT(D), P = DP_PITCH(D), KPW = BT / NW;
+    const int NT = KPW / 8;  /* 8-key blocks of a warp's share of a tile */
+    const int NC = D / 8;    /* 8-channel blocks of the output */
+    float *qs = sh;                                /* [ROWS][D] */
+    char *stages = (char *)(sh + ROWS * D);        /* [STAGES][K tile, V tile] */
+    const int STB = 2 * BT * P;
+    float *ml = (float *)stages;                   /* after the loop: [NW][ROWS][2] */
+    float *accs = ml + NW * ROWS * 2;              /* and [NW][ROWS][D] */
+
+    const int64_t G = a.H / a.Hkv, R = G * a.Sq;
+    const int64_t n_chunks = (R + ROWS - 1) / ROWS;
+    const int64_t split = blockIdx.x, hk = blockIdx.y / n_chunks, chunk = blockIdx.y % n_chunks;
+    const int64_t b = blockIdx.z;
+    const int64_t unit = (b * a.Hkv + hk) * n_chunks + chunk;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int64_t L = a.has_lens ? cu_len(a.lens, b) : a.Skv;
+    const int myr = lane / 4, q4 = lane % 4; /* this lane's query row, column pair */
+
+    int64_t kmin = L, kmax = 0, mylo = 0, myhi = 0;
+    bool uniform = true;
+    /* the rows' visible ranges: their union, whether all agree, and this lane's
+     * (computed twice rather than kept in arrays that would go to local memory) */
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        int64_t lo = 0, hi = 0;
+        if (chunk * ROWS + r < R) cu_row_range(a, L, (chunk * ROWS + r) % a.Sq, &lo, &hi);
+        if (hi > lo) kmin = min(kmin, lo), kmax = max(kmax, hi);
+    }
+    if (kmax < kmin) kmax = kmin;
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        int64_t lo = 0, hi = 0;
+        if (chunk * ROWS + r < R) {
+            cu_row_range(a, L, (chunk * ROWS + r) % a.Sq, &lo, &hi);
+            if (lo != kmin || hi != kmax) uniform = false;
+        }
+        if (r == myr) mylo = lo, myhi = hi;
+    }
+    const bool live = myr < ROWS && chunk * ROWS + myr < R; /* a real query row */
+    const int64_t per = (kmax - kmin + splits - 1) / splits;
+    const int64_t ks = min(kmax, kmin + split * per), ke = min(kmax, ks + per);
+    const int64_t nt = (ke - ks + BT - 1) / BT;
+
+    for (int t = 0; t < DP_STAGES - 1; t++) {
+        if (t < nt)
+            dp_load_tile(a, stages + t * STB, stages + t * STB + BT * P, b, hk,
+                         ks + (int64_t)t * BT, ke, D);
+        dp_commit();
+    }
+    for (int r = 0; r < ROWS; r++) {
+        const int64_t row = chunk * ROWS + r;
+        const int64_t h = hk * G + row / a.Sq, i = row % a.Sq;
+        for (int c = tid; c < D; c += DC_THREADS)
+            qs[r * D + c] = row < R ? cu_load(a.q.data, a.q.dtype, cu_off(a.q, b, i, h, c)) : 0.0f;
+    }
+    __syncthreads();
+    /* q fragments (A operand) of each 16-channel step, rows 0..7 */
+    unsigned qa[8][2]; /* D / 16 <= 8 used */
+    #pragma unroll
+    for (int k = 0; k < D / 16; k++) {
+        const float *qr = qs + myr * D + 16 * k + 2 * q4;
+        qa[k][0] = myr < ROWS ? dm_pack(qr[0], qr[1], DT) : 0u;
+        qa[k][1] = myr < ROWS ? dm_pack(qr[8], qr[9], DT) : 0u;
+    }
+    const float qscale = a.scale * DC_LOG2E;
+
+    float m = -INFINITY, l = 0.0f, o[16][2]; /* NC <= 16 used */
+    #pragma unroll
+    for (int n = 0; n < NC; n++) o[n][0] = o[n][1] = 0.0f;
+    for (int64_t t = 0; t < nt; t++) {
+        dp_wait_ahead();
+        __syncthreads();
+        {
+            const int64_t tn = t + DP_STAGES - 1;
+            char *st = stages + (tn % DP_STAGES) * STB;
+            if (tn < nt) dp_load_tile(a, st, st + BT * P, b, hk, ks + tn * BT, ke, D);
+            dp_commit();
+        }
+        const char *kt = stages + (t % DP_STAGES) * STB + warp * KPW * P;
+        const char *vt = kt + BT * P;
+        const int64_t j0 = ks + t * BT + warp * KPW;
+        /* S = Q K^T over this warp's KPW keys, 16 keys (two 8-key blocks) a step */
+        float sc[4][2]; /* NT <= 4 used */
+        #pragma unroll
+        for (int n = 0; n < NT; n++) sc[n][0] = sc[n][1] = 0.0f;
+        #pragma unroll
+        for (int n = 0; n < NT; n += 2) {
+            /* lane's ldmatrix row: matrix lane / 8 = (key block, channel half) */
+            const char *kr = kt + (8 * (n + (lane / 16)) + lane % 8) * P + ((lane / 8) % 2) * 16;
+#pragma unroll
+            for (int k = 0; k < D / 16; k++) {
+                unsigned f[4];
+                dm_ldsm4(kr + 32 * k, f);
+                dm_mma(sc[n], qa[k][0], qa[k][1], f[0], f[1], DT);
+                dm_mma(sc[n + 1], qa[k][0], qa[k][1], f[2], f[3], DT);
+            }
+        }
+        /* online softmax of row myr over the tile (its 4 lanes together) */
+        float tmax = -INFINITY;
+        #pragma unroll
+        for (int n = 0; n < NT; n++)
+            for (int e = 0; e < 2; e++) {
+                const int64_t j = j0 + 8 * n + 2 * q4 + e;
+                const bool hidden = !live || j >= ke || (!uniform && (j < mylo || j >= myhi));
+                sc[n][e] = hidden ? -INFINITY : sc[n][e] * qscale;
+                tmax = cu_nanmax(tmax, sc[n][e]);
+            }
+        tmax = cu_nanmax(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
+        tmax = cu_nanmax(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));
+        const float mn = cu_nanmax(m, tmax);
+        const float alpha = mn == -INFINITY ? 1.0f : exp2f(m - mn);
+        m = mn;
+        l *= alpha;
+        #pragma unroll
+        for (int n = 0; n < NC; n++) o[n][0] *= alpha, o[n][1] *= alpha;
+        unsigned pa[4];
+        #pragma unroll
+        for (int n = 0; n < NT; n++) {
+            const float p0 = mn == -INFINITY ? 0.0f : exp2f(sc[n][0] - mn);
+            const float p1 = mn == -INFINITY ? 0.0f : exp2f(sc[n][1] - mn);
+            l += p0 + p1;
+            pa[n] = dm_pack(p0, p1, DT);
+        }
+        /* O += P V, 16 keys a step, two 8-channel blocks per ldmatrix.trans */
+        #pragma unroll
+        for (int k = 0; k < NT / 2; k++) {
+            const char *vr = vt + (16 * k + (lane % 8) + 8 * ((lane / 8) % 2)) * P + (lane / 16) * 16;
+#pragma unroll
+            for (int n = 0; n < NC; n += 2) {
+                unsigned f[4];
+                dm_ldsm4_t(vr + 16 * n, f);
+                dm_mma(o[n], pa[2 * k], pa[2 * k + 1], f[0], f[1], DT);
+                dm_mma(o[n + 1], pa[2 * k], pa[2 * k + 1], f[2], f[3], DT);
+            }
+        }
+    }
+    dp_wait_all();
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    __syncthreads(); /* the stages are reused for the merge */
+    if (myr < ROWS) {
+        if (q4 == 0) {
+            ml[(warp * ROWS + myr) * 2] = m;
+            ml[(warp * ROWS + myr) * 2 + 1] = l;
+        }
+        #pragma unroll
+        for (int n = 0; n < NC; n++) {
+            accs[(warp * ROWS + myr) * D + 8 * n + 2 * q4] = o[n][0];
+            accs[(warp * ROWS + myr) * D + 8 * n + 2 * q4 + 1] = o[n][1];
+        }
+    }
+    dc_merge(a, splits, ws, ml, accs, unit, chunk, hk, b, ROWS, DT, D);
+}
+
+#define DM_KERNEL(name, ROWS, DT, D)                                                               \
+    __global__ void __launch_bounds__(DC_THREADS)                                                  \
+        name(kr_cu_attention a, int64_t splits, kr_cu_decode_ws ws) {                              \
+        dm_body(a, splits, ws, ROWS, DT, D);                                                       \
+    }
+#define DM_KERNELS(D)                                                                              \
+    DM_KERNEL(dm_f16_r4_d##D, 4, KR_F16, D)                                                        \
+    DM_KERNEL(dm_f16_r8_d##D, 8, KR_F16, D)                                                        \
+    DM_KERNEL(dm_bf16_r4_d##D, 4, KR_BF16, D)                                                      \
+    DM_KERNEL(dm_bf16_r8_d##D, 8, KR_BF16, D)
+DM_KERNELS(64)
+DM_KERNELS(128)
 
 typedef void (*dc_kernel_fn)(kr_cu_attention, int64_t, kr_cu_decode_ws);
 /* [head_dim 64/128/256][f16, bf16, int8][4 rows, 8 rows] */
@@ -381,6 +855,41 @@ extern "C" int kr_cu_decode_supported(const kr_cu_attention *a, char *why, size_
     return 1;
 }
 
+/* f16/bf16 K/V: v4 (dm_*, tensor cores) for head_dim 64 and 128, v3 (dp_*)
+ * for 256; v2 (dc_*) serves the int8 cache. The kernel and its dynamic
+ * shared memory. */
+static dc_kernel_fn dp_kernel(const kr_cu_attention *a, size_t *smem) {
+    static const dc_kernel_fn mma[2][2][2] = {
+        {{dm_f16_r4_d64, dm_f16_r8_d64}, {dm_bf16_r4_d64, dm_bf16_r8_d64}},
+        {{dm_f16_r4_d128, dm_f16_r8_d128}, {dm_bf16_r4_d128, dm_bf16_r8_d128}},
+    };
+    static const dc_kernel_fn cores[2][2] = {{dp_f16_r4_d256, dp_f16_r8_d256},
+                                             {dp_bf16_r4_d256, dp_bf16_r8_d256}};
+    const int64_t rows = dc_rows(a), D = a->D, BT = DP_BT(D);
+    const int bf = a->k.dtype != KR_F16, r8 = rows == 8;
+    const size_t stages = (size_t)(DP_STAGES * 2 * BT * DP_PITCH(D));
+    if (D != 256) {
+        *smem = sizeof(float) * (size_t)(rows * D) + stages;
+        return mma[D == 128][bf][r8];
+    }
+    *smem = sizeof(float) * (size_t)(rows * D + KR_CU_DECODE_WARPS * (BT / KR_CU_DECODE_WARPS) *
+                                                    rows) +
+            stages;
+    return cores[bf][r8];
+}
+
+/* Blocks of this kernel one SM holds (after allowing its shared memory). */
+static int dp_blocks_per_sm(dc_kernel_fn fn, size_t smem) {
+    int n = 0;
+    if (cudaFuncSetAttribute((const void *)fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)smem) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fn, DC_THREADS, smem) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 1;
+    }
+    return n < 1 ? 1 : n;
+}
+
 extern "C" int64_t kr_cu_decode_splits(const kr_cu_attention *a, int n_sm) {
     const int64_t rows = dc_rows(a);
     const int64_t units = a->B * a->Hkv * (((a->H / a->Hkv) * a->Sq + rows - 1) / rows);
@@ -389,7 +898,25 @@ extern "C" int64_t kr_cu_decode_splits(const kr_cu_attention *a, int n_sm) {
         lmax = 0;
         for (int64_t b = 0; b < a->B; b++) lmax = a->lens.v[b] > lmax ? a->lens.v[b] : lmax;
     }
-    /* Enough blocks for ~8 waves at 3 blocks per SM, but no split under 128 keys. */
+    if (!a->int8) {
+        /* v3: the fewest splits that fill the SMs' block slots to >= 90% over
+         * whole waves, each split at least two tiles (one round trip). */
+        size_t smem = 0;
+        const dc_kernel_fn fn = dp_kernel(a, &smem);
+        const int64_t slots = (int64_t)n_sm * dp_blocks_per_sm(fn, smem);
+        int64_t max_s = (lmax + 2 * DP_BT(a->D) - 1) / (2 * DP_BT(a->D));
+        if (max_s > 1024) max_s = 1024;
+        int64_t best = 1;
+        double best_eff = 0;
+        for (int64_t s = 1; s <= max_s; s++) {
+            const int64_t blocks = units * s, waves = (blocks + slots - 1) / slots;
+            const double eff = (double)blocks / (double)(waves * slots);
+            if (eff > best_eff + 1e-9) best = s, best_eff = eff;
+            if (eff >= 0.9) break;
+        }
+        return best;
+    }
+    /* v2: enough blocks for ~8 waves at 3 blocks per SM, but no split under 128 keys. */
     int64_t s = (8 * 3 * (int64_t)n_sm + units - 1) / units;
     const int64_t by_len = (lmax + 127) / 128;
     if (s > by_len) s = by_len;
@@ -409,12 +936,24 @@ extern "C" kr_status kr_cu_decode(const kr_cu_attention *a, int64_t splits,
                                   const kr_cu_decode_ws *ws, void *stream, char *err, size_t n) {
     const int rows = dc_rows(a), nw = KR_CU_DECODE_WARPS;
     const int64_t chunks = ((a->H / a->Hkv) * a->Sq + rows - 1) / rows;
+    dim3 grid((unsigned)splits, (unsigned)(a->Hkv * chunks), (unsigned)a->B);
+    if (!a->int8) {
+        size_t smem = 0;
+        const dc_kernel_fn fn = dp_kernel(a, &smem);
+        cudaError_t e = cudaFuncSetAttribute((const void *)fn,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess) {
+            snprintf(err, n, "decode attention: %zu bytes of shared memory: %s", smem,
+                     cudaGetErrorString(e));
+            return KR_ERR_BACKEND;
+        }
+        fn<<<grid, DC_THREADS, smem, (cudaStream_t)stream>>>(*a, splits, *ws);
+        return cu_launched("decode attention", err, n);
+    }
     const size_t smem =
         sizeof(float) * (size_t)(rows * a->D + nw * rows * 32 + nw * rows * 2 + nw * rows * a->D);
-    dim3 grid((unsigned)splits, (unsigned)(a->Hkv * chunks), (unsigned)a->B);
-    const int dt = a->int8 ? 2 : a->k.dtype == KR_F16 ? 0 : 1;
     const int di = a->D == 64 ? 0 : a->D == 128 ? 1 : 2;
-    dc_kernels[di][dt][rows == 8]<<<grid, DC_THREADS, smem, (cudaStream_t)stream>>>(*a, splits,
-                                                                                    *ws);
+    dc_kernels[di][2][rows == 8]<<<grid, DC_THREADS, smem, (cudaStream_t)stream>>>(*a, splits,
+                                                                                   *ws);
     return cu_launched("decode attention", err, n);
 }

@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""profile_decode.py - one decode shape for Nsight Compute: krserve's decode kernel and torch
+SDPA's cuDNN and flash kernels on the same tensors, inside an NVTX range named "prof", so
+
+  ncu --nvtx --nvtx-include "prof/" --section SpeedOfLight --section WarpStateStats \\
+      python3 tests/gpu/profile_decode.py --lib build/libkrserve.so --batch 8 --kv-len 32768
+
+profiles only those kernels. Shape: 32 q heads / 8 kv heads, head_dim 128, fp16, BHSD layout
+(what bench_sdpa.py times).
+"""
+import argparse
+import ctypes as C
+import os
+import sys
+
+import torch
+from torch.nn.attention import SDPBackend
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_sdpa as bs  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--lib", required=True)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--kv-len", type=int, default=32768)
+    a = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("SKIP: torch sees no CUDA device")
+        return 0
+    stream = torch.cuda.Stream()
+    torch.cuda.set_stream(stream)
+    kr = bs.Krserve(a.lib)
+    B, H, Hkv, D, L = a.batch, 32, 8, 128, a.kv_len
+    q = torch.randn(B, H, 1, D, dtype=torch.float16, device="cuda")
+    k = torch.randn(B, Hkv, L, D, dtype=torch.float16, device="cuda")
+    v = torch.randn(B, Hkv, L, D, dtype=torch.float16, device="cuda")
+    out = torch.empty(B, 1, H, D, dtype=torch.float16, device="cuda")
+    tq, tk, tv, to = kr.bhsd(q), kr.bhsd(k), kr.bhsd(v), kr.bshd(out)
+    run_kr = lambda: kr.check(kr.lib.kr_attention(kr.ctx, C.byref(tq), C.byref(tk), C.byref(tv),
+                                                  C.byref(to), None))
+    run_kr()  # warm-up: workspace, function attributes
+    bs.sdpa(SDPBackend.CUDNN_ATTENTION, q, k, v)
+    bs.sdpa(SDPBackend.FLASH_ATTENTION, q, k, v)
+    torch.cuda.synchronize()
+    torch.cuda.nvtx.range_push("prof")
+    run_kr()
+    bs.sdpa(SDPBackend.CUDNN_ATTENTION, q, k, v)
+    bs.sdpa(SDPBackend.FLASH_ATTENTION, q, k, v)
+    torch.cuda.nvtx.range_pop()
+    torch.cuda.synchronize()
+    print("profiled B=%d L=%d" % (B, L))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
