@@ -551,10 +551,12 @@ static void test_kv_cache(void **state) {
                 from_dev(ctx_gpu, &odev, dout);
                 double *x = as_double(&odev), *y = as_double(&oref);
                 const double e = kt_rel_err(x, y, q.n);
-                /* f16/bf16 caches: the tensor-core decode rounds q and the probabilities to
-                 * the cache's type before its MMAs (as FlashAttention does), so the storage
-                 * type's attention tolerance applies; f32 and int8 stay in fp32 arithmetic */
-                const double tol_att = dts[d] == KR_F16 || dts[d] == KR_BF16 ? tol_for(dts[d]) : 2e-5;
+                /* f16/bf16/int8 caches: the tensor-core decode rounds q and the probabilities
+                 * to f16 (bf16 for a bf16 cache) before its MMAs, as FlashAttention does, so
+                 * that type's attention tolerance applies; an f32 cache stays in fp32 */
+                const double tol_att = dts[d] == KR_F32    ? 2e-5
+                                       : dts[d] == KR_BF16 ? tol_for(KR_BF16)
+                                                           : tol_for(KR_F16);
                 if (!(e <= tol_att))
                     fail_msg("%s: device cache attention vs ref %.3g > %.1g", desc, e, tol_att);
                 if (e > worst_att[d]) worst_att[d] = e;

@@ -358,16 +358,9 @@ __device__ __forceinline__ void dc_body(const kr_cu_attention &a, int64_t splits
         name(kr_cu_attention a, int64_t splits, kr_cu_decode_ws ws) {                              \
         dc_body(a, splits, ws, ROWS, DT, D);                                                       \
     }
-#define DC_KERNELS(D)                                                                              \
-    DC_KERNEL(dc_f16_r4_d##D, 4, KR_F16, D)                                                        \
-    DC_KERNEL(dc_f16_r8_d##D, 8, KR_F16, D)                                                        \
-    DC_KERNEL(dc_bf16_r4_d##D, 4, KR_BF16, D)                                                      \
-    DC_KERNEL(dc_bf16_r8_d##D, 8, KR_BF16, D)                                                      \
-    DC_KERNEL(dc_i8_r4_d##D, 4, KR_I8, D)                                                          \
-    DC_KERNEL(dc_i8_r8_d##D, 8, KR_I8, D)
-DC_KERNELS(64)
-DC_KERNELS(128)
-DC_KERNELS(256)
+/* v2 serves the int8 cache at head_dim 256 (v4 covers 64 and 128). */
+DC_KERNEL(dc_i8_r4_d256, 4, KR_I8, 256)
+DC_KERNEL(dc_i8_r8_d256, 8, KR_I8, 256)
 
 /* ---- v3: f16 / bf16 K/V through a cp.async pipeline in shared memory ----
  *
@@ -800,19 +793,282 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
 DM_KERNELS(64)
 DM_KERNELS(128)
 
+/* ---- v4 over the int8 cache: the same pipeline and MMAs, codes in f16 ----
+ *
+ * Codes (-127..127) are exact in f16, so K and V codes feed m16n8k16 f16
+ * MMAs directly, converted in registers (byte permute, xor, one half2
+ * subtract). The scales stay out of the MMAs: K's channel factors are
+ * folded into q; K's group scales multiply the per-group partial scores in
+ * fp32; V's group scales multiply P before it is rounded to f16 (one P per
+ * 32-channel group), with a power-of-two factor per warp and tile that keeps
+ * the largest such product in [0.5, 1) (no f16 overflow or subnormals for
+ * the terms that matter; the accumulator is rescaled when it changes); V's
+ * channel factors are applied once to the output. The row metadata is read
+ * with plain loads one tile ahead (its rows are not 4-byte aligned for
+ * cp.async) and kept in shared memory as fp32 group scales. */
+#define DQ_PITCH(D) ((D) + 16)
+
+__device__ __forceinline__ unsigned dq_h2(unsigned two_bytes_lo_hi) {
+    /* bytes b0 (bits 0-7) and b1 (bits 16-23) -> half2(b0, b1) as signed ints */
+    const unsigned w = two_bytes_lo_hi ^ 0x64806480u; /* 1024 + 128 + code, in each half */
+    const __half2 h = __hsub2(*(const __half2 *)&w,
+                              __halves2half2(__float2half(1152.0f), __float2half(1152.0f)));
+    return *(const unsigned *)&h;
+}
+
+/* Copies of the int8 K and V codes of keys j0 .. j0 + BT (zero past ke). */
+__device__ __forceinline__ void dq_load_tile(const kr_cu_attention &a, char *ks_, char *vs_,
+                                             int64_t b, int64_t hk, int64_t j0, int64_t ke,
+                                             const int D) {
+    const int BT = DP_BT(D), CH = D / 16, P = DQ_PITCH(D), RPP = DC_THREADS / CH;
+    const int r0 = threadIdx.x / CH, c = threadIdx.x % CH;
+    const int64_t step = (int64_t)RPP * a.Hkv * D;
+    const int8_t *kp = a.k8.data + ((b * a.k8.capacity + j0 + r0) * a.Hkv + hk) * D + 16 * c;
+    const int8_t *vp = a.v8.data + ((b * a.v8.capacity + j0 + r0) * a.Hkv + hk) * D + 16 * c;
+    for (int r = r0; r < BT; r += RPP, kp += step, vp += step) {
+        const bool ok = j0 + r < ke;
+        dp_cp16(ks_ + r * P + 16 * c, ok ? kp : a.k8.data, ok);
+        dp_cp16(vs_ + r * P + 16 * c, ok ? vp : a.v8.data, ok);
+    }
+}
+
+/* This thread's metadata rows of a tile (K rows, then V rows), as u16 words. */
+__device__ __forceinline__ void dq_load_meta(const kr_cu_attention &a, int64_t b, int64_t hk,
+                                             int64_t j0, int64_t ke, unsigned short *w,
+                                             const int D) {
+    const int BT = DP_BT(D), MW = KR_KV_INT8_META_BYTES(D) / 2;
+#pragma unroll
+    for (int n = 0; n < 2 * BT / DC_THREADS; n++) {
+        const int i = threadIdx.x + n * DC_THREADS;
+        const kr_cu_int8 &c = i < BT ? a.k8 : a.v8;
+        const int64_t j = j0 + i % BT;
+        const unsigned short *m =
+            (const unsigned short *)(c.meta + ((b * c.capacity + j) * a.Hkv + hk) *
+                                                  KR_KV_INT8_META_BYTES(D));
+#pragma unroll
+        for (int k = 0; k < MW; k++) w[n * MW + k] = j < ke ? __ldg(m + k) : 0;
+    }
+}
+
+/* ... and as fp32 group scales into the stage: gs[0..BT) K rows, [BT..2BT) V. */
+__device__ __forceinline__ void dq_store_meta(float *gs, const unsigned short *w, const int D) {
+    const int BT = DP_BT(D), MW = KR_KV_INT8_META_BYTES(D) / 2, NG = D / 32;
+#pragma unroll
+    for (int n = 0; n < 2 * BT / DC_THREADS; n++) {
+        const int i = threadIdx.x + n * DC_THREADS;
+        const unsigned short *m = w + n * MW;
+        const float rs = __half2float(__ushort_as_half(m[0]));
+#pragma unroll
+        for (int g = 0; g < NG; g++) {
+            const unsigned u8 = (m[1 + g / 2] >> (8 * (g % 2))) & 0xffu;
+            gs[i * NG + g] = __fmul_rn(rs, __fmul_rn((float)u8, 1.0f / 255.0f));
+        }
+    }
+}
+
+__device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits,
+                                        const kr_cu_decode_ws &ws, const int ROWS, const int D) {
+    extern __shared__ __align__(16) float sh[];
+    const int NW = KR_CU_DECODE_WARPS, NG = D / 32;
+    const int BT = DP_BT(D), P = DQ_PITCH(D), KPW = BT / NW;
+    const int NT = KPW / 8, NC = D / 8;
+    float *qs = sh;                         /* [ROWS][D] */
+    char *stages = (char *)(sh + ROWS * D); /* [STAGES][K codes, V codes, K gs, V gs] */
+    const int STB = 2 * BT * P + 2 * BT * NG * 4;
+    float *ml = (float *)stages;
+    float *accs = ml + NW * ROWS * 2;
+
+    const int64_t G = a.H / a.Hkv, R = G * a.Sq;
+    const int64_t n_chunks = (R + ROWS - 1) / ROWS;
+    const int64_t split = blockIdx.x, hk = blockIdx.y / n_chunks, chunk = blockIdx.y % n_chunks;
+    const int64_t b = blockIdx.z;
+    const int64_t unit = (b * a.Hkv + hk) * n_chunks + chunk;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int64_t L = a.has_lens ? cu_len(a.lens, b) : a.Skv;
+    const int myr = lane / 4, q4 = lane % 4;
+
+    int64_t kmin = L, kmax = 0, mylo = 0, myhi = 0;
+    bool uniform = true;
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        int64_t lo = 0, hi = 0;
+        if (chunk * ROWS + r < R) cu_row_range(a, L, (chunk * ROWS + r) % a.Sq, &lo, &hi);
+        if (hi > lo) kmin = min(kmin, lo), kmax = max(kmax, hi);
+    }
+    if (kmax < kmin) kmax = kmin;
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        int64_t lo = 0, hi = 0;
+        if (chunk * ROWS + r < R) {
+            cu_row_range(a, L, (chunk * ROWS + r) % a.Sq, &lo, &hi);
+            if (lo != kmin || hi != kmax) uniform = false;
+        }
+        if (r == myr) mylo = lo, myhi = hi;
+    }
+    const bool live = myr < ROWS && chunk * ROWS + myr < R;
+    const int64_t per = (kmax - kmin + splits - 1) / splits;
+    const int64_t ks = min(kmax, kmin + split * per), ke = min(kmax, ks + per);
+    const int64_t nt = (ke - ks + BT - 1) / BT;
+
+    unsigned short mw[2 * 3]; /* metadata words in flight: <= 2 rows x 3 words */
+    for (int t = 0; t < DP_STAGES - 1; t++) {
+        char *st = stages + t * STB;
+        if (t < nt) {
+            dq_load_tile(a, st, st + BT * P, b, hk, ks + (int64_t)t * BT, ke, D);
+            dq_load_meta(a, b, hk, ks + (int64_t)t * BT, ke, mw, D);
+            dq_store_meta((float *)(st + 2 * BT * P), mw, D);
+        }
+        dp_commit();
+    }
+    for (int r = 0; r < ROWS; r++) {
+        const int64_t row = chunk * ROWS + r;
+        const int64_t h = hk * G + row / a.Sq, i = row % a.Sq;
+        for (int c = tid; c < D; c += DC_THREADS)
+            qs[r * D + c] = row < R ? cu_load(a.q.data, a.q.dtype, cu_off(a.q, b, i, h, c)) *
+                                          a.k8.chan[hk * a.D + c]
+                                    : 0.0f;
+    }
+    __syncthreads();
+    unsigned qa[8][2]; /* D / 16 <= 8 used */
+#pragma unroll
+    for (int k = 0; k < D / 16; k++) {
+        const float *qr = qs + myr * D + 16 * k + 2 * q4;
+        qa[k][0] = myr < ROWS ? dm_pack(qr[0], qr[1], KR_F16) : 0u;
+        qa[k][1] = myr < ROWS ? dm_pack(qr[8], qr[9], KR_F16) : 0u;
+    }
+    const float qscale = a.scale * DC_LOG2E;
+
+    float m = -INFINITY, l = 0.0f, o[16][2], cf = 1.0f; /* o is in units of 1 / cf */
+#pragma unroll
+    for (int n = 0; n < NC; n++) o[n][0] = o[n][1] = 0.0f;
+    for (int64_t t = 0; t < nt; t++) {
+        dp_wait_ahead();
+        __syncthreads();
+        const int64_t tn = t + DP_STAGES - 1;
+        char *stn = stages + (tn % DP_STAGES) * STB;
+        if (tn < nt) {
+            dq_load_tile(a, stn, stn + BT * P, b, hk, ks + tn * BT, ke, D);
+            dq_load_meta(a, b, hk, ks + tn * BT, ke, mw, D);
+        }
+        dp_commit();
+        const char *st = stages + (t % DP_STAGES) * STB;
+        const char *kt = st + warp * KPW * P, *vt = st + BT * P + warp * KPW * P;
+        const float *gk = (const float *)(st + 2 * BT * P) + warp * KPW * NG;
+        const float *gv = gk + BT * NG;
+        const int64_t j0 = ks + t * BT + warp * KPW;
+        /* S: per 32-channel group two MMA steps, times the keys' group scales */
+        float sc[4][2]; /* NT <= 4 used */
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            sc[n][0] = sc[n][1] = 0.0f;
+            const char *kr = kt + (8 * n + lane / 4) * P + 2 * q4;
+#pragma unroll
+            for (int g = 0; g < NG; g++) {
+                float part[2] = {0.0f, 0.0f};
+#pragma unroll
+                for (int k = 2 * g; k < 2 * g + 2; k++) {
+                    const unsigned k0 = *(const unsigned short *)(kr + 16 * k);
+                    const unsigned k1 = *(const unsigned short *)(kr + 16 * k + 8);
+                    dm_mma(part, qa[k][0], qa[k][1], dq_h2(__byte_perm(k0, 0u, 0x4140)),
+                           dq_h2(__byte_perm(k1, 0u, 0x4140)), KR_F16);
+                }
+                sc[n][0] = fmaf(gk[(8 * n + 2 * q4) * NG + g], part[0], sc[n][0]);
+                sc[n][1] = fmaf(gk[(8 * n + 2 * q4 + 1) * NG + g], part[1], sc[n][1]);
+            }
+        }
+        float tmax = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int64_t j = j0 + 8 * n + 2 * q4 + e;
+                const bool hidden = !live || j >= ke || (!uniform && (j < mylo || j >= myhi));
+                sc[n][e] = hidden ? -INFINITY : sc[n][e] * qscale;
+                tmax = cu_nanmax(tmax, sc[n][e]);
+            }
+        tmax = cu_nanmax(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
+        tmax = cu_nanmax(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));
+        /* the largest V group scale of the warp's keys in this tile sets cf */
+        float gmax = 0.0f;
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+#pragma unroll
+                for (int g = 0; g < NG; g++)
+                    gmax = fmaxf(gmax, gv[(8 * n + 2 * q4 + e) * NG + g]);
+        for (int x = 1; x < 32; x <<= 1) gmax = fmaxf(gmax, __shfl_xor_sync(0xffffffffu, gmax, x));
+        const int ex = (__float_as_int(gmax) >> 23) & 0xff;
+        const float cn =
+            gmax > 0.0f && ex >= 1 && ex <= 253 ? __int_as_float((253 - ex) << 23) : cf;
+        const float mn = cu_nanmax(m, tmax);
+        const float am = mn == -INFINITY ? 1.0f : exp2f(m - mn); /* the softmax rescale */
+        const float alpha = am * (cn / cf);                      /* o's, with the new cf */
+        m = mn;
+        cf = cn;
+        l *= am;
+#pragma unroll
+        for (int n = 0; n < NC; n++) o[n][0] *= alpha, o[n][1] *= alpha;
+        float p[4][2];
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                p[n][e] = mn == -INFINITY ? 0.0f : exp2f(sc[n][e] - mn);
+                l += p[n][e];
+            }
+        /* O += (P gs_V cf) V: per 16 keys and group, one P, four 8-channel blocks */
+#pragma unroll
+        for (int k = 0; k < NT / 2; k++) {
+            const int ka = 16 * k + 2 * q4, kb = ka + 8;
+            const char *vr = vt + ka * P + lane / 4;
+#pragma unroll
+            for (int g = 0; g < NG; g++) {
+                const unsigned pa0 = dm_pack(p[2 * k][0] * gv[ka * NG + g] * cf,
+                                             p[2 * k][1] * gv[(ka + 1) * NG + g] * cf, KR_F16);
+                const unsigned pa2 = dm_pack(p[2 * k + 1][0] * gv[kb * NG + g] * cf,
+                                             p[2 * k + 1][1] * gv[(kb + 1) * NG + g] * cf, KR_F16);
+#pragma unroll
+                for (int n = 4 * g; n < 4 * g + 4; n++) {
+                    const unsigned char *c0 = (const unsigned char *)vr + 8 * n;
+                    const unsigned lo0 = c0[0], hi0 = c0[P], lo1 = c0[8 * P], hi1 = c0[9 * P];
+                    dm_mma(o[n], pa0, pa2, dq_h2(lo0 | (hi0 << 16)), dq_h2(lo1 | (hi1 << 16)),
+                           KR_F16);
+                }
+            }
+        }
+        /* the metadata of tile tn, loaded above, into its stage */
+        if (tn < nt) dq_store_meta((float *)(stn + 2 * BT * P), mw, D);
+    }
+    dp_wait_all();
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    __syncthreads(); /* the stages are reused for the merge */
+    if (myr < ROWS) {
+        if (q4 == 0) {
+            ml[(warp * ROWS + myr) * 2] = m;
+            ml[(warp * ROWS + myr) * 2 + 1] = l;
+        }
+#pragma unroll
+        for (int n = 0; n < NC; n++) {
+            accs[(warp * ROWS + myr) * D + 8 * n + 2 * q4] = o[n][0] / cf;
+            accs[(warp * ROWS + myr) * D + 8 * n + 2 * q4 + 1] = o[n][1] / cf;
+        }
+    }
+    dc_merge(a, splits, ws, ml, accs, unit, chunk, hk, b, ROWS, KR_I8, D);
+}
+
+#define DQ_KERNEL(name, ROWS, D)                                                                   \
+    __global__ void __launch_bounds__(DC_THREADS)                                                  \
+        name(kr_cu_attention a, int64_t splits, kr_cu_decode_ws ws) {                              \
+        dq_body(a, splits, ws, ROWS, D);                                                           \
+    }
+DQ_KERNEL(dq_r4_d64, 4, 64)
+DQ_KERNEL(dq_r8_d64, 8, 64)
+DQ_KERNEL(dq_r4_d128, 4, 128)
+DQ_KERNEL(dq_r8_d128, 8, 128)
+
 typedef void (*dc_kernel_fn)(kr_cu_attention, int64_t, kr_cu_decode_ws);
-/* [head_dim 64/128/256][f16, bf16, int8][4 rows, 8 rows] */
-static const dc_kernel_fn dc_kernels[3][3][2] = {
-    {{dc_f16_r4_d64, dc_f16_r8_d64},
-     {dc_bf16_r4_d64, dc_bf16_r8_d64},
-     {dc_i8_r4_d64, dc_i8_r8_d64}},
-    {{dc_f16_r4_d128, dc_f16_r8_d128},
-     {dc_bf16_r4_d128, dc_bf16_r8_d128},
-     {dc_i8_r4_d128, dc_i8_r8_d128}},
-    {{dc_f16_r4_d256, dc_f16_r8_d256},
-     {dc_bf16_r4_d256, dc_bf16_r8_d256},
-     {dc_i8_r4_d256, dc_i8_r8_d256}},
-};
 
 static int dc_rows(const kr_cu_attention *a) { return (a->H / a->Hkv) * a->Sq <= 4 ? 4 : 8; }
 
@@ -855,26 +1111,35 @@ extern "C" int kr_cu_decode_supported(const kr_cu_attention *a, char *why, size_
     return 1;
 }
 
-/* f16/bf16 K/V: v4 (dm_*, tensor cores) for head_dim 64 and 128, v3 (dp_*)
- * for 256; v2 (dc_*) serves the int8 cache. The kernel and its dynamic
- * shared memory. */
+/* v4 on tensor cores for head_dim 64 and 128 (dm_*: f16/bf16 K/V, dq_*: the
+ * int8 cache); head_dim 256: v3 (dp_*, CUDA cores) for f16/bf16, v2 (dc_*)
+ * for int8. The kernel and its dynamic shared memory. */
 static dc_kernel_fn dp_kernel(const kr_cu_attention *a, size_t *smem) {
     static const dc_kernel_fn mma[2][2][2] = {
         {{dm_f16_r4_d64, dm_f16_r8_d64}, {dm_bf16_r4_d64, dm_bf16_r8_d64}},
         {{dm_f16_r4_d128, dm_f16_r8_d128}, {dm_bf16_r4_d128, dm_bf16_r8_d128}},
     };
+    static const dc_kernel_fn quant[2][2] = {{dq_r4_d64, dq_r8_d64}, {dq_r4_d128, dq_r8_d128}};
     static const dc_kernel_fn cores[2][2] = {{dp_f16_r4_d256, dp_f16_r8_d256},
                                              {dp_bf16_r4_d256, dp_bf16_r8_d256}};
-    const int64_t rows = dc_rows(a), D = a->D, BT = DP_BT(D);
-    const int bf = a->k.dtype != KR_F16, r8 = rows == 8;
+    const int64_t rows = dc_rows(a), D = a->D, BT = DP_BT(D), nw = KR_CU_DECODE_WARPS;
+    const int r8 = rows == 8;
+    if (a->int8) {
+        if (D != 256) {
+            *smem = sizeof(float) * (size_t)(rows * D) +
+                    (size_t)(DP_STAGES * (2 * BT * DQ_PITCH(D) + 2 * BT * (D / 32) * 4));
+            return quant[D == 128][r8];
+        }
+        *smem = sizeof(float) * (size_t)(rows * D + nw * rows * 32 + nw * rows * 2 + nw * rows * D);
+        return r8 ? dc_i8_r8_d256 : dc_i8_r4_d256;
+    }
+    const int bf = a->k.dtype != KR_F16;
     const size_t stages = (size_t)(DP_STAGES * 2 * BT * DP_PITCH(D));
     if (D != 256) {
         *smem = sizeof(float) * (size_t)(rows * D) + stages;
         return mma[D == 128][bf][r8];
     }
-    *smem = sizeof(float) * (size_t)(rows * D + KR_CU_DECODE_WARPS * (BT / KR_CU_DECODE_WARPS) *
-                                                    rows) +
-            stages;
+    *smem = sizeof(float) * (size_t)(rows * D + nw * (BT / nw) * rows) + stages;
     return cores[bf][r8];
 }
 
@@ -898,8 +1163,8 @@ extern "C" int64_t kr_cu_decode_splits(const kr_cu_attention *a, int n_sm) {
         lmax = 0;
         for (int64_t b = 0; b < a->B; b++) lmax = a->lens.v[b] > lmax ? a->lens.v[b] : lmax;
     }
-    if (!a->int8) {
-        /* v3: the fewest splits that fill the SMs' block slots to >= 90% over
+    if (!a->int8 || a->D != 256) {
+        /* v3/v4: the fewest splits that fill the SMs' block slots to >= 90% over
          * whole waves, each split at least two tiles (one round trip). */
         size_t smem = 0;
         const dc_kernel_fn fn = dp_kernel(a, &smem);
@@ -934,26 +1199,20 @@ extern "C" size_t kr_cu_decode_ws_bytes(const kr_cu_attention *a, int64_t splits
 
 extern "C" kr_status kr_cu_decode(const kr_cu_attention *a, int64_t splits,
                                   const kr_cu_decode_ws *ws, void *stream, char *err, size_t n) {
-    const int rows = dc_rows(a), nw = KR_CU_DECODE_WARPS;
+    const int rows = dc_rows(a);
     const int64_t chunks = ((a->H / a->Hkv) * a->Sq + rows - 1) / rows;
     dim3 grid((unsigned)splits, (unsigned)(a->Hkv * chunks), (unsigned)a->B);
-    if (!a->int8) {
-        size_t smem = 0;
-        const dc_kernel_fn fn = dp_kernel(a, &smem);
-        cudaError_t e = cudaFuncSetAttribute((const void *)fn,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    size_t smem = 0;
+    const dc_kernel_fn fn = dp_kernel(a, &smem);
+    if (smem > 48 * 1024) {
+        const cudaError_t e = cudaFuncSetAttribute(
+            (const void *)fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess) {
             snprintf(err, n, "decode attention: %zu bytes of shared memory: %s", smem,
                      cudaGetErrorString(e));
             return KR_ERR_BACKEND;
         }
-        fn<<<grid, DC_THREADS, smem, (cudaStream_t)stream>>>(*a, splits, *ws);
-        return cu_launched("decode attention", err, n);
     }
-    const size_t smem =
-        sizeof(float) * (size_t)(rows * a->D + nw * rows * 32 + nw * rows * 2 + nw * rows * a->D);
-    const int di = a->D == 64 ? 0 : a->D == 128 ? 1 : 2;
-    dc_kernels[di][2][rows == 8]<<<grid, DC_THREADS, smem, (cudaStream_t)stream>>>(*a, splits,
-                                                                                   *ws);
+    fn<<<grid, DC_THREADS, smem, (cudaStream_t)stream>>>(*a, splits, *ws);
     return cu_launched("decode attention", err, n);
 }
