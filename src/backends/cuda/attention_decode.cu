@@ -145,9 +145,8 @@ __device__ __forceinline__ float dc_warp_sum(float x) {
  * merges every split's partial into out (and lse). */
 __device__ __forceinline__ void dc_merge(const kr_cu_attention &a, int64_t splits,
                                          const kr_cu_decode_ws &ws, const float *ml,
-                                         const float *accs, int64_t unit, int64_t chunk,
-                                         int64_t hk, int64_t b, const int ROWS, const int DT,
-                                         const int D) {
+                                         const float *accs, int64_t unit, int64_t chunk, int64_t hk,
+                                         int64_t b, const int ROWS, const int DT, const int D) {
     const int NW = KR_CU_DECODE_WARPS;
     const int tid = threadIdx.x;
     const int64_t G = a.H / a.Hkv, R = G * a.Sq;
@@ -201,7 +200,8 @@ __device__ __forceinline__ void dc_merge(const kr_cu_attention &a, int64_t split
     for (int r = tid / 32; r < ROWS; r += NW) {
         const int lane = tid % 32;
         float mx = -INFINITY, w = 0.0f;
-        for (int64_t sp = lane; sp < splits; sp += 32) mx = cu_nanmax(mx, __ldcg(lse_of + sp * ROWS + r));
+        for (int64_t sp = lane; sp < splits; sp += 32)
+            mx = cu_nanmax(mx, __ldcg(lse_of + sp * ROWS + r));
         mx = dc_warp_max(mx);
         for (int64_t sp = lane; sp < splits; sp += 32) {
             const float ls = __ldcg(lse_of + sp * ROWS + r);
@@ -427,12 +427,12 @@ __device__ __forceinline__ void dp_body(const kr_cu_attention &a, int64_t splits
     extern __shared__ __align__(16) float sh[];
     const int NW = KR_CU_DECODE_WARPS, CPL = D / 32;
     const int BT = DP_BT(D), P = DP_PITCH(D), KPW = BT / NW, LPK = 32 / KPW;
-    float *qs = sh;                                  /* [ROWS][D] */
-    float *ps = qs + ROWS * D;                       /* [NW][KPW][ROWS] */
-    char *stages = (char *)(ps + NW * KPW * ROWS);   /* [STAGES][K tile, V tile] */
-    const int STB = 2 * BT * P;                      /* bytes of one stage */
-    float *ml = (float *)stages;                     /* after the loop: [NW][ROWS][2] */
-    float *accs = ml + NW * ROWS * 2;                /* and [NW][ROWS][D] */
+    float *qs = sh;                                /* [ROWS][D] */
+    float *ps = qs + ROWS * D;                     /* [NW][KPW][ROWS] */
+    char *stages = (char *)(ps + NW * KPW * ROWS); /* [STAGES][K tile, V tile] */
+    const int STB = 2 * BT * P;                    /* bytes of one stage */
+    float *ml = (float *)stages;                   /* after the loop: [NW][ROWS][2] */
+    float *accs = ml + NW * ROWS * 2;              /* and [NW][ROWS][D] */
 
     const int64_t G = a.H / a.Hkv, R = G * a.Sq;
     const int64_t n_chunks = (R + ROWS - 1) / ROWS;
@@ -464,17 +464,18 @@ __device__ __forceinline__ void dp_body(const kr_cu_attention &a, int64_t splits
 
     /* Start the pipeline first, then stage q while the loads fly. */
     for (int t = 0; t < DP_STAGES - 1; t++) {
-        if (t < nt) dp_load_tile(a, stages + t * STB, stages + t * STB + BT * P, b, hk,
-                                 ks + (int64_t)t * BT, ke, D);
+        if (t < nt)
+            dp_load_tile(a, stages + t * STB, stages + t * STB + BT * P, b, hk,
+                         ks + (int64_t)t * BT, ke, D);
         dp_commit();
     }
     for (int r = 0; r < ROWS; r++) {
         const int64_t row = chunk * ROWS + r;
         const int64_t h = hk * G + row / a.Sq, i = row % a.Sq;
         for (int c = tid; c < D; c += DC_THREADS)
-            qs[r * D + c] = row < R ? cu_load(a.q.data, a.q.dtype, cu_off(a.q, b, i, h, c)) *
-                                          a.scale * DC_LOG2E
-                                    : 0.0f;
+            qs[r * D + c] =
+                row < R ? cu_load(a.q.data, a.q.dtype, cu_off(a.q, b, i, h, c)) * a.scale * DC_LOG2E
+                        : 0.0f;
     }
 
     float m[8], l[8], acc[8][8];
@@ -538,8 +539,8 @@ __device__ __forceinline__ void dp_body(const kr_cu_attention &a, int64_t splits
             if (CPL == 8) {
                 dp_cvt8(*(const uint4 *)vr, DT, vf);
             } else {
-                const uint2 x = CPL == 4 ? *(const uint2 *)vr
-                                         : make_uint2(*(const unsigned *)vr, 0u);
+                const uint2 x =
+                    CPL == 4 ? *(const uint2 *)vr : make_uint2(*(const unsigned *)vr, 0u);
                 dp_cvt8(make_uint4(x.x, x.y, 0u, 0u), DT, vf);
             }
             for (int r = 0; r < ROWS; r++) {
@@ -595,8 +596,8 @@ __device__ __forceinline__ void dm_ldsm4_t(const void *p, unsigned *r) {
 }
 /* c[0..1] += A B for one m16n8k16 step; A rows 8..15 are zero (a1 = a3 = 0)
  * and the accumulators of those rows are dropped. */
-__device__ __forceinline__ void dm_mma(float *c, unsigned a0, unsigned a2, unsigned b0,
-                                       unsigned b1, const int DT) {
+__device__ __forceinline__ void dm_mma(float *c, unsigned a0, unsigned a2, unsigned b0, unsigned b1,
+                                       const int DT) {
     float z2 = 0.0f, z3 = 0.0f; /* rows 8..15: zero in, dropped out */
     if (DT == KR_F16)
         asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
@@ -627,13 +628,13 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
     extern __shared__ __align__(16) float sh[];
     const int NW = KR_CU_DECODE_WARPS;
     const int BT = DP_BT(D), P = DP_PITCH(D), KPW = BT / NW;
-    const int NT = KPW / 8;  /* 8-key blocks of a warp's share of a tile */
-    const int NC = D / 8;    /* 8-channel blocks of the output */
-    float *qs = sh;                                /* [ROWS][D] */
-    char *stages = (char *)(sh + ROWS * D);        /* [STAGES][K tile, V tile] */
+    const int NT = KPW / 8;                 /* 8-key blocks of a warp's share of a tile */
+    const int NC = D / 8;                   /* 8-channel blocks of the output */
+    float *qs = sh;                         /* [ROWS][D] */
+    char *stages = (char *)(sh + ROWS * D); /* [STAGES][K tile, V tile] */
     const int STB = 2 * BT * P;
-    float *ml = (float *)stages;                   /* after the loop: [NW][ROWS][2] */
-    float *accs = ml + NW * ROWS * 2;              /* and [NW][ROWS][D] */
+    float *ml = (float *)stages;      /* after the loop: [NW][ROWS][2] */
+    float *accs = ml + NW * ROWS * 2; /* and [NW][ROWS][D] */
 
     const int64_t G = a.H / a.Hkv, R = G * a.Sq;
     const int64_t n_chunks = (R + ROWS - 1) / ROWS;
@@ -684,7 +685,7 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
     __syncthreads();
     /* q fragments (A operand) of each 16-channel step, rows 0..7 */
     unsigned qa[8][2]; /* D / 16 <= 8 used */
-    #pragma unroll
+#pragma unroll
     for (int k = 0; k < D / 16; k++) {
         const float *qr = qs + myr * D + 16 * k + 2 * q4;
         qa[k][0] = myr < ROWS ? dm_pack(qr[0], qr[1], DT) : 0u;
@@ -693,7 +694,7 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
     const float qscale = a.scale * DC_LOG2E;
 
     float m = -INFINITY, l = 0.0f, o[16][2]; /* NC <= 16 used */
-    #pragma unroll
+#pragma unroll
     for (int n = 0; n < NC; n++) o[n][0] = o[n][1] = 0.0f;
     for (int64_t t = 0; t < nt; t++) {
         dp_wait_ahead();
@@ -709,9 +710,9 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
         const int64_t j0 = ks + t * BT + warp * KPW;
         /* S = Q K^T over this warp's KPW keys, 16 keys (two 8-key blocks) a step */
         float sc[4][2]; /* NT <= 4 used */
-        #pragma unroll
+#pragma unroll
         for (int n = 0; n < NT; n++) sc[n][0] = sc[n][1] = 0.0f;
-        #pragma unroll
+#pragma unroll
         for (int n = 0; n < NT; n += 2) {
             /* lane's ldmatrix row: matrix lane / 8 = (key block, channel half) */
             const char *kr = kt + (8 * (n + (lane / 16)) + lane % 8) * P + ((lane / 8) % 2) * 16;
@@ -725,7 +726,7 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
         }
         /* online softmax of row myr over the tile (its 4 lanes together) */
         float tmax = -INFINITY;
-        #pragma unroll
+#pragma unroll
         for (int n = 0; n < NT; n++)
             for (int e = 0; e < 2; e++) {
                 const int64_t j = j0 + 8 * n + 2 * q4 + e;
@@ -739,20 +740,21 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
         const float alpha = mn == -INFINITY ? 1.0f : exp2f(m - mn);
         m = mn;
         l *= alpha;
-        #pragma unroll
+#pragma unroll
         for (int n = 0; n < NC; n++) o[n][0] *= alpha, o[n][1] *= alpha;
         unsigned pa[4];
-        #pragma unroll
+#pragma unroll
         for (int n = 0; n < NT; n++) {
             const float p0 = mn == -INFINITY ? 0.0f : exp2f(sc[n][0] - mn);
             const float p1 = mn == -INFINITY ? 0.0f : exp2f(sc[n][1] - mn);
             l += p0 + p1;
             pa[n] = dm_pack(p0, p1, DT);
         }
-        /* O += P V, 16 keys a step, two 8-channel blocks per ldmatrix.trans */
-        #pragma unroll
+/* O += P V, 16 keys a step, two 8-channel blocks per ldmatrix.trans */
+#pragma unroll
         for (int k = 0; k < NT / 2; k++) {
-            const char *vr = vt + (16 * k + (lane % 8) + 8 * ((lane / 8) % 2)) * P + (lane / 16) * 16;
+            const char *vr =
+                vt + (16 * k + (lane % 8) + 8 * ((lane / 8) % 2)) * P + (lane / 16) * 16;
 #pragma unroll
             for (int n = 0; n < NC; n += 2) {
                 unsigned f[4];
@@ -771,7 +773,7 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
             ml[(warp * ROWS + myr) * 2] = m;
             ml[(warp * ROWS + myr) * 2 + 1] = l;
         }
-        #pragma unroll
+#pragma unroll
         for (int n = 0; n < NC; n++) {
             accs[(warp * ROWS + myr) * D + 8 * n + 2 * q4] = o[n][0];
             accs[(warp * ROWS + myr) * D + 8 * n + 2 * q4 + 1] = o[n][1];
@@ -811,8 +813,8 @@ DM_KERNELS(128)
 __device__ __forceinline__ unsigned dq_h2(unsigned two_bytes_lo_hi) {
     /* bytes b0 (bits 0-7) and b1 (bits 16-23) -> half2(b0, b1) as signed ints */
     const unsigned w = two_bytes_lo_hi ^ 0x64806480u; /* 1024 + 128 + code, in each half */
-    const __half2 h = __hsub2(*(const __half2 *)&w,
-                              __halves2half2(__float2half(1152.0f), __float2half(1152.0f)));
+    const __half2 h =
+        __hsub2(*(const __half2 *)&w, __halves2half2(__float2half(1152.0f), __float2half(1152.0f)));
     return *(const unsigned *)&h;
 }
 
@@ -995,8 +997,7 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
 #pragma unroll
             for (int e = 0; e < 2; e++)
 #pragma unroll
-                for (int g = 0; g < NG; g++)
-                    gmax = fmaxf(gmax, gv[(8 * n + 2 * q4 + e) * NG + g]);
+                for (int g = 0; g < NG; g++) gmax = fmaxf(gmax, gv[(8 * n + 2 * q4 + e) * NG + g]);
         for (int x = 1; x < 32; x <<= 1) gmax = fmaxf(gmax, __shfl_xor_sync(0xffffffffu, gmax, x));
         const int ex = (__float_as_int(gmax) >> 23) & 0xff;
         const float cn =
@@ -1017,7 +1018,7 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
                 p[n][e] = mn == -INFINITY ? 0.0f : exp2f(sc[n][e] - mn);
                 l += p[n][e];
             }
-        /* O += (P gs_V cf) V: per 16 keys and group, one P, four 8-channel blocks */
+            /* O += (P gs_V cf) V: per 16 keys and group, one P, four 8-channel blocks */
 #pragma unroll
         for (int k = 0; k < NT / 2; k++) {
             const int ka = 16 * k + 2 * q4, kb = ka + 8;
