@@ -259,6 +259,26 @@ __device__ __forceinline__ void dc_finish(const kr_cu_attention &a, int64_t spli
     dc_merge(a, splits, ws, ml, accs, unit, chunk, hk, b, ROWS, DT, D);
 }
 
+/* The visible range [lo[r], hi[r]) of each of the block's ROWS query rows
+ * (empty past the R real ones), their union [*kmin, *kmax), and whether
+ * every real row sees exactly the union (then no per-key test is needed). */
+__device__ __forceinline__ void dc_ranges(const kr_cu_attention &a, int64_t L, int64_t chunk,
+                                          int64_t R, int64_t *lo, int64_t *hi, int64_t *kmin,
+                                          int64_t *kmax, bool *uniform, const int ROWS) {
+    *kmin = L, *kmax = 0;
+    for (int r = 0; r < ROWS; r++) {
+        lo[r] = hi[r] = 0;
+        if (chunk * ROWS + r < R) {
+            cu_row_range(a, L, (chunk * ROWS + r) % a.Sq, &lo[r], &hi[r]);
+            if (hi[r] > lo[r]) *kmin = min(*kmin, lo[r]), *kmax = max(*kmax, hi[r]);
+        }
+    }
+    if (*kmax < *kmin) *kmax = *kmin;
+    *uniform = true;
+    for (int r = 0; r < ROWS; r++)
+        if (chunk * ROWS + r < R && (lo[r] != *kmin || hi[r] != *kmax)) *uniform = false;
+}
+
 __device__ __forceinline__ void dc_body(const kr_cu_attention &a, int64_t splits,
                                         const kr_cu_decode_ws &ws, const int ROWS, const int DT,
                                         const int D) {
@@ -277,18 +297,12 @@ __device__ __forceinline__ void dc_body(const kr_cu_attention &a, int64_t splits
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int64_t L = a.has_lens ? cu_len(a.lens, b) : a.Skv;
 
-    /* q rows, pre-scaled; each row's visible range and their union. */
-    int64_t lo[8], hi[8], kmin = L, kmax = 0;
+    /* each row's visible range and their union; q rows, pre-scaled */
+    int64_t lo[8], hi[8], kmin, kmax;
+    bool uniform;
+    dc_ranges(a, L, chunk, R, lo, hi, &kmin, &kmax, &uniform, ROWS);
     for (int r = 0; r < ROWS; r++) {
         const int64_t row = chunk * ROWS + r;
-        lo[r] = hi[r] = 0;
-        if (row < R) {
-            cu_row_range(a, L, row % a.Sq, &lo[r], &hi[r]);
-            if (hi[r] > lo[r]) {
-                kmin = min(kmin, lo[r]);
-                kmax = max(kmax, hi[r]);
-            }
-        }
         const int64_t h = hk * G + row / a.Sq, i = row % a.Sq;
         for (int c = tid; c < D; c += DC_THREADS) {
             float x = 0.0f;
@@ -299,11 +313,6 @@ __device__ __forceinline__ void dc_body(const kr_cu_attention &a, int64_t splits
             qs[r * D + c] = x;
         }
     }
-    if (kmax < kmin) kmax = kmin;
-    /* Every row sees the whole union (decode without a window): no per-key test. */
-    bool uniform = true;
-    for (int r = 0; r < ROWS; r++)
-        if (chunk * ROWS + r < R && (lo[r] != kmin || hi[r] != kmax)) uniform = false;
     __syncthreads();
     const int64_t per = (kmax - kmin + splits - 1) / splits;
     const int64_t ks = min(kmax, kmin + split * per), ke = min(kmax, ks + per);
@@ -353,14 +362,14 @@ __device__ __forceinline__ void dc_body(const kr_cu_attention &a, int64_t splits
 /* One kernel per (storage dtype, rows per block, head_dim): the body is
  * inlined with all three as constants, so unused rows, dtype branches and
  * channel loops compile away. */
-#define DC_KERNEL(name, ROWS, DT, D)                                                               \
+#define DECODE_KERNEL(name, body)                                                                  \
     __global__ void __launch_bounds__(DC_THREADS)                                                  \
         name(kr_cu_attention a, int64_t splits, kr_cu_decode_ws ws) {                              \
-        dc_body(a, splits, ws, ROWS, DT, D);                                                       \
+        body;                                                                                      \
     }
 /* v2 serves the int8 cache at head_dim 256 (v4 covers 64 and 128). */
-DC_KERNEL(dc_i8_r4_d256, 4, KR_I8, 256)
-DC_KERNEL(dc_i8_r8_d256, 8, KR_I8, 256)
+DECODE_KERNEL(dc_i8_r4_d256, dc_body(a, splits, ws, 4, KR_I8, 256))
+DECODE_KERNEL(dc_i8_r8_d256, dc_body(a, splits, ws, 8, KR_I8, 256))
 
 /* ---- v3: f16 / bf16 K/V through a cp.async pipeline in shared memory ----
  *
@@ -442,22 +451,9 @@ __device__ __forceinline__ void dp_body(const kr_cu_attention &a, int64_t splits
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int64_t L = a.has_lens ? cu_len(a.lens, b) : a.Skv;
 
-    int64_t lo[8], hi[8], kmin = L, kmax = 0;
-    for (int r = 0; r < ROWS; r++) {
-        const int64_t row = chunk * ROWS + r;
-        lo[r] = hi[r] = 0;
-        if (row < R) {
-            cu_row_range(a, L, row % a.Sq, &lo[r], &hi[r]);
-            if (hi[r] > lo[r]) {
-                kmin = min(kmin, lo[r]);
-                kmax = max(kmax, hi[r]);
-            }
-        }
-    }
-    if (kmax < kmin) kmax = kmin;
-    bool uniform = true;
-    for (int r = 0; r < ROWS; r++)
-        if (chunk * ROWS + r < R && (lo[r] != kmin || hi[r] != kmax)) uniform = false;
+    int64_t lo[8], hi[8], kmin, kmax;
+    bool uniform;
+    dc_ranges(a, L, chunk, R, lo, hi, &kmin, &kmax, &uniform, ROWS);
     const int64_t per = (kmax - kmin + splits - 1) / splits;
     const int64_t ks = min(kmax, kmin + split * per), ke = min(kmax, ks + per);
     const int64_t nt = (ke - ks + BT - 1) / BT;
@@ -556,19 +552,11 @@ __device__ __forceinline__ void dp_body(const kr_cu_attention &a, int64_t splits
     dc_finish(a, splits, ws, ml, accs, m, l, acc, unit, chunk, hk, b, ROWS, DT, D);
 }
 
-#define DP_KERNEL(name, ROWS, DT, D)                                                               \
-    __global__ void __launch_bounds__(DC_THREADS)                                                  \
-        name(kr_cu_attention a, int64_t splits, kr_cu_decode_ws ws) {                              \
-        dp_body(a, splits, ws, ROWS, DT, D);                                                       \
-    }
-#define DP_KERNELS(D)                                                                              \
-    DP_KERNEL(dp_f16_r4_d##D, 4, KR_F16, D)                                                        \
-    DP_KERNEL(dp_f16_r8_d##D, 8, KR_F16, D)                                                        \
-    DP_KERNEL(dp_bf16_r4_d##D, 4, KR_BF16, D)                                                      \
-    DP_KERNEL(dp_bf16_r8_d##D, 8, KR_BF16, D)
-DP_KERNELS(64)
-DP_KERNELS(128)
-DP_KERNELS(256)
+/* v3 serves head_dim 256 (v4 covers 64 and 128). */
+DECODE_KERNEL(dp_f16_r4_d256, dp_body(a, splits, ws, 4, KR_F16, 256))
+DECODE_KERNEL(dp_f16_r8_d256, dp_body(a, splits, ws, 8, KR_F16, 256))
+DECODE_KERNEL(dp_bf16_r4_d256, dp_body(a, splits, ws, 4, KR_BF16, 256))
+DECODE_KERNEL(dp_bf16_r8_d256, dp_body(a, splits, ws, 8, KR_BF16, 256))
 
 /* ---- v4: the same pipeline, scores and p * V on tensor cores (mma.sync) ----
  *
@@ -622,6 +610,120 @@ __device__ __forceinline__ unsigned dm_pack(float lo, float hi, const int DT) {
     return u;
 }
 
+/* What a v4 block works on: its (sequence, kv head, row chunk) unit, the key
+ * range [ks, ke) of its split, and this lane's query row (lane / 4): its
+ * visible range, whether it is a real row, and whether every row of the
+ * block sees the same range (then no per-key test is needed). */
+typedef struct dm_unit {
+    int64_t G, R, hk, chunk, b, unit, ks, ke, mylo, myhi;
+    bool uniform, live;
+} dm_unit;
+
+__device__ __forceinline__ dm_unit dm_unit_of(const kr_cu_attention &a, int64_t splits,
+                                              const int ROWS) {
+    dm_unit u;
+    u.G = a.H / a.Hkv, u.R = u.G * a.Sq;
+    const int64_t n_chunks = (u.R + ROWS - 1) / ROWS;
+    u.hk = blockIdx.y / n_chunks, u.chunk = blockIdx.y % n_chunks, u.b = blockIdx.z;
+    u.unit = (u.b * a.Hkv + u.hk) * n_chunks + u.chunk;
+    const int64_t L = a.has_lens ? cu_len(a.lens, u.b) : a.Skv;
+    const int myr = (threadIdx.x % 32) / 4;
+    int64_t kmin = L, kmax = 0;
+    u.mylo = u.myhi = 0;
+    u.uniform = true;
+    /* the rows' ranges are computed twice rather than kept in arrays, which
+     * would go to local memory */
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        int64_t lo = 0, hi = 0;
+        if (u.chunk * ROWS + r < u.R) cu_row_range(a, L, (u.chunk * ROWS + r) % a.Sq, &lo, &hi);
+        if (hi > lo) kmin = min(kmin, lo), kmax = max(kmax, hi);
+    }
+    if (kmax < kmin) kmax = kmin;
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        int64_t lo = 0, hi = 0;
+        if (u.chunk * ROWS + r < u.R) {
+            cu_row_range(a, L, (u.chunk * ROWS + r) % a.Sq, &lo, &hi);
+            if (lo != kmin || hi != kmax) u.uniform = false;
+        }
+        if (r == myr) u.mylo = lo, u.myhi = hi;
+    }
+    u.live = myr < ROWS && u.chunk * ROWS + myr < u.R;
+    const int64_t per = (kmax - kmin + splits - 1) / splits;
+    u.ks = min(kmax, kmin + (int64_t)blockIdx.x * per);
+    u.ke = min(kmax, u.ks + per);
+    return u;
+}
+
+/* The block's q rows (times chan[c] when given) staged in shared memory,
+ * then this lane's A fragments of each 16-channel step (rows 0..7; rows
+ * 8..15 of the MMAs are zero). */
+__device__ __forceinline__ void dm_q_frags(const kr_cu_attention &a, const dm_unit &u,
+                                           const float *chan, float *qs, unsigned (*qa)[2],
+                                           const int ROWS, const int DT, const int D) {
+    for (int r = 0; r < ROWS; r++) {
+        const int64_t row = u.chunk * ROWS + r;
+        const int64_t h = u.hk * u.G + row / a.Sq, i = row % a.Sq;
+        for (int c = threadIdx.x; c < D; c += DC_THREADS)
+            qs[r * D + c] = row < u.R ? cu_load(a.q.data, a.q.dtype, cu_off(a.q, u.b, i, h, c)) *
+                                            (chan ? chan[c] : 1.0f)
+                                      : 0.0f;
+    }
+    __syncthreads();
+    const int lane = threadIdx.x % 32, myr = lane / 4, q4 = lane % 4;
+#pragma unroll
+    for (int k = 0; k < D / 16; k++) {
+        const float *qr = qs + myr * D + 16 * k + 2 * q4;
+        qa[k][0] = myr < ROWS ? dm_pack(qr[0], qr[1], DT) : 0u;
+        qa[k][1] = myr < ROWS ? dm_pack(qr[8], qr[9], DT) : 0u;
+    }
+}
+
+/* Scores of this lane's keys (j0 + 8n + 2(lane % 4) + e) scaled into the
+ * log2 domain, hidden ones -inf; returns the tile maximum of its row. */
+__device__ __forceinline__ float dm_mask_max(float (*sc)[2], const int NT, int64_t j0,
+                                             const dm_unit &u, float qscale) {
+    const int q4 = threadIdx.x % 4;
+    float tmax = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int64_t j = j0 + 8 * n + 2 * q4 + e;
+            const bool hidden = !u.live || j >= u.ke || (!u.uniform && (j < u.mylo || j >= u.myhi));
+            sc[n][e] = hidden ? -INFINITY : sc[n][e] * qscale;
+            tmax = cu_nanmax(tmax, sc[n][e]);
+        }
+    tmax = cu_nanmax(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
+    return cu_nanmax(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));
+}
+
+/* After the loop: the row sums of the 4 lanes of a row combined, each warp's
+ * (m, l, o * oscale) into shared memory (the stages, free now), dc_merge. */
+__device__ __forceinline__ void dm_finish(const kr_cu_attention &a, int64_t splits,
+                                          const kr_cu_decode_ws &ws, const dm_unit &u, float *ml,
+                                          float m, float l, float (*o)[2], float oscale,
+                                          const int ROWS, const int DT, const int D) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, myr = lane / 4, q4 = lane % 4;
+    float *accs = ml + KR_CU_DECODE_WARPS * ROWS * 2;
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    __syncthreads();
+    if (myr < ROWS) {
+        if (q4 == 0) {
+            ml[(warp * ROWS + myr) * 2] = m;
+            ml[(warp * ROWS + myr) * 2 + 1] = l;
+        }
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+            accs[(warp * ROWS + myr) * D + 8 * n + 2 * q4] = o[n][0] * oscale;
+            accs[(warp * ROWS + myr) * D + 8 * n + 2 * q4 + 1] = o[n][1] * oscale;
+        }
+    }
+    dc_merge(a, splits, ws, ml, accs, u.unit, u.chunk, u.hk, u.b, ROWS, DT, D);
+}
+
 __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits,
                                         const kr_cu_decode_ws &ws, const int ROWS, const int DT,
                                         const int D) {
@@ -633,41 +735,9 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
     float *qs = sh;                         /* [ROWS][D] */
     char *stages = (char *)(sh + ROWS * D); /* [STAGES][K tile, V tile] */
     const int STB = 2 * BT * P;
-    float *ml = (float *)stages;      /* after the loop: [NW][ROWS][2] */
-    float *accs = ml + NW * ROWS * 2; /* and [NW][ROWS][D] */
-
-    const int64_t G = a.H / a.Hkv, R = G * a.Sq;
-    const int64_t n_chunks = (R + ROWS - 1) / ROWS;
-    const int64_t split = blockIdx.x, hk = blockIdx.y / n_chunks, chunk = blockIdx.y % n_chunks;
-    const int64_t b = blockIdx.z;
-    const int64_t unit = (b * a.Hkv + hk) * n_chunks + chunk;
-    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    const int64_t L = a.has_lens ? cu_len(a.lens, b) : a.Skv;
-    const int myr = lane / 4, q4 = lane % 4; /* this lane's query row, column pair */
-
-    int64_t kmin = L, kmax = 0, mylo = 0, myhi = 0;
-    bool uniform = true;
-    /* the rows' visible ranges: their union, whether all agree, and this lane's
-     * (computed twice rather than kept in arrays that would go to local memory) */
-#pragma unroll
-    for (int r = 0; r < ROWS; r++) {
-        int64_t lo = 0, hi = 0;
-        if (chunk * ROWS + r < R) cu_row_range(a, L, (chunk * ROWS + r) % a.Sq, &lo, &hi);
-        if (hi > lo) kmin = min(kmin, lo), kmax = max(kmax, hi);
-    }
-    if (kmax < kmin) kmax = kmin;
-#pragma unroll
-    for (int r = 0; r < ROWS; r++) {
-        int64_t lo = 0, hi = 0;
-        if (chunk * ROWS + r < R) {
-            cu_row_range(a, L, (chunk * ROWS + r) % a.Sq, &lo, &hi);
-            if (lo != kmin || hi != kmax) uniform = false;
-        }
-        if (r == myr) mylo = lo, myhi = hi;
-    }
-    const bool live = myr < ROWS && chunk * ROWS + myr < R; /* a real query row */
-    const int64_t per = (kmax - kmin + splits - 1) / splits;
-    const int64_t ks = min(kmax, kmin + split * per), ke = min(kmax, ks + per);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const dm_unit u = dm_unit_of(a, splits, ROWS);
+    const int64_t b = u.b, hk = u.hk, ks = u.ks, ke = u.ke;
     const int64_t nt = (ke - ks + BT - 1) / BT;
 
     for (int t = 0; t < DP_STAGES - 1; t++) {
@@ -676,21 +746,8 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
                          ks + (int64_t)t * BT, ke, D);
         dp_commit();
     }
-    for (int r = 0; r < ROWS; r++) {
-        const int64_t row = chunk * ROWS + r;
-        const int64_t h = hk * G + row / a.Sq, i = row % a.Sq;
-        for (int c = tid; c < D; c += DC_THREADS)
-            qs[r * D + c] = row < R ? cu_load(a.q.data, a.q.dtype, cu_off(a.q, b, i, h, c)) : 0.0f;
-    }
-    __syncthreads();
-    /* q fragments (A operand) of each 16-channel step, rows 0..7 */
     unsigned qa[8][2]; /* D / 16 <= 8 used */
-#pragma unroll
-    for (int k = 0; k < D / 16; k++) {
-        const float *qr = qs + myr * D + 16 * k + 2 * q4;
-        qa[k][0] = myr < ROWS ? dm_pack(qr[0], qr[1], DT) : 0u;
-        qa[k][1] = myr < ROWS ? dm_pack(qr[8], qr[9], DT) : 0u;
-    }
+    dm_q_frags(a, u, NULL, qs, qa, ROWS, DT, D);
     const float qscale = a.scale * DC_LOG2E;
 
     float m = -INFINITY, l = 0.0f, o[16][2]; /* NC <= 16 used */
@@ -724,18 +781,8 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
                 dm_mma(sc[n + 1], qa[k][0], qa[k][1], f[2], f[3], DT);
             }
         }
-        /* online softmax of row myr over the tile (its 4 lanes together) */
-        float tmax = -INFINITY;
-#pragma unroll
-        for (int n = 0; n < NT; n++)
-            for (int e = 0; e < 2; e++) {
-                const int64_t j = j0 + 8 * n + 2 * q4 + e;
-                const bool hidden = !live || j >= ke || (!uniform && (j < mylo || j >= myhi));
-                sc[n][e] = hidden ? -INFINITY : sc[n][e] * qscale;
-                tmax = cu_nanmax(tmax, sc[n][e]);
-            }
-        tmax = cu_nanmax(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
-        tmax = cu_nanmax(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));
+        /* online softmax of row lane / 4 over the tile (its 4 lanes together) */
+        const float tmax = dm_mask_max(sc, NT, j0, u, qscale);
         const float mn = cu_nanmax(m, tmax);
         const float alpha = mn == -INFINITY ? 1.0f : exp2f(m - mn);
         m = mn;
@@ -765,33 +812,14 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
         }
     }
     dp_wait_all();
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    __syncthreads(); /* the stages are reused for the merge */
-    if (myr < ROWS) {
-        if (q4 == 0) {
-            ml[(warp * ROWS + myr) * 2] = m;
-            ml[(warp * ROWS + myr) * 2 + 1] = l;
-        }
-#pragma unroll
-        for (int n = 0; n < NC; n++) {
-            accs[(warp * ROWS + myr) * D + 8 * n + 2 * q4] = o[n][0];
-            accs[(warp * ROWS + myr) * D + 8 * n + 2 * q4 + 1] = o[n][1];
-        }
-    }
-    dc_merge(a, splits, ws, ml, accs, unit, chunk, hk, b, ROWS, DT, D);
+    dm_finish(a, splits, ws, u, (float *)stages, m, l, o, 1.0f, ROWS, DT, D);
 }
 
-#define DM_KERNEL(name, ROWS, DT, D)                                                               \
-    __global__ void __launch_bounds__(DC_THREADS)                                                  \
-        name(kr_cu_attention a, int64_t splits, kr_cu_decode_ws ws) {                              \
-        dm_body(a, splits, ws, ROWS, DT, D);                                                       \
-    }
 #define DM_KERNELS(D)                                                                              \
-    DM_KERNEL(dm_f16_r4_d##D, 4, KR_F16, D)                                                        \
-    DM_KERNEL(dm_f16_r8_d##D, 8, KR_F16, D)                                                        \
-    DM_KERNEL(dm_bf16_r4_d##D, 4, KR_BF16, D)                                                      \
-    DM_KERNEL(dm_bf16_r8_d##D, 8, KR_BF16, D)
+    DECODE_KERNEL(dm_f16_r4_d##D, dm_body(a, splits, ws, 4, KR_F16, D))                            \
+    DECODE_KERNEL(dm_f16_r8_d##D, dm_body(a, splits, ws, 8, KR_F16, D))                            \
+    DECODE_KERNEL(dm_bf16_r4_d##D, dm_body(a, splits, ws, 4, KR_BF16, D))                          \
+    DECODE_KERNEL(dm_bf16_r8_d##D, dm_body(a, splits, ws, 8, KR_BF16, D))
 DM_KERNELS(64)
 DM_KERNELS(128)
 
@@ -877,39 +905,9 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
     float *qs = sh;                         /* [ROWS][D] */
     char *stages = (char *)(sh + ROWS * D); /* [STAGES][K codes, V codes, K gs, V gs] */
     const int STB = 2 * BT * P + 2 * BT * NG * 4;
-    float *ml = (float *)stages;
-    float *accs = ml + NW * ROWS * 2;
-
-    const int64_t G = a.H / a.Hkv, R = G * a.Sq;
-    const int64_t n_chunks = (R + ROWS - 1) / ROWS;
-    const int64_t split = blockIdx.x, hk = blockIdx.y / n_chunks, chunk = blockIdx.y % n_chunks;
-    const int64_t b = blockIdx.z;
-    const int64_t unit = (b * a.Hkv + hk) * n_chunks + chunk;
-    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    const int64_t L = a.has_lens ? cu_len(a.lens, b) : a.Skv;
-    const int myr = lane / 4, q4 = lane % 4;
-
-    int64_t kmin = L, kmax = 0, mylo = 0, myhi = 0;
-    bool uniform = true;
-#pragma unroll
-    for (int r = 0; r < ROWS; r++) {
-        int64_t lo = 0, hi = 0;
-        if (chunk * ROWS + r < R) cu_row_range(a, L, (chunk * ROWS + r) % a.Sq, &lo, &hi);
-        if (hi > lo) kmin = min(kmin, lo), kmax = max(kmax, hi);
-    }
-    if (kmax < kmin) kmax = kmin;
-#pragma unroll
-    for (int r = 0; r < ROWS; r++) {
-        int64_t lo = 0, hi = 0;
-        if (chunk * ROWS + r < R) {
-            cu_row_range(a, L, (chunk * ROWS + r) % a.Sq, &lo, &hi);
-            if (lo != kmin || hi != kmax) uniform = false;
-        }
-        if (r == myr) mylo = lo, myhi = hi;
-    }
-    const bool live = myr < ROWS && chunk * ROWS + myr < R;
-    const int64_t per = (kmax - kmin + splits - 1) / splits;
-    const int64_t ks = min(kmax, kmin + split * per), ke = min(kmax, ks + per);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, q4 = lane % 4;
+    const dm_unit u = dm_unit_of(a, splits, ROWS);
+    const int64_t b = u.b, hk = u.hk, ks = u.ks, ke = u.ke;
     const int64_t nt = (ke - ks + BT - 1) / BT;
 
     unsigned short mw[2 * 3]; /* metadata words in flight: <= 2 rows x 3 words */
@@ -922,22 +920,8 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
         }
         dp_commit();
     }
-    for (int r = 0; r < ROWS; r++) {
-        const int64_t row = chunk * ROWS + r;
-        const int64_t h = hk * G + row / a.Sq, i = row % a.Sq;
-        for (int c = tid; c < D; c += DC_THREADS)
-            qs[r * D + c] = row < R ? cu_load(a.q.data, a.q.dtype, cu_off(a.q, b, i, h, c)) *
-                                          a.k8.chan[hk * a.D + c]
-                                    : 0.0f;
-    }
-    __syncthreads();
     unsigned qa[8][2]; /* D / 16 <= 8 used */
-#pragma unroll
-    for (int k = 0; k < D / 16; k++) {
-        const float *qr = qs + myr * D + 16 * k + 2 * q4;
-        qa[k][0] = myr < ROWS ? dm_pack(qr[0], qr[1], KR_F16) : 0u;
-        qa[k][1] = myr < ROWS ? dm_pack(qr[8], qr[9], KR_F16) : 0u;
-    }
+    dm_q_frags(a, u, a.k8.chan + hk * a.D, qs, qa, ROWS, KR_F16, D);
     const float qscale = a.scale * DC_LOG2E;
 
     float m = -INFINITY, l = 0.0f, o[16][2], cf = 1.0f; /* o is in units of 1 / cf */
@@ -978,18 +962,7 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
                 sc[n][1] = fmaf(gk[(8 * n + 2 * q4 + 1) * NG + g], part[1], sc[n][1]);
             }
         }
-        float tmax = -INFINITY;
-#pragma unroll
-        for (int n = 0; n < NT; n++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int64_t j = j0 + 8 * n + 2 * q4 + e;
-                const bool hidden = !live || j >= ke || (!uniform && (j < mylo || j >= myhi));
-                sc[n][e] = hidden ? -INFINITY : sc[n][e] * qscale;
-                tmax = cu_nanmax(tmax, sc[n][e]);
-            }
-        tmax = cu_nanmax(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
-        tmax = cu_nanmax(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));
+        const float tmax = dm_mask_max(sc, NT, j0, u, qscale);
         /* the largest V group scale of the warp's keys in this tile sets cf */
         float gmax = 0.0f;
 #pragma unroll
@@ -1042,32 +1015,13 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
         if (tn < nt) dq_store_meta((float *)(stn + 2 * BT * P), mw, D);
     }
     dp_wait_all();
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    __syncthreads(); /* the stages are reused for the merge */
-    if (myr < ROWS) {
-        if (q4 == 0) {
-            ml[(warp * ROWS + myr) * 2] = m;
-            ml[(warp * ROWS + myr) * 2 + 1] = l;
-        }
-#pragma unroll
-        for (int n = 0; n < NC; n++) {
-            accs[(warp * ROWS + myr) * D + 8 * n + 2 * q4] = o[n][0] / cf;
-            accs[(warp * ROWS + myr) * D + 8 * n + 2 * q4 + 1] = o[n][1] / cf;
-        }
-    }
-    dc_merge(a, splits, ws, ml, accs, unit, chunk, hk, b, ROWS, KR_I8, D);
+    dm_finish(a, splits, ws, u, (float *)stages, m, l, o, 1.0f / cf, ROWS, KR_I8, D);
 }
 
-#define DQ_KERNEL(name, ROWS, D)                                                                   \
-    __global__ void __launch_bounds__(DC_THREADS)                                                  \
-        name(kr_cu_attention a, int64_t splits, kr_cu_decode_ws ws) {                              \
-        dq_body(a, splits, ws, ROWS, D);                                                           \
-    }
-DQ_KERNEL(dq_r4_d64, 4, 64)
-DQ_KERNEL(dq_r8_d64, 8, 64)
-DQ_KERNEL(dq_r4_d128, 4, 128)
-DQ_KERNEL(dq_r8_d128, 8, 128)
+DECODE_KERNEL(dq_r4_d64, dq_body(a, splits, ws, 4, 64))
+DECODE_KERNEL(dq_r8_d64, dq_body(a, splits, ws, 8, 64))
+DECODE_KERNEL(dq_r4_d128, dq_body(a, splits, ws, 4, 128))
+DECODE_KERNEL(dq_r8_d128, dq_body(a, splits, ws, 8, 128))
 
 typedef void (*dc_kernel_fn)(kr_cu_attention, int64_t, kr_cu_decode_ws);
 
