@@ -473,11 +473,76 @@ static void test_declined_case(void **state) {
     kr_context_free(ctx);
 }
 
+/* int8 appends of awkward rows, cpu against ref value for value (NaN where
+ * ref has NaN): a group of zeros, a whole zero row, a NaN and an infinity
+ * (their rows get an unusable scale: codes 0), tiny and huge magnitudes
+ * (the f16 row scale overflows), head_dim 64, 96 and 128. */
+static void test_kv_append_int8_edges(void **state) {
+    (void)state;
+    if (!cpu_available(KR_FEATURE_KV_QUANTIZATION)) skip();
+    const int64_t dims[] = {64, 96, 128};
+    for (int di = 0; di < 3; di++) {
+        const int64_t B = 1, S = 6, Hkv = 2, D = dims[di];
+        kt_rng r = kt_rng_for(96000 + (uint64_t)di);
+        kr_kv_cache_options o = {1, B, 2 * S, Hkv, D, KR_I8, {KR_DEVICE_CPU, 0}};
+        kr_kv_cache *c1 = NULL, *c2 = NULL;
+        assert_int_equal(kr_kv_cache_create(ctx_ref, &o, &c1), KR_OK);
+        assert_int_equal(kr_kv_cache_create(ctx_ref, &o, &c2), KR_OK);
+        for (int step = 0; step < 2; step++) { /* the first append fixes the factors */
+            kt_buf k = kt_buf_new(KR_F32, B * S * Hkv * D), v = kt_buf_new(KR_F32, k.n);
+            fill(&r, &k, NULL);
+            fill(&r, &v, NULL);
+            if (step == 1) {
+                for (int64_t c = 32; c < 64; c++) kt_set(&k, 0 * Hkv * D + c, 0.0); /* zero group */
+                for (int64_t c = 0; c < D; c++) kt_set(&v, 1 * Hkv * D + c, 0.0);   /* zero row */
+                kt_set(&k, 2 * Hkv * D + 7, NAN);
+                kt_set(&v, 3 * Hkv * D + D + 3, INFINITY);
+                for (int64_t c = 0; c < D; c++) kt_set(&v, 4 * Hkv * D + c, 1e-6 * (c + 1));
+                kt_set(&k, 5 * Hkv * D + D + 1, 3e38); /* amax / 127 overflows f16 */
+            }
+            kr_tensor tk = kr_tensor_bshd(k.data, KR_F32, B, S, Hkv, D);
+            kr_tensor tv = kr_tensor_bshd(v.data, KR_F32, B, S, Hkv, D);
+            assert_int_equal(kr_kv_cache_append(ctx_ref, c1, 0, &tk, &tv, NULL, NULL, NULL), KR_OK);
+            assert_int_equal(kr_kv_cache_append(ctx_cpu, c2, 0, &tk, &tv, NULL, NULL, NULL), KR_OK);
+            kt_buf_free(&k);
+            kt_buf_free(&v);
+        }
+        const int64_t n = kr_kv_cache_seq_len(c1, 0, 0);
+        kt_buf k1 = kt_buf_new(KR_F32, n * Hkv * D), v1 = kt_buf_new(KR_F32, k1.n);
+        kt_buf k2 = kt_buf_new(KR_F32, k1.n), v2 = kt_buf_new(KR_F32, k1.n);
+        kr_tensor a1 = kr_tensor_bshd(k1.data, KR_F32, 1, n, Hkv, D);
+        kr_tensor b1 = kr_tensor_bshd(v1.data, KR_F32, 1, n, Hkv, D);
+        kr_tensor a2 = kr_tensor_bshd(k2.data, KR_F32, 1, n, Hkv, D);
+        kr_tensor b2 = kr_tensor_bshd(v2.data, KR_F32, 1, n, Hkv, D);
+        assert_int_equal(kr_kv_cache_read(ctx_ref, c1, 0, 0, 0, n, &a1, &b1), KR_OK);
+        assert_int_equal(kr_kv_cache_read(ctx_ref, c2, 0, 0, 0, n, &a2, &b2), KR_OK);
+        int64_t nan_seen = 0;
+        for (int w = 0; w < 2; w++)
+            for (int64_t i = 0; i < k1.n; i++) {
+                const double x = kt_get(w ? &v2 : &k2, i), y = kt_get(w ? &v1 : &k1, i);
+                nan_seen += y != y;
+                if (!(x == y || (x != x && y != y)))
+                    fail_msg("int8 append D %lld %s element %lld: cpu %.9g, ref %.9g", (long long)D,
+                             w ? "V" : "K", (long long)i, x, y);
+            }
+        if (!nan_seen) fail_msg("D %lld: the NaN/inf rows did not read back as NaN", (long long)D);
+        kt_buf_free(&k1);
+        kt_buf_free(&v1);
+        kt_buf_free(&k2);
+        kt_buf_free(&v2);
+        kr_kv_cache_free(c1);
+        kr_kv_cache_free(c2);
+    }
+}
+
 int main(void) {
     kt_base_seed();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_attention_grid), cmocka_unit_test(test_kv_cache_attention),
-        cmocka_unit_test(test_rope),           cmocka_unit_test(test_kv_append),
+        cmocka_unit_test(test_attention_grid),
+        cmocka_unit_test(test_kv_cache_attention),
+        cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_kv_append),
+        cmocka_unit_test(test_kv_append_int8_edges),
         cmocka_unit_test(test_declined_case),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -57,7 +57,7 @@ void kr_ref_quantize_row(const float *x, const float *chan, int64_t n, int8_t *q
     const int64_t groups = (n + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
     for (int64_t c = 0; c < n; c++) {
         const float av = fabsf(x[c] / chan[c]);
-        if (!(av <= amax)) amax = av; /* NaN propagates into amax */
+        if (amax == amax && !(av <= amax)) amax = av; /* a NaN sticks in amax */
         if (av > gmax[c / KR_KV_INT8_GROUP]) gmax[c / KR_KV_INT8_GROUP] = av;
     }
     /* Pass 2: the f16 row scale (amax / 127, rounded up so no group needs

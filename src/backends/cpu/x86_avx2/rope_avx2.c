@@ -275,7 +275,7 @@ static kr_status rope(const kr_rope_args *a, char *err, size_t err_len) {
 
 /* ---- int8 quantisation (kr_ref_quantize_row, vectorised) --------------------- */
 
-static void quantize_row(float *x, const float *chan, int64_t D, int8_t *q, uint8_t *meta) {
+static void quantize_row_any(float *x, const float *chan, int64_t D, int8_t *q, uint8_t *meta) {
     const int64_t groups = (D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m256 amax_v = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
@@ -346,11 +346,107 @@ static void quantize_row(float *x, const float *chan, int64_t D, int8_t *q, uint
     }
 }
 
+/* The largest lane of each of g[0..3], as one vector (group 0 first). */
+KR_INLINE __m128 hmax4(const __m256 *g) {
+    const __m256 a = _mm256_max_ps(_mm256_unpacklo_ps(g[0], g[1]), _mm256_unpackhi_ps(g[0], g[1]));
+    const __m256 b = _mm256_max_ps(_mm256_unpacklo_ps(g[2], g[3]), _mm256_unpackhi_ps(g[2], g[3]));
+    const __m256 c = _mm256_max_ps(_mm256_shuffle_ps(a, b, 0x44), _mm256_shuffle_ps(a, b, 0xEE));
+    return _mm_max_ps(_mm256_castps256_ps128(c), _mm256_extractf128_ps(c, 1));
+}
+
+/* quantize_row_any for two rows at once (a head's K and V, so that their
+ * latency-bound scale steps overlap), whole 32-channel groups only (D a
+ * multiple of 32, at most KR_CPU_MAX_HEAD_DIM), with the same arithmetic: the group maxima reduced
+ * four at a time, the group scales and their reciprocals computed four
+ * groups per vector (IEEE operations round the same in any lane), and the
+ * codes rounded by the conversion itself (round to nearest even, as rintf)
+ * and saturated by the packs — on this path every value is finite (a NaN or
+ * infinity anywhere makes the row scale unusable) and |x / s| <= 127 by the
+ * choice of s, so ref's clamp and NaN test change nothing. chan_ones[r]: every
+ * factor of row r's head is 1, so ref's division by it is exact and skipped. */
+static void quantize_row_pair(float *const *x, const float *const *chan, const bool *chan_ones,
+                              int64_t D, int8_t *const *q, uint8_t *const *meta) {
+    const int NR = 2;
+    const int64_t groups = D / KR_KV_INT8_GROUP;
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    /* pass 1, each row: group maxima (padded with zeros to a multiple of 4
+     * groups), the row maximum, whether a NaN is in it */
+    __m256 gm[2][KR_CPU_MAX_HEAD_DIM / KR_KV_INT8_GROUP + 3];
+    float row_scale[2];
+    for (int r = 0; r < NR; r++) {
+        __m256 amax_v = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+        for (int64_t g = groups; g < groups + 3; g++) gm[r][g] = _mm256_setzero_ps();
+        for (int64_t g = 0; g < groups; g++) {
+            __m256 m = _mm256_setzero_ps();
+            for (int64_t c = g * KR_KV_INT8_GROUP; c < (g + 1) * KR_KV_INT8_GROUP; c += 8) {
+                __m256 y = _mm256_loadu_ps(x[r] + c);
+                if (!chan_ones[r]) {
+                    y = _mm256_div_ps(y, _mm256_loadu_ps(chan[r] + c));
+                    _mm256_storeu_ps(x[r] + c, y);
+                }
+                const __m256 av = _mm256_and_ps(y, absmask);
+                bad = _mm256_or_ps(bad, _mm256_cmp_ps(av, av, _CMP_UNORD_Q));
+                m = _mm256_max_ps(av, m); /* NaN ignored, as ref's `av > gmax` */
+            }
+            gm[r][g] = m;
+            amax_v = _mm256_max_ps(m, amax_v);
+        }
+        /* the f16 row scale: ref's scalar steps (F16C rounds as half.c does) */
+        const float amax = _mm256_movemask_ps(bad) ? NAN : kr_avx2_hmax(amax_v);
+        uint16_t rh = isfinite(amax) ? (uint16_t)_cvtss_sh(amax / 127.0f, _MM_FROUND_TO_NEAREST_INT)
+                                     : kr_f32_to_f16(NAN);
+        if (isfinite(amax) && _cvtsh_ss(rh) * 127.0f < amax) rh++;
+        meta[r][0] = (uint8_t)(rh & 0xff);
+        meta[r][1] = (uint8_t)(rh >> 8);
+        row_scale[r] = _cvtsh_ss(rh);
+    }
+    /* pass 2, each row: group scales and their reciprocals, four groups a vector */
+    float inv[2][KR_CPU_MAX_HEAD_DIM / KR_KV_INT8_GROUP + 3];
+    for (int r = 0; r < NR; r++) {
+        const __m128 den = _mm_set1_ps(127.0f * row_scale[r]), rs = _mm_set1_ps(row_scale[r]);
+        for (int64_t g4 = 0; g4 < groups; g4 += 4) {
+            /* u = ceil(255 gmax / (127 rs)), 255 at most (and for NaN); 0 without a scale */
+            __m128 u =
+                _mm_ceil_ps(_mm_div_ps(_mm_mul_ps(_mm_set1_ps(255.0f), hmax4(gm[r] + g4)), den));
+            u = _mm_min_ps(u, _mm_set1_ps(255.0f));
+            if (!(row_scale[r] > 0.0f)) u = _mm_setzero_ps();
+            const __m128i ui = _mm_cvttps_epi32(u);
+            const __m128 sc =
+                _mm_mul_ps(rs, _mm_mul_ps(_mm_cvtepi32_ps(ui), _mm_set1_ps(1.0f / 255.0f)));
+            const __m128 ok = _mm_and_ps(_mm_cmpgt_ps(sc, _mm_setzero_ps()),
+                                         _mm_cmplt_ps(sc, _mm_set1_ps(INFINITY)));
+            _mm_storeu_ps(inv[r] + g4, _mm_and_ps(_mm_div_ps(_mm_set1_ps(1.0f), sc), ok));
+            int32_t uu[4];
+            _mm_storeu_si128((__m128i *)uu, ui);
+            for (int k = 0; k < 4 && g4 + k < groups; k++) meta[r][2 + g4 + k] = (uint8_t)uu[k];
+        }
+    }
+    /* pass 3, each row: the codes */
+    const __m256i lo = _mm256_set1_epi8(-127);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int r = 0; r < NR; r++)
+        for (int64_t g = 0; g < groups; g++) {
+            const int64_t c0 = g * KR_KV_INT8_GROUP;
+            if (inv[r][g] == 0.0f) { /* no usable scale (zero group, NaN/inf row): code 0 */
+                memset(q[r] + c0, 0, KR_KV_INT8_GROUP);
+                continue;
+            }
+            const __m256 sv = _mm256_set1_ps(inv[r][g]);
+            __m256i v[4];
+            for (int e = 0; e < 4; e++)
+                v[e] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x[r] + c0 + 8 * e), sv));
+            const __m256i ab = _mm256_packs_epi32(v[0], v[1]), cd = _mm256_packs_epi32(v[2], v[3]);
+            const __m256i bytes =
+                _mm256_max_epi8(_mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), order), lo);
+            _mm256_storeu_si256((__m256i *)(q[r] + c0), bytes);
+        }
+}
+
 /* ---- append ------------------------------------------------------------------------ */
 
 /* The new token slots: token (b, t) with t < n_new[b]. */
 static void append_token(const kr_kv_append_args *a, int64_t b, int64_t t, float *row, float *cosv,
-                         float *sinv) {
+                         float *sinv, const bool *chan_ones) {
     kr_kv_cache *c = a->cache;
     const kr_kv_cache_options *o = &c->o;
     const int64_t D = o->head_dim, Hkv = o->n_kv_heads, half = a->rotary_dim / 2;
@@ -361,6 +457,23 @@ static void append_token(const kr_kv_append_args *a, int64_t b, int64_t t, float
                            a->attention_factor, cosv, sinv);
     const size_t es = kr_dtype_size(o->dtype);
     const int64_t M = KR_KV_INT8_META_BYTES(D);
+    if (o->dtype == KR_I8 && D % KR_KV_INT8_GROUP == 0 && D <= KR_CPU_MAX_HEAD_DIM) {
+        /* int8: each head's K and V rows quantised as a pair (row2 = the V row) */
+        float *row2 = sinv + D / 2 + 8;
+        for (int64_t h = 0; h < Hkv; h++) {
+            const int64_t r = (b * o->capacity + slot) * Hkv + h;
+            load_any(a->k, b, t, h, D, row);
+            if (a->inv_freq) rotate_row(row, half, a->layout, cosv, sinv);
+            load_any(a->v, b, t, h, D, row2);
+            float *const x[2] = {row, row2};
+            const float *const chan[2] = {ly->k_chan + h * D, ly->v_chan + h * D};
+            const bool ones[2] = {chan_ones[h], chan_ones[Hkv + h]};
+            int8_t *const q[2] = {(int8_t *)ly->k + r * D, (int8_t *)ly->v + r * D};
+            uint8_t *const meta[2] = {ly->k_meta + r * M, ly->v_meta + r * M};
+            quantize_row_pair(x, chan, ones, D, q, meta);
+        }
+        return;
+    }
     for (int w = 0; w < 2; w++) {
         const bool is_k = w == 0;
         const kr_tensor *src = is_k ? a->k : a->v;
@@ -410,8 +523,8 @@ static void append_token(const kr_kv_append_args *a, int64_t b, int64_t t, float
             load_any(src, b, t, h, D, row);
             if (rope_k) rotate_row(row, half, a->layout, cosv, sinv);
             if (o->dtype == KR_I8) {
-                quantize_row(row, (is_k ? ly->k_chan : ly->v_chan) + h * D, D,
-                             (int8_t *)data + r * D, (is_k ? ly->k_meta : ly->v_meta) + r * M);
+                quantize_row_any(row, (is_k ? ly->k_chan : ly->v_chan) + h * D, D,
+                                 (int8_t *)data + r * D, (is_k ? ly->k_meta : ly->v_meta) + r * M);
             } else {
                 char *dst = data + (size_t)(r * D) * es;
                 for (int64_t cc = 0; cc < D; cc += 8)
@@ -495,18 +608,31 @@ static kr_status kv_append(const kr_kv_append_args *a, char *err, size_t err_len
         }
         ly->chan_set = true;
     }
+    /* heads whose int8 channel factors are all 1 (the usual case): no division */
+    bool *ones = calloc((size_t)(2 * Hkv), sizeof(bool));
+    if (!ones) {
+        snprintf(err, err_len, "cpu kv append: out of memory");
+        return KR_ERR_OUT_OF_MEMORY;
+    }
+    for (int64_t i = 0; o->dtype == KR_I8 && i < 2 * Hkv; i++) {
+        const float *ch = (i < Hkv ? ly->k_chan : ly->v_chan) + (i % Hkv) * D;
+        ones[i] = true;
+        for (int64_t d = 0; d < D; d++) ones[i] = ones[i] && ch[d] == 1.0f;
+    }
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        float *buf = malloc(sizeof(float) * (size_t)(2 * D + 16));
+        /* row, cos, sin, and a second row (int8 pairs) */
+        float *buf = malloc(sizeof(float) * (size_t)(3 * D + 24));
         if (!buf) failed = 1;
 #pragma omp for schedule(static)
         for (int64_t bt = 0; bt < B * S; bt++) {
             const int64_t b = bt / S, t = bt % S;
             if (!buf || t >= a->n_new[b]) continue;
-            append_token(a, b, t, buf, buf + D, buf + D + D / 2 + 8);
+            append_token(a, b, t, buf, buf + D, buf + D + D / 2 + 8, ones);
         }
         free(buf);
     }
+    free(ones);
     if (failed) {
         snprintf(err, err_len, "cpu kv append: out of memory");
         return KR_ERR_OUT_OF_MEMORY;
