@@ -57,6 +57,15 @@ void kt_buf_free(kt_buf *b) {
     b->data = NULL;
 }
 
+kr_status kt_read_seq(kr_context *ctx, const kr_kv_cache *c, int64_t layer, int64_t b, int64_t n,
+                      int64_t Hkv, int64_t D, kt_buf *k, kt_buf *v) {
+    *k = kt_buf_new(KR_F32, n * Hkv * D);
+    *v = kt_buf_new(KR_F32, k->n);
+    kr_tensor tk = kr_tensor_bshd(k->data, KR_F32, 1, n, Hkv, D);
+    kr_tensor tv = kr_tensor_bshd(v->data, KR_F32, 1, n, Hkv, D);
+    return kr_kv_cache_read(ctx, c, layer, b, 0, n, &tk, &tv);
+}
+
 void kt_poison(kt_buf *b) {
     for (int64_t i = 0; i < b->n; i++) kt_set(b, i, NAN);
 }

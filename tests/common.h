@@ -43,6 +43,10 @@ void kt_poison(kt_buf *b); /* NaN in every element */
 double kt_get(const kt_buf *b, int64_t i);
 void kt_set(kt_buf *b, int64_t i, double x); /* rounds to the dtype */
 double kt_round(kr_dtype dt, double x);      /* x rounded to dt and back */
+/* Tokens [0, n) of sequence b of a cache layer read back as f32 into new
+ * buffers k and v (n * n_kv_heads * head_dim each); the read's status. */
+kr_status kt_read_seq(kr_context *ctx, const kr_kv_cache *c, int64_t layer, int64_t b, int64_t n,
+                      int64_t Hkv, int64_t D, kt_buf *k, kt_buf *v);
 
 /* ---- norms -------------------------------------------------------------- */
 /* ||got - want|| / ||want||; 0 when both are zero; +inf if got has NaN/inf

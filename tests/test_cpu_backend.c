@@ -416,14 +416,9 @@ static void test_kv_append(void **state) {
                 for (int64_t b = 0; b < B; b++) {
                     const int64_t n = kr_kv_cache_seq_len(c1, 0, b);
                     assert_int_equal(n, kr_kv_cache_seq_len(c2, 0, b));
-                    kt_buf k1 = kt_buf_new(KR_F32, n * Hkv * D), v1 = kt_buf_new(KR_F32, k1.n);
-                    kt_buf k2 = kt_buf_new(KR_F32, k1.n), v2 = kt_buf_new(KR_F32, k1.n);
-                    kr_tensor a1 = kr_tensor_bshd(k1.data, KR_F32, 1, n, Hkv, D);
-                    kr_tensor b1 = kr_tensor_bshd(v1.data, KR_F32, 1, n, Hkv, D);
-                    kr_tensor a2 = kr_tensor_bshd(k2.data, KR_F32, 1, n, Hkv, D);
-                    kr_tensor b2 = kr_tensor_bshd(v2.data, KR_F32, 1, n, Hkv, D);
-                    assert_int_equal(kr_kv_cache_read(ctx_ref, c1, 0, b, 0, n, &a1, &b1), KR_OK);
-                    assert_int_equal(kr_kv_cache_read(ctx_ref, c2, 0, b, 0, n, &a2, &b2), KR_OK);
+                    kt_buf k1, v1, k2, v2;
+                    assert_int_equal(kt_read_seq(ctx_ref, c1, 0, b, n, Hkv, D, &k1, &v1), KR_OK);
+                    assert_int_equal(kt_read_seq(ctx_ref, c2, 0, b, n, Hkv, D, &k2, &v2), KR_OK);
                     double *x = malloc(sizeof(double) * (size_t)k1.n),
                            *y = malloc(sizeof(double) * (size_t)k1.n);
                     for (int w = 0; w < 2; w++) {
@@ -508,14 +503,9 @@ static void test_kv_append_int8_edges(void **state) {
             kt_buf_free(&v);
         }
         const int64_t n = kr_kv_cache_seq_len(c1, 0, 0);
-        kt_buf k1 = kt_buf_new(KR_F32, n * Hkv * D), v1 = kt_buf_new(KR_F32, k1.n);
-        kt_buf k2 = kt_buf_new(KR_F32, k1.n), v2 = kt_buf_new(KR_F32, k1.n);
-        kr_tensor a1 = kr_tensor_bshd(k1.data, KR_F32, 1, n, Hkv, D);
-        kr_tensor b1 = kr_tensor_bshd(v1.data, KR_F32, 1, n, Hkv, D);
-        kr_tensor a2 = kr_tensor_bshd(k2.data, KR_F32, 1, n, Hkv, D);
-        kr_tensor b2 = kr_tensor_bshd(v2.data, KR_F32, 1, n, Hkv, D);
-        assert_int_equal(kr_kv_cache_read(ctx_ref, c1, 0, 0, 0, n, &a1, &b1), KR_OK);
-        assert_int_equal(kr_kv_cache_read(ctx_ref, c2, 0, 0, 0, n, &a2, &b2), KR_OK);
+        kt_buf k1, v1, k2, v2;
+        assert_int_equal(kt_read_seq(ctx_ref, c1, 0, 0, n, Hkv, D, &k1, &v1), KR_OK);
+        assert_int_equal(kt_read_seq(ctx_ref, c2, 0, 0, n, Hkv, D, &k2, &v2), KR_OK);
         int64_t nan_seen = 0;
         for (int w = 0; w < 2; w++)
             for (int64_t i = 0; i < k1.n; i++) {

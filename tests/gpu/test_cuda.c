@@ -471,14 +471,9 @@ static double read_back_err(kr_kv_cache *ch, kr_kv_cache *cd, int64_t B, int64_t
         const int64_t n = kr_kv_cache_seq_len(ch, 0, b);
         assert_int_equal(n, kr_kv_cache_seq_len(cd, 0, b));
         if (n == 0) continue;
-        kt_buf k1 = kt_buf_new(KR_F32, n * Hkv * D), v1 = kt_buf_new(KR_F32, k1.n);
-        kt_buf k2 = kt_buf_new(KR_F32, k1.n), v2 = kt_buf_new(KR_F32, k1.n);
-        kr_tensor a1 = kr_tensor_bshd(k1.data, KR_F32, 1, n, Hkv, D);
-        kr_tensor b1 = kr_tensor_bshd(v1.data, KR_F32, 1, n, Hkv, D);
-        kr_tensor a2 = kr_tensor_bshd(k2.data, KR_F32, 1, n, Hkv, D);
-        kr_tensor b2 = kr_tensor_bshd(v2.data, KR_F32, 1, n, Hkv, D);
-        assert_int_equal(kr_kv_cache_read(ctx_ref, ch, 0, b, 0, n, &a1, &b1), KR_OK);
-        if (kr_kv_cache_read(ctx_gpu, cd, 0, b, 0, n, &a2, &b2) != KR_OK)
+        kt_buf k1, v1, k2, v2;
+        assert_int_equal(kt_read_seq(ctx_ref, ch, 0, b, n, Hkv, D, &k1, &v1), KR_OK);
+        if (kt_read_seq(ctx_gpu, cd, 0, b, n, Hkv, D, &k2, &v2) != KR_OK)
             fail_msg("device read: %s", kr_context_last_error(ctx_gpu));
         for (int w = 0; w < 2; w++) {
             double *x = as_double(w ? &v2 : &k2), *y = as_double(w ? &v1 : &k1);
