@@ -435,7 +435,7 @@ __device__ __forceinline__ void dp_body(const kr_cu_attention &a, int64_t splits
                                         const int D) {
     extern __shared__ __align__(16) float sh[];
     const int NW = KR_CU_DECODE_WARPS, CPL = D / 32;
-    const int BT = DP_BT(D), P = DP_PITCH(D), KPW = BT / NW, LPK = 32 / KPW;
+    const int BT = DP_BT(D), P = DP_PITCH(D), KPW = BT / NW;
     float *qs = sh;                                /* [ROWS][D] */
     float *ps = qs + ROWS * D;                     /* [NW][KPW][ROWS] */
     char *stages = (char *)(ps + NW * KPW * ROWS); /* [STAGES][K tile, V tile] */
@@ -546,7 +546,6 @@ __device__ __forceinline__ void dp_body(const kr_cu_attention &a, int64_t splits
         }
         __syncwarp();
     }
-    (void)LPK;
     dp_wait_all();
     __syncthreads(); /* the stages are reused for the merge */
     dc_finish(a, splits, ws, ml, accs, m, l, acc, unit, chunk, hk, b, ROWS, DT, D);
