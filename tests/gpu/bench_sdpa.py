@@ -17,6 +17,12 @@ Sections:
   rope     16K tokens x 32 heads x 128: krserve RoPE in place, RoPE + append
            into an fp16 cache, RoPE + quantise + append into an INT8 cache, and
            torch's eager rotate-half
+  prefill  FA3-paper shapes (batch x seq = 16K, heads x head_dim = 2048), seq
+           512 .. 32K, head_dim 64/128, causal or not, fp16/bf16: TFLOP/s of
+           krserve vs SDPA flash / cuDNN / efficient
+  accuracy prefill error against a float64 oracle: krserve and torch's backends
+  chunked  512 new tokens over 16K cached (fp16 and INT8 caches, plain tensors)
+           vs torch with a lower-right causal mask
 
 Usage: bench_sdpa.py --lib build/libkrserve.so [--out DIR] [--quick]
 Writes DIR/bench_gpu.json and DIR/bench_gpu.md; prints the tables last.
@@ -61,6 +67,12 @@ class RopeParams(C.Structure):
                 ("beta_fast", C.c_double), ("beta_slow", C.c_double), ("mscale", C.c_double),
                 ("mscale_all_dim", C.c_double), ("attention_factor", C.c_double),
                 ("yarn_no_truncate", C.c_int32)]
+
+
+class AttnParams(C.Structure):
+    _fields_ = [("scale", C.c_float), ("causal", C.c_int32), ("window_left", C.c_int64),
+                ("window_right", C.c_int64), ("mask", C.c_void_p), ("lse", C.c_void_p),
+                ("kv_lens", C.c_void_p)]
 
 
 class Counters(C.Structure):
@@ -189,9 +201,158 @@ def ceiling(quick):
     return {"read_bw": best, "copy_bw_rw": copy}
 
 
-def sdpa(backend, q, k, v):
+def sdpa(backend, q, k, v, causal=False, mask=None):
     with sdpa_kernel(backend):
-        return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                              enable_gqa=mask is None)
+
+
+SDPA_BACKENDS = (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
+                 ("efficient", SDPBackend.EFFICIENT_ATTENTION))
+
+
+def prefill(kr, quick):
+    """FA3-paper shapes: batch x seq = 16K tokens (one sequence at 32K), heads x
+    head_dim = 2048; TFLOP/s = 4 B H S^2 D (halved when causal) / time."""
+    seqs = [512, 2048, 8192, 16384] if quick else [512, 1024, 2048, 4096, 8192, 16384, 32768]
+    rows = []
+    for D in (64, 128):
+        H = 2048 // D
+        for causal in (False, True):
+            for dt in (torch.float16, torch.bfloat16):
+                for S in seqs:
+                    B = max(1, 16384 // S)
+                    torch.manual_seed(S * 7 + D)
+                    q, k, v = (torch.randn(B, S, H, D, dtype=dt, device="cuda") for _ in range(3))
+                    out = torch.empty_like(q)
+                    tq, tk, tv, to = kr.bshd(q), kr.bshd(k), kr.bshd(v), kr.bshd(out)
+                    prm = AttnParams(0.0, int(causal), -1, -1, None, None, None)
+                    run_kr = lambda: kr.check(kr.lib.kr_attention(
+                        kr.ctx, C.byref(tq), C.byref(tk), C.byref(tv), C.byref(to),
+                        C.byref(prm)))
+                    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+                    flops = 4.0 * B * H * S * S * D * (0.5 if causal else 1.0)
+                    row = {"head_dim": D, "heads": H, "causal": causal,
+                           "dtype": str(dt).split(".")[-1], "batch": B, "seq": S, "flops": flops}
+                    want = sdpa(SDPBackend.FLASH_ATTENTION, qt, kt, vt, causal)
+                    out.fill_(float("nan"))
+                    run_kr()
+                    torch.cuda.synchronize()
+                    row["err_vs_flash"] = rel_err(out.transpose(1, 2), want)
+                    reps = 5 if quick else 15
+                    if not row["err_vs_flash"] <= (2e-3 if dt == torch.float16 else 1.5e-2):
+                        row["wrong"] = True
+                    else:
+                        row["krserve_ms"] = timed(run_kr, reps)[0]
+                    for name, be in SDPA_BACKENDS:
+                        try:
+                            row[name + "_ms"] = timed(lambda: sdpa(be, qt, kt, vt, causal), reps)[0]
+                        except Exception as e:
+                            row[name + "_ms"] = None
+                            row[name + "_note"] = str(e).splitlines()[0][:160]
+                    rows.append(row)
+                    del q, k, v, out, want
+                    torch.cuda.empty_cache()
+                    tf = lambda ms: "-" if not ms else "%.0f" % (flops / (ms * 1e-3) / 1e12)
+                    print("prefill D=%d %s %s S=%d: krserve %s TFLOP/s, flash %s, cudnn %s" % (
+                        D, "causal" if causal else "full", row["dtype"], S,
+                        tf(row.get("krserve_ms")), tf(row.get("flash_ms")),
+                        tf(row.get("cudnn_ms"))), flush=True)
+    return rows
+
+
+def prefill_accuracy(kr, quick):
+    """Normwise error against a float64 oracle (torch math in double) of
+    krserve and of torch's flash and cuDNN backends, on the same inputs."""
+    rows = []
+    B, S, H = 1, 2048, 4
+    for D in (64, 128):
+        for causal in (False, True):
+            for dt in (torch.float16, torch.bfloat16):
+                torch.manual_seed(D + causal)
+                q, k, v = (torch.randn(B, S, H, D, dtype=dt, device="cuda") for _ in range(3))
+                out = torch.empty_like(q)
+                tq, tk, tv, to = kr.bshd(q), kr.bshd(k), kr.bshd(v), kr.bshd(out)
+                prm = AttnParams(0.0, int(causal), -1, -1, None, None, None)
+                kr.check(kr.lib.kr_attention(kr.ctx, C.byref(tq), C.byref(tk), C.byref(tv),
+                                             C.byref(to), C.byref(prm)))
+                qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+                with sdpa_kernel(SDPBackend.MATH):
+                    oracle = F.scaled_dot_product_attention(qt.double(), kt.double(), vt.double(),
+                                                            is_causal=causal)
+                row = {"head_dim": D, "causal": causal, "dtype": str(dt).split(".")[-1],
+                       "krserve": rel_err(out.transpose(1, 2), oracle)}
+                for name, be in SDPA_BACKENDS:
+                    try:
+                        row[name] = rel_err(sdpa(be, qt, kt, vt, causal), oracle)
+                    except Exception:
+                        row[name] = None
+                rows.append(row)
+                print("accuracy D=%d causal=%d %s: krserve %.3g flash %s" % (
+                    D, causal, row["dtype"], row["krserve"], row["flash"]), flush=True)
+    return rows
+
+
+def chunked_prefill(kr, quick):
+    """512 new tokens over 16K cached, causal (bottom-right), 32 heads x 128:
+    krserve over its fp16 and INT8 caches and over plain tensors vs torch with
+    a lower-right causal mask (flash, efficient)."""
+    from torch.nn.attention.bias import causal_lower_right
+    H, D, ctx_len, new = 32, 128, 16384, 512
+    rows = []
+    for Hkv in (32, 8):
+        L = ctx_len + new
+        torch.manual_seed(Hkv)
+        k = torch.randn(1, L, Hkv, D, dtype=torch.float16, device="cuda")
+        v = torch.randn(1, L, Hkv, D, dtype=torch.float16, device="cuda")
+        q = torch.randn(1, new, H, D, dtype=torch.float16, device="cuda")
+        flops = 4.0 * H * D * (new * ctx_len + new * (new + 1) / 2)
+        row = {"heads": H, "kv_heads": Hkv, "new": new, "cached": ctx_len, "flops": flops}
+        prm = AttnParams(0.0, 1, -1, -1, None, None, None)
+        tq, tk, tv = kr.bshd(q), kr.bshd(k), kr.bshd(v)
+        outs = {}
+        for name, dtype in (("fp16_cache", KR_F16), ("int8_cache", KR_I8)):
+            c = make_cache(kr, 1, L, Hkv, D, dtype)
+            kr.check(kr.lib.kr_kv_cache_append(kr.ctx, c, 0, C.byref(tk), C.byref(tv), None, None,
+                                               None))
+            o = torch.empty_like(q)
+            to = kr.bshd(o)
+            run = lambda: kr.check(kr.lib.kr_kv_cache_attention(kr.ctx, c, 0, C.byref(tq),
+                                                                C.byref(to), C.byref(prm)))
+            run()
+            torch.cuda.synchronize()
+            outs[name] = o
+            row["krserve_" + name + "_ms"] = timed(run, 10)[0]
+            kr.lib.kr_kv_cache_free(c)
+        o = torch.empty_like(q)
+        to = kr.bshd(o)
+        run = lambda: kr.check(kr.lib.kr_attention(kr.ctx, C.byref(tq), C.byref(tk), C.byref(tv),
+                                                   C.byref(to), C.byref(prm)))
+        row["krserve_tensors_ms"] = timed(run, 10)[0]
+        qt = q.transpose(1, 2)
+        kt, vt = k.transpose(1, 2), v.transpose(1, 2)
+        if Hkv != H:  # torch's masked path has no GQA: K/V expanded first (untimed)
+            kt = kt.repeat_interleave(H // Hkv, 1)
+            vt = vt.repeat_interleave(H // Hkv, 1)
+        mask = causal_lower_right(new, L)
+        want = sdpa(SDPBackend.FLASH_ATTENTION, qt, kt, vt, mask=mask)
+        row["err_fp16_cache_vs_flash"] = rel_err(outs["fp16_cache"].transpose(1, 2), want)
+        row["err_int8_cache_vs_flash"] = rel_err(outs["int8_cache"].transpose(1, 2), want)
+        for name, be in SDPA_BACKENDS:
+            try:
+                row[name + "_ms"] = timed(lambda: sdpa(be, qt, kt, vt, mask=mask), 10)[0]
+            except Exception as e:
+                row[name + "_ms"] = None
+                row[name + "_note"] = str(e).splitlines()[0][:160]
+        rows.append(row)
+        print("chunked prefill %d:%d: fp16 cache %.3f ms, int8 cache %.3f ms, tensors %.3f ms, "
+              "flash %s ms, err %.2g / %.2g" % (
+                  H, Hkv, row["krserve_fp16_cache_ms"], row["krserve_int8_cache_ms"],
+                  row["krserve_tensors_ms"], fmt(row.get("flash_ms"), 3),
+                  row["err_fp16_cache_vs_flash"], row["err_int8_cache_vs_flash"]), flush=True)
+        del k, v, q, kt, vt, want
+        torch.cuda.empty_cache()
+    return rows
 
 
 def decode(kr, quick):
@@ -407,6 +568,40 @@ def report(res):
     for r in res["rope"]:
         lines.append("| %s | %s | %.1f | %.2f | %s |" % (r["op"], r["dtype"], r["us"], r["tbps"],
                                                          fmt(r.get("torch_eager_us"))))
+    if res.get("prefill"):
+        tf = lambda r, k: (r["flops"] / (r[k] * 1e-3) / 1e12) if r.get(k) else None
+        lines += ["", "## Prefill, FA3-paper shapes (batch × seq = 16K, heads × head_dim = 2048), "
+                  "TFLOP/s", "", "| head_dim | mask | dtype | seq | krserve | flash | cuDNN "
+                  "| efficient | vs flash | vs cuDNN |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in res["prefill"]:
+            ours, fl, cu = tf(r, "krserve_ms"), tf(r, "flash_ms"), tf(r, "cudnn_ms")
+            lines.append("| %d | %s | %s | %d | %s | %s | %s | %s | %s | %s |" % (
+                r["head_dim"], "causal" if r["causal"] else "none", r["dtype"], r["seq"],
+                "WRONG" if r.get("wrong") else fmt(ours, 0), fmt(fl, 0), fmt(cu, 0),
+                fmt(tf(r, "efficient_ms"), 0), ("%.2f×" % (ours / fl)) if ours and fl else "-",
+                ("%.2f×" % (ours / cu)) if ours and cu else "-"))
+    if res.get("prefill_accuracy"):
+        lines += ["", "## Prefill accuracy: normwise error vs float64 oracle (B 1, seq 2048, 4 heads)",
+                  "", "| head_dim | causal | dtype | krserve | flash | cuDNN | efficient |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in res["prefill_accuracy"]:
+            e = lambda x: "-" if x is None else "%.2e" % x
+            lines.append("| %d | %s | %s | %s | %s | %s | %s |" % (
+                r["head_dim"], r["causal"], r["dtype"], e(r["krserve"]), e(r["flash"]),
+                e(r["cudnn"]), e(r["efficient"])))
+    if res.get("chunked"):
+        lines += ["", "## Chunked prefill: 512 new tokens over 16K cached, causal, head_dim 128 (ms)",
+                  "", "| heads | krserve fp16 cache | krserve int8 cache | krserve tensors | flash "
+                  "| efficient | cuDNN | fp16 cache vs flash | error fp16 / int8 |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in res["chunked"]:
+            fl = r.get("flash_ms")
+            lines.append("| %d:%d | %.3f | %.3f | %.3f | %s | %s | %s | %s | %.2g / %.2g |" % (
+                r["heads"], r["kv_heads"], r["krserve_fp16_cache_ms"], r["krserve_int8_cache_ms"],
+                r["krserve_tensors_ms"], fmt(fl, 3), fmt(r.get("efficient_ms"), 3),
+                fmt(r.get("cudnn_ms"), 3),
+                ("%.2f×" % (fl / r["krserve_fp16_cache_ms"])) if fl else "-",
+                r["err_fp16_cache_vs_flash"], r["err_int8_cache_vs_flash"]))
     lines += ["", "Counters (krserve context of this run): " + json.dumps(res["counters"])]
     return "\n".join(lines) + "\n"
 
@@ -416,7 +611,7 @@ def main():
     ap.add_argument("--lib", required=True)
     ap.add_argument("--out", default=".")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="ceiling,decode,int8,rope")
+    ap.add_argument("--only", default="ceiling,decode,int8,rope,prefill,accuracy,chunked")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         print("SKIP: torch sees no CUDA device")
@@ -436,6 +631,9 @@ def main():
     res["decode"] = decode(kr, a.quick) if "decode" in only else []
     res["int8"] = int8_decode(kr, a.quick) if "int8" in only else []
     res["rope"] = rope(kr, a.quick) if "rope" in only else []
+    res["prefill"] = prefill(kr, a.quick) if "prefill" in only else []
+    res["prefill_accuracy"] = prefill_accuracy(kr, a.quick) if "accuracy" in only else []
+    res["chunked"] = chunked_prefill(kr, a.quick) if "chunked" in only else []
     res["counters"] = kr.counters()
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "bench_gpu.json"), "w") as f:

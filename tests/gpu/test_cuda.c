@@ -100,6 +100,13 @@ static int64_t served(kr_context *ctx, const char *backend, kr_feature f) {
     return -1;
 }
 
+/* The attention counters' last fallback reason. */
+static const char *last_reason(kr_context *ctx) {
+    static kr_feature_info fi;
+    if (kr_accel_feature_info(ctx, KR_FEATURE_FLASH_ATTENTION, &fi) != KR_OK) return "?";
+    return fi.counters.last_reason;
+}
+
 static void fill(kt_rng *r, kt_buf *b, double *d) {
     for (int64_t i = 0; i < b->n; i++) {
         const double x = kt_round(b->dt, kt_normal(r));
@@ -282,6 +289,12 @@ static void run_attention(const acase *c) {
         const bool unf = served(ctx, "cuda-unfused", KR_FEATURE_FLASH_ATTENTION) == unf0 + 1;
         if (fast == unf || (run == 1 && fast))
             fail_msg("%s run %d: served by cuda %d / cuda-unfused %d", desc, run, fast, unf);
+        /* the cases the fast kernels cover must reach them: decode (Sq <= 16) takes
+         * head_dim 64/128/256, prefill 64/128; both f16/bf16 K/V without a mask */
+        const bool expect_fast = (c->dt == KR_F16 || c->dt == KR_BF16) && !c->mask &&
+                                 (c->D == 64 || c->D == 128 || (c->D == 256 && c->Sq <= 16));
+        if (run == 0 && expect_fast && !fast)
+            fail_msg("%s: fell back to cuda-unfused (%s)", desc, last_reason(ctx));
         if (run == 0) fast ? n_fast++ : n_unfused_only++;
         from_dev(ctx, &o_dev, dout);
         from_dev(ctx, &l_dev, dl);
@@ -328,8 +341,11 @@ static void run_attention(const acase *c) {
 static void test_attention_grid(void **state) {
     (void)state;
     NEED_GPU();
-    static const int64_t sq_skv[][2] = {{1, 1},     {1, 7},   {1, 1000}, {1, 4097}, {3, 65},
-                                        {16, 1000}, {17, 64}, {65, 65},  {7, 300}};
+    /* decode (Sq <= 16) and prefill shapes: tile +- 1, Sq > Skv (bottom-right causal
+     * leaves the first rows empty), a long chunk over many tiles */
+    static const int64_t sq_skv[][2] = {{1, 1},    {1, 7},    {1, 1000}, {1, 4097},
+                                        {3, 65},   {17, 64},  {65, 65},  {16, 1000},
+                                        {7, 300},  {130, 130}, {200, 77}, {96, 1000}};
     static const int64_t dims[] = {64, 80, 128, 256};
     static const int64_t gqa[] = {1, 4, 8};
     uint64_t id = 500000;

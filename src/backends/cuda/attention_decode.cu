@@ -20,7 +20,7 @@
  * The last block of a (sequence, group, row chunk) is found with an atomic
  * counter in the scratch, which it resets to zero, so one launch does it all.
  */
-#include "common.cuh"
+#include "tc.cuh"
 
 #define DC_THREADS (KR_CU_DECODE_WARPS * 32)
 #define DC_LOG2E 1.4426950408889634f
@@ -387,17 +387,8 @@ DECODE_KERNEL(dc_i8_r8_d256, dc_body(a, splits, ws, 8, KR_I8, 256))
 #define DP_BT(D) (8192 / (D))
 #define DP_PITCH(D) (2 * (D) + 16)
 
-__device__ __forceinline__ void dp_cp16(void *dst, const void *src, bool valid) {
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    const int n = valid ? 16 : 0; /* 0: the 16 bytes are zero-filled, nothing is read */
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(n));
-}
-__device__ __forceinline__ void dp_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
 /* Wait until at most DP_STAGES - 2 groups (the tiles ahead) are in flight, or none. */
-__device__ __forceinline__ void dp_wait_ahead(void) {
-    asm volatile("cp.async.wait_group 1;\n" ::); /* DP_STAGES - 2 */
-}
-__device__ __forceinline__ void dp_wait_all(void) { asm volatile("cp.async.wait_group 0;\n" ::); }
+__device__ __forceinline__ void dp_wait_ahead(void) { tc_wait(DP_STAGES - 2); }
 
 /* Issue the copies of the tile of keys j0 .. j0 + BT into K and V stages;
  * keys at or past ke are zero-filled. A thread copies one 16-byte column
@@ -412,8 +403,8 @@ __device__ __forceinline__ void dp_load_tile(const kr_cu_attention &a, char *ks_
     const char *vp = (const char *)a.v.data + 2 * cu_off(a.v, b, j0 + r0, hk, 8 * c);
     for (int r = r0; r < BT; r += RPP, kp += sk, vp += sv) {
         const bool ok = j0 + r < ke;
-        dp_cp16(ks_ + r * P + 16 * c, ok ? kp : (const char *)a.k.data, ok);
-        dp_cp16(vs_ + r * P + 16 * c, ok ? vp : (const char *)a.v.data, ok);
+        tc_cp16(ks_ + r * P + 16 * c, ok ? kp : (const char *)a.k.data, ok);
+        tc_cp16(vs_ + r * P + 16 * c, ok ? vp : (const char *)a.v.data, ok);
     }
 }
 
@@ -463,7 +454,7 @@ __device__ __forceinline__ void dp_body(const kr_cu_attention &a, int64_t splits
         if (t < nt)
             dp_load_tile(a, stages + t * STB, stages + t * STB + BT * P, b, hk,
                          ks + (int64_t)t * BT, ke, D);
-        dp_commit();
+        tc_commit();
     }
     for (int r = 0; r < ROWS; r++) {
         const int64_t row = chunk * ROWS + r;
@@ -489,7 +480,7 @@ __device__ __forceinline__ void dp_body(const kr_cu_attention &a, int64_t splits
             const int64_t tn = t + DP_STAGES - 1;
             char *st = stages + (tn % DP_STAGES) * STB;
             if (tn < nt) dp_load_tile(a, st, st + BT * P, b, hk, ks + tn * BT, ke, D);
-            dp_commit();
+            tc_commit();
         }
         const char *kt = stages + (t % DP_STAGES) * STB, *vt = kt + BT * P;
         const int64_t j0 = ks + t * BT + warp * KPW;
@@ -546,7 +537,7 @@ __device__ __forceinline__ void dp_body(const kr_cu_attention &a, int64_t splits
         }
         __syncwarp();
     }
-    dp_wait_all();
+    tc_wait(0);
     __syncthreads(); /* the stages are reused for the merge */
     dc_finish(a, splits, ws, ml, accs, m, l, acc, unit, chunk, hk, b, ROWS, DT, D);
 }
@@ -569,18 +560,6 @@ DECODE_KERNEL(dp_bf16_r8_d256, dp_body(a, splits, ws, 8, KR_BF16, 256))
  * 8-key or 8-channel block, columns 2 (lane % 4) and 2 (lane % 4) + 1.
  * q enters the MMA unscaled (exact for f16 q over an f16 cache); the scale
  * and log2 e are applied to S in fp32. */
-__device__ __forceinline__ void dm_ldsm4(const void *p, unsigned *r) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
-__device__ __forceinline__ void dm_ldsm4_t(const void *p, unsigned *r) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
 /* c[0..1] += A B for one m16n8k16 step; A rows 8..15 are zero (a1 = a3 = 0)
  * and the accumulators of those rows are dropped. */
 __device__ __forceinline__ void dm_mma(float *c, unsigned a0, unsigned a2, unsigned b0, unsigned b1,
@@ -596,17 +575,6 @@ __device__ __forceinline__ void dm_mma(float *c, unsigned a0, unsigned a2, unsig
                      "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                      : "+f"(c[0]), "+f"(c[1]), "+f"(z2), "+f"(z3)
                      : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ unsigned dm_pack(float lo, float hi, const int DT) {
-    unsigned u;
-    if (DT == KR_F16) {
-        const __half2 h = __floats2half2_rn(lo, hi);
-        u = *(const unsigned *)&h;
-    } else {
-        const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-        u = *(const unsigned *)&h;
-    }
-    return u;
 }
 
 /* What a v4 block works on: its (sequence, kv head, row chunk) unit, the key
@@ -674,8 +642,8 @@ __device__ __forceinline__ void dm_q_frags(const kr_cu_attention &a, const dm_un
 #pragma unroll
     for (int k = 0; k < D / 16; k++) {
         const float *qr = qs + myr * D + 16 * k + 2 * q4;
-        qa[k][0] = myr < ROWS ? dm_pack(qr[0], qr[1], DT) : 0u;
-        qa[k][1] = myr < ROWS ? dm_pack(qr[8], qr[9], DT) : 0u;
+        qa[k][0] = myr < ROWS ? tc_pack(qr[0], qr[1], DT) : 0u;
+        qa[k][1] = myr < ROWS ? tc_pack(qr[8], qr[9], DT) : 0u;
     }
 }
 
@@ -743,7 +711,7 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
         if (t < nt)
             dp_load_tile(a, stages + t * STB, stages + t * STB + BT * P, b, hk,
                          ks + (int64_t)t * BT, ke, D);
-        dp_commit();
+        tc_commit();
     }
     unsigned qa[8][2]; /* D / 16 <= 8 used */
     dm_q_frags(a, u, NULL, qs, qa, ROWS, DT, D);
@@ -759,7 +727,7 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
             const int64_t tn = t + DP_STAGES - 1;
             char *st = stages + (tn % DP_STAGES) * STB;
             if (tn < nt) dp_load_tile(a, st, st + BT * P, b, hk, ks + tn * BT, ke, D);
-            dp_commit();
+            tc_commit();
         }
         const char *kt = stages + (t % DP_STAGES) * STB + warp * KPW * P;
         const char *vt = kt + BT * P;
@@ -775,7 +743,7 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
 #pragma unroll
             for (int k = 0; k < D / 16; k++) {
                 unsigned f[4];
-                dm_ldsm4(kr + 32 * k, f);
+                tc_ldsm4(kr + 32 * k, f);
                 dm_mma(sc[n], qa[k][0], qa[k][1], f[0], f[1], DT);
                 dm_mma(sc[n + 1], qa[k][0], qa[k][1], f[2], f[3], DT);
             }
@@ -794,7 +762,7 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
             const float p0 = mn == -INFINITY ? 0.0f : exp2f(sc[n][0] - mn);
             const float p1 = mn == -INFINITY ? 0.0f : exp2f(sc[n][1] - mn);
             l += p0 + p1;
-            pa[n] = dm_pack(p0, p1, DT);
+            pa[n] = tc_pack(p0, p1, DT);
         }
 /* O += P V, 16 keys a step, two 8-channel blocks per ldmatrix.trans */
 #pragma unroll
@@ -804,13 +772,13 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
 #pragma unroll
             for (int n = 0; n < NC; n += 2) {
                 unsigned f[4];
-                dm_ldsm4_t(vr + 16 * n, f);
+                tc_ldsm4_t(vr + 16 * n, f);
                 dm_mma(o[n], pa[2 * k], pa[2 * k + 1], f[0], f[1], DT);
                 dm_mma(o[n + 1], pa[2 * k], pa[2 * k + 1], f[2], f[3], DT);
             }
         }
     }
-    dp_wait_all();
+    tc_wait(0);
     dm_finish(a, splits, ws, u, (float *)stages, m, l, o, 1.0f, ROWS, DT, D);
 }
 
@@ -856,8 +824,8 @@ __device__ __forceinline__ void dq_load_tile(const kr_cu_attention &a, char *ks_
     const int8_t *vp = a.v8.data + ((b * a.v8.capacity + j0 + r0) * a.Hkv + hk) * D + 16 * c;
     for (int r = r0; r < BT; r += RPP, kp += step, vp += step) {
         const bool ok = j0 + r < ke;
-        dp_cp16(ks_ + r * P + 16 * c, ok ? kp : a.k8.data, ok);
-        dp_cp16(vs_ + r * P + 16 * c, ok ? vp : a.v8.data, ok);
+        tc_cp16(ks_ + r * P + 16 * c, ok ? kp : a.k8.data, ok);
+        tc_cp16(vs_ + r * P + 16 * c, ok ? vp : a.v8.data, ok);
     }
 }
 
@@ -917,7 +885,7 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
             dq_load_meta(a, b, hk, ks + (int64_t)t * BT, ke, mw, D);
             dq_store_meta((float *)(st + 2 * BT * P), mw, D);
         }
-        dp_commit();
+        tc_commit();
     }
     unsigned qa[8][2]; /* D / 16 <= 8 used */
     dm_q_frags(a, u, a.k8.chan + hk * a.D, qs, qa, ROWS, KR_F16, D);
@@ -935,7 +903,7 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
             dq_load_tile(a, stn, stn + BT * P, b, hk, ks + tn * BT, ke, D);
             dq_load_meta(a, b, hk, ks + tn * BT, ke, mw, D);
         }
-        dp_commit();
+        tc_commit();
         const char *st = stages + (t % DP_STAGES) * STB;
         const char *kt = st + warp * KPW * P, *vt = st + BT * P + warp * KPW * P;
         const float *gk = (const float *)(st + 2 * BT * P) + warp * KPW * NG;
@@ -997,9 +965,9 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
             const char *vr = vt + ka * P + lane / 4;
 #pragma unroll
             for (int g = 0; g < NG; g++) {
-                const unsigned pa0 = dm_pack(p[2 * k][0] * gv[ka * NG + g] * cf,
+                const unsigned pa0 = tc_pack(p[2 * k][0] * gv[ka * NG + g] * cf,
                                              p[2 * k][1] * gv[(ka + 1) * NG + g] * cf, KR_F16);
-                const unsigned pa2 = dm_pack(p[2 * k + 1][0] * gv[kb * NG + g] * cf,
+                const unsigned pa2 = tc_pack(p[2 * k + 1][0] * gv[kb * NG + g] * cf,
                                              p[2 * k + 1][1] * gv[(kb + 1) * NG + g] * cf, KR_F16);
 #pragma unroll
                 for (int n = 4 * g; n < 4 * g + 4; n++) {
@@ -1013,7 +981,7 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
         /* the metadata of tile tn, loaded above, into its stage */
         if (tn < nt) dq_store_meta((float *)(stn + 2 * BT * P), mw, D);
     }
-    dp_wait_all();
+    tc_wait(0);
     dm_finish(a, splits, ws, u, (float *)stages, m, l, o, 1.0f / cf, ROWS, KR_I8, D);
 }
 

@@ -5,8 +5,10 @@
  * the two function tables the plugin exports:
  *
  *   "cuda"          the fast kernels: split-K decode attention (Sq <= 16,
- *                   f16/bf16 or int8 cache), fused RoPE, fused RoPE +
- *                   quantise + append; supports() declines the rest;
+ *                   f16/bf16 or int8 cache), tensor-core prefill attention
+ *                   (any Sq, f16/bf16 K/V, head_dim 64/128), fused RoPE,
+ *                   fused RoPE + quantise + append; supports() declines the
+ *                   rest with the reason;
  *   "cuda-unfused"  the in-device reference: a simple attention kernel that
  *                   serves every case, scalar RoPE, the same general append.
  *                   The framework falls back to it, so a CUDA tensor never
@@ -318,6 +320,9 @@ static kr_status cuda_attention(const kr_attention_args *a, char *err, size_t n)
     if (!st && a->kv_lens && a->B > KR_CU_INLINE)
         st = lens_of(s, a->kv_lens, a->B, &c.lens, err, n);
     if (st) return st;
+    char why[160];
+    if (c.Sq > 16 || !kr_cu_decode_supported(&c, why, sizeof why))
+        return kr_cu_prefill(&c, s->cur, err, n);
     const int64_t splits = kr_cu_decode_splits(&c, s->n_sm);
     size_t counter_bytes = 0;
     const size_t ws_bytes = kr_cu_decode_ws_bytes(&c, splits, &counter_bytes);
@@ -483,7 +488,15 @@ static bool cuda_supports(kr_op op, const void *args, char *reason, size_t n) {
     if (op != KR_OP_ATTENTION || !args) return true;
     kr_cu_attention c;
     attention_view(args, &c);
-    return kr_cu_decode_supported(&c, reason, n) != 0;
+    char why_decode[160];
+    if (c.Sq <= 16 && kr_cu_decode_supported(&c, why_decode, sizeof why_decode)) return true;
+    if (kr_cu_prefill_supported(&c, reason, n)) return true;
+    if (c.Sq <= 16) {
+        char why_prefill[160];
+        snprintf(why_prefill, sizeof why_prefill, "%s", reason);
+        snprintf(reason, n, "%s; %s", why_decode, why_prefill);
+    }
+    return false;
 }
 
 static bool unfused_supports(kr_op op, const void *args, char *reason, size_t n) {

@@ -70,6 +70,11 @@ size_t kr_cu_decode_ws_bytes(const kr_cu_attention *a, int64_t splits, size_t *c
 kr_status kr_cu_decode(const kr_cu_attention *a, int64_t splits, const kr_cu_decode_ws *ws,
                        void *stream, char *err, size_t n);
 
+/* Prefill / chunked prefill (any Sq) over f16 / bf16 K/V on tensor cores:
+ * blocks of (head x sequence, row block). */
+int kr_cu_prefill_supported(const kr_cu_attention *a, char *why, size_t n);
+kr_status kr_cu_prefill(const kr_cu_attention *a, void *stream, char *err, size_t n);
+
 /* The unfused path: one block per (query row, head, sequence), keys in
  * chunks with an online softmax. Serves every case, slowly. */
 kr_status kr_cu_attention_unfused(const kr_cu_attention *a, void *stream, char *err, size_t n);
