@@ -148,6 +148,8 @@ class Krserve:
         return out
 
 
+KR_ONLY = False  # --kr-only: time krserve alone (the kernel lab compares its variants)
+
 # ---- timing ------------------------------------------------------------------------------
 FLUSH = None
 SLEEP_CYCLES = 400000  # ~200 us at H100/H200 clocks
@@ -244,7 +246,7 @@ def prefill(kr, quick):
                         row["wrong"] = True
                     else:
                         row["krserve_ms"] = timed(run_kr, reps)[0]
-                    for name, be in SDPA_BACKENDS:
+                    for name, be in SDPA_BACKENDS if not KR_ONLY else ():
                         try:
                             row[name + "_ms"] = timed(lambda: sdpa(be, qt, kt, vt, causal), reps)[0]
                         except Exception as e:
@@ -612,11 +614,14 @@ def main():
     ap.add_argument("--out", default=".")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="ceiling,decode,int8,rope,prefill,accuracy,chunked")
+    ap.add_argument("--kr-only", action="store_true",
+                    help="prefill: time krserve only (results still checked against flash)")
     a = ap.parse_args()
+    global KR_ONLY, FLUSH
+    KR_ONLY = a.kr_only
     if not torch.cuda.is_available():
         print("SKIP: torch sees no CUDA device")
         return 0
-    global FLUSH
     FLUSH = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     # A stream of our own: torch's default is the legacy NULL stream, which a
     # NULL handle cannot name through kr_context_set_stream (NULL = the

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""profile_decode.py - one decode shape for Nsight Compute: krserve's decode kernel and torch
-SDPA's cuDNN and flash kernels on the same tensors, inside an NVTX range named "prof", so
+"""profile_decode.py - one decode (or, with --op prefill, prefill) shape for Nsight Compute:
+krserve's kernel and torch SDPA's cuDNN and flash kernels on the same tensors, inside an NVTX
+range named "prof", so
 
   ncu --nvtx --nvtx-include "prof/" --section SpeedOfLight --section WarpStateStats \\
       python3 tests/gpu/profile_decode.py --lib build/libkrserve.so --batch 8 --kv-len 32768
 
-profiles only those kernels. Shape: 32 q heads / 8 kv heads, head_dim 128, fp16, BHSD layout
-(what bench_sdpa.py times).
+profiles only those kernels. Decode shape: 32 q heads / 8 kv heads, head_dim 128, fp16, BHSD
+layout (what bench_sdpa.py times). Prefill: --batch x --seq tokens, 2048 / --head-dim heads,
+fp16, BSHD, --causal or not (bench_sdpa.py's FA3-paper shapes).
 """
 import argparse
 import ctypes as C
@@ -25,6 +27,10 @@ def main():
     ap.add_argument("--lib", required=True)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--kv-len", type=int, default=32768)
+    ap.add_argument("--op", choices=("decode", "prefill"), default="decode")
+    ap.add_argument("--seq", type=int, default=4096)
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--causal", action="store_true")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         print("SKIP: torch sees no CUDA device")
@@ -32,6 +38,8 @@ def main():
     stream = torch.cuda.Stream()
     torch.cuda.set_stream(stream)
     kr = bs.Krserve(a.lib)
+    if a.op == "prefill":
+        return prefill(kr, a)
     B, H, Hkv, D, L = a.batch, 32, 8, 128, a.kv_len
     q = torch.randn(B, H, 1, D, dtype=torch.float16, device="cuda")
     k = torch.randn(B, Hkv, L, D, dtype=torch.float16, device="cuda")
@@ -51,6 +59,30 @@ def main():
     torch.cuda.nvtx.range_pop()
     torch.cuda.synchronize()
     print("profiled B=%d L=%d" % (B, L))
+    return 0
+
+
+def prefill(kr, a):
+    B, S, D = a.batch, a.seq, a.head_dim
+    H = 2048 // D
+    q, k, v = (torch.randn(B, S, H, D, dtype=torch.float16, device="cuda") for _ in range(3))
+    out = torch.empty_like(q)
+    tq, tk, tv, to = kr.bshd(q), kr.bshd(k), kr.bshd(v), kr.bshd(out)
+    prm = bs.AttnParams(0.0, int(a.causal), -1, -1, None, None, None)
+    run_kr = lambda: kr.check(kr.lib.kr_attention(kr.ctx, C.byref(tq), C.byref(tk), C.byref(tv),
+                                                  C.byref(to), C.byref(prm)))
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    run_kr()
+    bs.sdpa(SDPBackend.CUDNN_ATTENTION, qt, kt, vt, a.causal)
+    bs.sdpa(SDPBackend.FLASH_ATTENTION, qt, kt, vt, a.causal)
+    torch.cuda.synchronize()
+    torch.cuda.nvtx.range_push("prof")
+    run_kr()
+    bs.sdpa(SDPBackend.CUDNN_ATTENTION, qt, kt, vt, a.causal)
+    bs.sdpa(SDPBackend.FLASH_ATTENTION, qt, kt, vt, a.causal)
+    torch.cuda.nvtx.range_pop()
+    torch.cuda.synchronize()
+    print("profiled prefill B=%d S=%d D=%d causal=%d" % (B, S, D, a.causal))
     return 0
 
 

@@ -3,15 +3,18 @@
  * chunked prefill) on tensor cores, sm_80+: FlashAttention-2's scheme in
  * mma.sync.
  *
- * Grid: (head x sequence, row block). A block of PF_NW warps owns BM =
- * 16 PF_NW query rows of one head, 16 per warp; it walks the keys its rows
- * can see in tiles of PF_BN, K and V tiles brought into shared memory by
- * cp.async PF_STAGES - 1 tiles ahead. Per tile a warp computes S = Q K^T
- * (m16n8k16, K by ldmatrix), an online softmax on S in registers (exp2,
- * scale * log2 e folded into one FMA), and O += P V with S's accumulators
- * reused as P's A operand and V by ldmatrix.trans; O stays in registers
- * until the end. Q's fragments are loaded once into registers (any dtype,
- * rounded to the K/V type: q enters the MMA unscaled).
+ * Grid: (row block, head, sequence). A block of PF_NW warps owns BM =
+ * 16 MT PF_NW query rows of one head, 16 MT per warp (MT = 1 or 2 16-row MMA
+ * tiles, so every K/V fragment read from shared memory serves MT MMAs);
+ * it walks the keys its rows can see in tiles of PF_BN(D) keys, K and V
+ * tiles brought into shared memory by cp.async PF_STAGES - 1 tiles ahead.
+ * Per tile a warp computes S = Q K^T (m16n8k16; Q and K by ldmatrix), an
+ * online softmax on S in registers (exp2 on the SFU, scale * log2 e folded
+ * into one FMA), and O += P V with S's accumulators reused as P's A operand
+ * and V by ldmatrix.trans; O stays in registers until the end. Q is staged
+ * once in shared memory in the K/V type (cp.async, or converted from any
+ * dtype; q enters the MMA unscaled). Row blocks of one head are adjacent in
+ * the grid, so the blocks running together share that head's K/V in L2.
  *
  * Shared-memory tiles are [key][channel] rows of 2 D bytes with 16-byte
  * chunks XOR-swizzled by the row (chunk c of row r at c ^ (r % 8)), so the
@@ -26,64 +29,113 @@
  * are scheduled heaviest first (the grid's row-block index runs backwards)
  * so the short ones fill the last wave.
  *
- *   q rows --(regs)--> S = Q K^T --(mask, online softmax)--> P --> O += P V
- *                        ^ K tile (smem, ldmatrix)              ^ V tile (.trans)
+ *   Q (smem) --> S = Q K^T --(mask, online softmax)--> P (regs) --> O += P V
+ *                   ^ K tile (smem, ldmatrix)                       ^ V tile (.trans)
  */
 #include "tc.cuh"
 
 #define PF_LOG2E 1.4426950408889634f
 #define PF_LN2 0.6931471805599453f
+/* The kernel lab (bench/prefill_lab.sh) builds variants by overriding these. */
 #ifndef PF_NW
-#define PF_NW 4 /* warps per block: BM = 16 PF_NW rows */
+#define PF_NW 4 /* warps per block */
 #endif
-#ifndef PF_BN
-#define PF_BN 64 /* keys per tile */
+#ifndef PF_BN_D64
+#define PF_BN_D64 128 /* keys per tile at head_dim 64 */
 #endif
+#ifndef PF_BN_D128
+#define PF_BN_D128 64 /* keys per tile at head_dim 128 */
+#endif
+#define PF_BN(D) ((D) == 64 ? PF_BN_D64 : PF_BN_D128)
+#define PF_BN_MAX (PF_BN_D64 > PF_BN_D128 ? PF_BN_D64 : PF_BN_D128)
 #ifndef PF_STAGES
-#define PF_STAGES 2 /* shared-memory tile buffers (loads run PF_STAGES - 1 ahead) */
+#define PF_STAGES 2 /* shared-memory K/V tile buffers (loads run PF_STAGES - 1 ahead) */
 #endif
 #define PF_THREADS (PF_NW * 32)
-#define PF_BM (16 * PF_NW)
+/* MT: 16-row MMA tiles per warp (1 or 2; each K/V fragment read from shared
+ * memory serves MT MMAs); a block holds PF_BM(MT) query rows. */
+#define PF_BM(MT) (16 * (MT) * PF_NW)
 
-/* Issue the copies of the K and V tile of keys [j0, j0 + PF_BN) into one
+/* The visible key range [lo, hi) of query row i: cu_row_range in 32 bits. */
+__device__ __forceinline__ void pf_range(const kr_cu_attention &a, int L, int i, int *lo,
+                                         int *hi) {
+    const int p = L - (int)a.Sq + i;
+    int l = 0, h = L;
+    if (a.causal && p + 1 < h) h = p + 1;
+    if (a.window_right >= 0 && p + (int)a.window_right + 1 < h) h = p + (int)a.window_right + 1;
+    if (a.window_left >= 0 && p - (int)a.window_left > l) l = p - (int)a.window_left;
+    *lo = l;
+    *hi = h < l ? l : h;
+}
+
+/* Byte offset of 16-byte chunk c of row r in a swizzled [rows][2 D bytes] tile. */
+__device__ __forceinline__ int pf_sw(int r, int c, const int D) {
+    return r * 2 * D + ((c ^ (r % 8)) * 16);
+}
+
+/* Issue the copies of the K and V tile of keys [j0, j0 + PF_BN(D)) into one
  * stage; keys at or past ke are zero-filled (a masked key's V must be a
  * finite 0, since its P of 0 still meets it in the MMA). */
-__device__ __forceinline__ void pf_load_tile(const kr_cu_attention &a, char *ks, char *vs,
-                                             int64_t b, int64_t hk, int64_t j0, int64_t ke,
-                                             const int D) {
-    const int CH = D / 8, RPP = PF_THREADS / CH;
-    const int c = threadIdx.x % CH;
-    for (int r = threadIdx.x / CH; r < PF_BN; r += RPP) {
-        const int64_t j = j0 + r;
-        const bool ok = j < ke;
-        const int off = r * 2 * D + ((c ^ (r % 8)) * 16);
-        const char *kp = ok ? (const char *)a.k.data + 2 * cu_off(a.k, b, j, hk, 8 * c)
-                            : (const char *)a.k.data;
-        const char *vp = ok ? (const char *)a.v.data + 2 * cu_off(a.v, b, j, hk, 8 * c)
-                            : (const char *)a.v.data;
-        tc_cp16(ks + off, kp, ok);
-        tc_cp16(vs + off, vp, ok);
+/* A thread copies 16-byte chunk threadIdx % (D / 8) of every (PF_THREADS / (D /
+ * 8))-th row; its K and V addresses of key 0 (pf_kv_base) are worked out once
+ * per block, so a tile costs one multiply and an add per row. */
+typedef struct pf_kv_base {
+    const char *k, *v;
+    int64_t k_row, v_row; /* bytes between consecutive keys */
+} pf_kv_base;
+
+__device__ __forceinline__ pf_kv_base pf_kv_base_of(const kr_cu_attention &a, int64_t b,
+                                                    int64_t hk, const int D) {
+    const int64_t c = threadIdx.x % (D / 8);
+    pf_kv_base p;
+    p.k = (const char *)a.k.data + 2 * cu_off(a.k, b, 0, hk, 8 * c);
+    p.v = (const char *)a.v.data + 2 * cu_off(a.v, b, 0, hk, 8 * c);
+    p.k_row = 2 * a.k.stride[1];
+    p.v_row = 2 * a.v.stride[1];
+    return p;
+}
+
+__device__ __forceinline__ void pf_load_tile(const kr_cu_attention &a, const pf_kv_base &p,
+                                             char *ks, char *vs, int j0, int ke, const int D) {
+    const int CH = D / 8, RPP = PF_THREADS / CH, BN = PF_BN(D);
+    const int c = threadIdx.x % CH, r0 = threadIdx.x / CH;
+    const char *kp = p.k + (int64_t)(j0 + r0) * p.k_row, *vp = p.v + (int64_t)(j0 + r0) * p.v_row;
+#pragma unroll
+    for (int r = r0; r < BN; r += RPP, kp += RPP * p.k_row, vp += RPP * p.v_row) {
+        const bool ok = j0 + r < ke;
+        tc_cp16(ks + pf_sw(r, c, D), ok ? kp : (const char *)a.k.data, ok);
+        tc_cp16(vs + pf_sw(r, c, D), ok ? vp : (const char *)a.v.data, ok);
     }
 }
 
-/* This lane's A fragments of its warp's 16 q rows (row r0 and r0 + 8),
- * every 16-channel step; rows past Sq are zero. */
-__device__ __forceinline__ void pf_q_frags(const kr_cu_attention &a, int64_t b, int64_t h,
-                                           int64_t r0, unsigned (*qa)[4], const int DT,
-                                           const int D) {
-    const int q4 = threadIdx.x % 4;
-#pragma unroll
-    for (int k = 0; k < D / 16; k++)
-#pragma unroll
-        for (int x = 0; x < 4; x++) {
-            const int64_t r = r0 + (x % 2) * 8, c = 16 * k + (x / 2) * 8 + 2 * q4;
-            float lo = 0.0f, hi = 0.0f;
-            if (r < a.Sq) {
-                lo = cu_load(a.q.data, a.q.dtype, cu_off(a.q, b, r, h, c));
-                hi = cu_load(a.q.data, a.q.dtype, cu_off(a.q, b, r, h, c + 1));
-            }
-            qa[k][x] = tc_pack(lo, hi, DT);
+/* The block's q rows [i0, i0 + PF_BM(MT)) into shared memory in the K/V type,
+ * swizzled like the tiles; rows past Sq are zero. q already in that type,
+ * rows 16-byte aligned: cp.async (joins the first tile's group); any other
+ * dtype or stride: loaded, rounded and stored by the threads. */
+__device__ __forceinline__ void pf_load_q(const kr_cu_attention &a, char *qs, int64_t b,
+                                          int64_t h, int i0, bool q_async, const int DT,
+                                          const int D, const int MT) {
+    const int CH = D / 8;
+    for (int x = threadIdx.x; x < PF_BM(MT) * CH; x += PF_THREADS) {
+        const int r = x / CH, c = x % CH;
+        const int64_t i = i0 + r;
+        if (q_async) {
+            const bool ok = i < a.Sq;
+            tc_cp16(qs + pf_sw(r, c, D),
+                    ok ? (const char *)a.q.data + 2 * cu_off(a.q, b, i, h, 8 * c)
+                       : (const char *)a.q.data,
+                    ok);
+        } else {
+            unsigned w[4] = {0u, 0u, 0u, 0u};
+            if (i < a.Sq)
+                for (int e = 0; e < 4; e++)
+                    w[e] = tc_pack(cu_load(a.q.data, a.q.dtype, cu_off(a.q, b, i, h, 8 * c + 2 * e)),
+                                   cu_load(a.q.data, a.q.dtype,
+                                           cu_off(a.q, b, i, h, 8 * c + 2 * e + 1)),
+                                   DT);
+            *(uint4 *)(qs + pf_sw(r, c, D)) = make_uint4(w[0], w[1], w[2], w[3]);
         }
+    }
 }
 
 /* One row's output and LSE: o / l, or zeros and -inf when the row saw no key
@@ -113,157 +165,255 @@ __device__ __forceinline__ void pf_store_row(const kr_cu_attention &a, int64_t b
             empty ? -INFINITY : (m + log2f(l)) * PF_LN2;
 }
 
-__device__ __forceinline__ void pf_body(const kr_cu_attention &a, const int DT, const int D) {
+/* A split's share of one row, for pf_merge: o / l and its log2-domain LSE
+ * (0 and -inf for a row that saw no key in this split). */
+__device__ __forceinline__ void pf_store_part(const kr_cu_attention &a, const kr_cu_prefill_ws &ws,
+                                              int64_t split, int64_t b, int64_t h, int64_t r,
+                                              float m, float l, float (*o)[4], int half,
+                                              const int D) {
+    const int q4 = threadIdx.x % 4;
+    if (r >= a.Sq) return;
+    const bool empty = m == -INFINITY;
+    const float inv = empty ? 0.0f : 1.0f / l;
+    const int64_t row = ((split * a.B + b) * a.H + h) * a.Sq + r;
+    float *po = ws.part_o + row * D;
+#pragma unroll
+    for (int n = 0; n < D / 8; n++)
+        *(float2 *)(po + 8 * n + 2 * q4) =
+            make_float2(o[n][2 * half] * inv, o[n][2 * half + 1] * inv);
+    if (q4 == 0) ws.part_lse[row] = empty ? -INFINITY : m + log2f(l);
+}
+
+__device__ __forceinline__ void pf_body(const kr_cu_attention &a, bool q_async,
+                                        const kr_cu_prefill_ws &ws, const int DT, const int D,
+                                        const int MT) {
     extern __shared__ __align__(128) char smem_raw[];
     /* 1024-aligned, so a row's swizzle bits are free for XOR in addresses */
     char *smem = smem_raw + ((1024 - (unsigned)__cvta_generic_to_shared(smem_raw) % 1024) % 1024);
-    const int NT = PF_BN / 8; /* 8-key blocks of a tile */
+    const int BN = PF_BN(D);
+    const int NT = BN / 8; /* 8-key blocks of a tile */
     const int NC = D / 8;     /* 8-channel blocks of the output */
-    const int TILE = PF_BN * 2 * D;
+    const int TILE = BN * 2 * D;
+    const int BM = PF_BM(MT), WM = 16 * MT; /* rows per block, per warp */
+    const int QBYTES = BM * 2 * D;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, q4 = lane % 4;
-    const int64_t h = blockIdx.x % a.H, b = blockIdx.x / a.H, hk = h / (a.H / a.Hkv);
-    const int64_t i0 = (int64_t)(gridDim.y - 1 - blockIdx.y) * PF_BM;
-    const int64_t L = a.has_lens ? cu_len(a.lens, b) : a.Skv;
-    int64_t kmin, kmax, y0, y1;
-    cu_row_range(a, L, i0, &kmin, &y0);
-    cu_row_range(a, L, min(i0 + PF_BM, a.Sq) - 1, &y1, &kmax);
+    const int64_t h = blockIdx.y, b = blockIdx.z % a.B, split = blockIdx.z / a.B;
+    const int64_t hk = h / (a.H / a.Hkv);
+    /* rows and keys are int from here on: kr_cu_prefill_supported keeps Sq + Skv
+     * well inside 32 bits and the launcher clamps the windows */
+    const int Sq = (int)a.Sq;
+    const int i0 = (int)(gridDim.x - 1 - blockIdx.x) * BM;
+    const int L = a.has_lens ? (int)cu_len(a.lens, b) : (int)a.Skv;
+    int kmin, kmax, y0, y1;
+    pf_range(a, L, i0, &kmin, &y0);
+    pf_range(a, L, min(i0 + BM, Sq) - 1, &y1, &kmax);
     if (kmax < kmin) kmax = kmin;
-    /* this warp's rows: first and last real one; this lane's two */
-    const int64_t w0 = i0 + warp * 16, w1 = min(w0 + 15, a.Sq - 1);
-    const int64_t r0 = w0 + lane / 4, r1 = r0 + 8;
-    /* key indices from here on fit 32 bits (kv lengths are int32 in kr_cu_lens) */
-    int64_t x[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (w0 < a.Sq) {
-        cu_row_range(a, L, w0, &x[0], &x[1]);
-        cu_row_range(a, L, w1, &x[2], &x[3]);
+    if (ws.splits > 1) { /* this split's whole tiles of the block's range */
+        const int per = ((kmax - kmin + BN - 1) / BN + ws.splits - 1) / ws.splits;
+        kmin = min(kmax, kmin + (int)split * per * BN);
+        kmax = min(kmax, kmin + per * BN);
     }
-    if (r0 < a.Sq) cu_row_range(a, L, r0, &x[4], &x[5]);
-    if (r1 < a.Sq) cu_row_range(a, L, r1, &x[6], &x[7]);
-    const int wlo = (int)x[0], hi_first = (int)x[1], lo_last = (int)x[2], whi = (int)x[3];
-    const int lo0 = (int)x[4], hi0 = (int)x[5], lo1 = (int)x[6], hi1 = (int)x[7];
-    const bool warp_live = w0 < a.Sq && whi > wlo;
+    /* this warp's rows: the first and last real one */
+    const int w0 = i0 + warp * WM, w1 = min(w0 + WM - 1, Sq - 1);
+    int wlo = 0, whi = 0, lo_last = 0, hi_first = 0;
+    if (w0 < Sq) {
+        pf_range(a, L, w0, &wlo, &hi_first);
+        pf_range(a, L, w1, &lo_last, &whi);
+    }
+    const bool warp_live = w0 < Sq && whi > wlo;
+    /* this lane's rows are lane_row + 16 mt (+ 8); their ranges are worked out
+     * again in the (few) masked tiles rather than kept in 4 MT registers */
+    const int lane_row = w0 + lane / 4;
 
-    const int64_t nt = (kmax - kmin + PF_BN - 1) / PF_BN;
+    char *qs = smem, *stages = smem + QBYTES;
+    pf_load_q(a, qs, b, h, i0, q_async, DT, D, MT);
+    const pf_kv_base kvp = pf_kv_base_of(a, b, hk, D);
+    const int nt = (kmax - kmin + BN - 1) / BN;
     for (int s = 0; s < PF_STAGES - 1; s++) {
         if (s < nt)
-            pf_load_tile(a, smem + s * 2 * TILE, smem + s * 2 * TILE + TILE, b, hk,
-                         kmin + (int64_t)s * PF_BN, kmax, D);
+            pf_load_tile(a, kvp, stages + s * 2 * TILE, stages + s * 2 * TILE + TILE,
+                         kmin + s * BN, kmax, D);
         tc_commit();
     }
-    unsigned qa[8][4]; /* D / 16 <= 8 used */
-    pf_q_frags(a, b, h, r0, qa, DT, D);
     const float c = a.scale * PF_LOG2E;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f, o[16][4]; /* NC <= 16 used */
+    float m[4], l[4], o[2][16][4]; /* 2 MT, MT, NC used */
 #pragma unroll
-    for (int n = 0; n < NC; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    /* ldmatrix row addresses: K row (key) 8 (n + lane / 16) + lane % 8, channel
-     * chunk (2 k + (lane / 8) % 2) ^ (lane % 8); V row 16 k + lane % 8 +
-     * 8 ((lane / 8) % 2), chunk (n + lane / 16) ^ (lane % 8). 2 k and n are
-     * even, so chunk = lane's part ^ (2 k or n): the lane's base address
-     * carries its part and each step XORs in the rest (rows are 2 D bytes,
-     * stages 1024-aligned: the chunk bits of the row offsets are zero). */
-    const unsigned sbase = (unsigned)__cvta_generic_to_shared(smem);
+    for (int x = 0; x < 2 * MT; x++) m[x] = -INFINITY, l[x] = 0.0f;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int n = 0; n < NC; n++) o[mt][n][0] = o[mt][n][1] = o[mt][n][2] = o[mt][n][3] = 0.0f;
+    /* ldmatrix row addresses (every row offset is a multiple of 8 rows plus
+     * lane % 8, so the swizzle is lane % 8 throughout; the chunk bits of the
+     * row offsets are zero, so the even part of a chunk is XORed in):
+     *   Q (A, 16 x 16 per mt and k): row 16 mt + lane % 16, chunk 2 k + lane / 16
+     *   K (B of S, 2 key blocks x 16 ch): row 8 n + 8 (lane / 16) + lane % 8,
+     *     chunk 2 k + (lane / 8) % 2
+     *   V (B of P V, .trans, 16 keys x 2 ch blocks): row 16 k + lane % 8 +
+     *     8 ((lane / 8) % 2), chunk n + lane / 16 */
+    const unsigned qlane = (unsigned)__cvta_generic_to_shared(qs) +
+                           (unsigned)((warp * WM + lane % 16) * 2 * D) +
+                           (unsigned)(((lane / 16) ^ (lane % 8)) * 16);
     const unsigned klane = (unsigned)(((lane / 16) * 8 + lane % 8) * 2 * D) +
                            (unsigned)((((lane / 8) % 2) ^ (lane % 8)) * 16);
     const unsigned vlane = (unsigned)((lane % 8 + 8 * ((lane / 8) % 2)) * 2 * D) +
                            (unsigned)(((lane / 16) ^ (lane % 8)) * 16);
+    const unsigned sbase = (unsigned)__cvta_generic_to_shared(stages);
 
-    for (int64_t t = 0; t < nt; t++) {
+    for (int t = 0; t < nt; t++) {
         tc_wait(PF_STAGES - 2);
         __syncthreads();
         {
-            const int64_t tn = t + PF_STAGES - 1;
-            char *st = smem + (tn % PF_STAGES) * 2 * TILE;
-            if (tn < nt) pf_load_tile(a, st, st + TILE, b, hk, kmin + tn * PF_BN, kmax, D);
+            const int tn = t + PF_STAGES - 1;
+            char *st = stages + (tn % PF_STAGES) * 2 * TILE;
+            if (tn < nt) pf_load_tile(a, kvp, st, st + TILE, kmin + tn * BN, kmax, D);
             tc_commit();
         }
-        const int j0 = (int)(kmin + t * PF_BN);
-        if (!warp_live || j0 >= whi || j0 + PF_BN <= wlo) continue;
+        const int j0 = kmin + t * BN;
+        if (!warp_live || j0 >= whi || j0 + BN <= wlo) continue;
         const unsigned kt = sbase + (unsigned)((t % PF_STAGES) * 2 * TILE), vt = kt + TILE;
 
-        float s[NT][4];
+        /* S = Q K^T */
+        float s[2][PF_BN_MAX / 8][4]; /* MT, NT used */
 #pragma unroll
-        for (int n = 0; n < NT; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-        for (int k = 0; k < D / 16; k++)
+            for (int n = 0; n < NT; n++) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < D / 16; k++) {
+            unsigned qa[2][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+                tc_ldsm4_at((qlane ^ (32 * k)) + mt * 16 * 2 * D, qa[mt]);
 #pragma unroll
             for (int n = 0; n < NT; n += 2) {
                 unsigned f[4];
                 tc_ldsm4_at(((kt + klane) ^ (32 * k)) + 8 * n * 2 * D, f);
-                tc_mma(s[n], qa[k], f[0], f[1], DT);
-                tc_mma(s[n + 1], qa[k], f[2], f[3], DT);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    tc_mma(s[mt][n], qa[mt], f[0], f[1], DT);
+                    tc_mma(s[mt][n + 1], qa[mt], f[2], f[3], DT);
+                }
+            }
+        }
+
+        /* mask (unless every row of the warp sees the whole tile), row maxima,
+         * online softmax in the log2 domain (m: running max of s * c) */
+        const bool full = j0 >= lo_last && j0 + BN <= hi_first;
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const int x = 2 * mt + hf;
+                if (!full) {
+                    const int r = lane_row + 16 * mt + 8 * hf;
+                    int lo = 0, hi = 0;
+                    if (r < Sq) pf_range(a, L, r, &lo, &hi);
+#pragma unroll
+                    for (int n = 0; n < NT; n++)
+#pragma unroll
+                        for (int e = 2 * hf; e < 2 * hf + 2; e++) {
+                            const int j = j0 + 8 * n + 2 * q4 + (e % 2);
+                            if (j < lo || j >= hi) s[mt][n][e] = -INFINITY;
+                        }
+                }
+                float mx = -INFINITY;
+#pragma unroll
+                for (int n = 0; n < NT; n++)
+#pragma unroll
+                    for (int e = 2 * hf; e < 2 * hf + 2; e++) mx = cu_nanmax(mx, s[mt][n][e]);
+                mx = cu_nanmax(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = cu_nanmax(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float mn = cu_nanmax(m[x], mx * c);
+                const float al = mn == -INFINITY ? 1.0f : tc_exp2(m[x] - mn);
+                const float sub = mn == -INFINITY ? 0.0f : mn;
+                m[x] = mn;
+                float sum = 0.0f;
+#pragma unroll
+                for (int n = 0; n < NT; n++)
+#pragma unroll
+                    for (int e = 2 * hf; e < 2 * hf + 2; e++) {
+                        s[mt][n][e] = tc_exp2(fmaf(s[mt][n][e], c, -sub));
+                        sum += s[mt][n][e];
+                    }
+                l[x] = l[x] * al + sum;
+#pragma unroll
+                for (int n = 0; n < NC; n++) o[mt][n][2 * hf] *= al, o[mt][n][2 * hf + 1] *= al;
             }
 
-        /* mask (unless every row of the warp sees the whole tile) and row maxima */
-        const bool full = j0 >= lo_last && j0 + PF_BN <= hi_first;
-        float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-        for (int n = 0; n < NT; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                if (!full) {
-                    const int j = j0 + 8 * n + 2 * q4 + (e % 2);
-                    const bool hidden = e < 2 ? (j < lo0 || j >= hi0) : (j < lo1 || j >= hi1);
-                    if (hidden) s[n][e] = -INFINITY;
-                }
-                if (e < 2)
-                    mx0 = cu_nanmax(mx0, s[n][e]);
-                else
-                    mx1 = cu_nanmax(mx1, s[n][e]);
-            }
-        mx0 = cu_nanmax(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = cu_nanmax(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = cu_nanmax(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = cu_nanmax(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        /* online softmax in the log2 domain: m is the running max of s * c */
-        const float mn0 = cu_nanmax(m0, mx0 * c), mn1 = cu_nanmax(m1, mx1 * c);
-        const float al0 = mn0 == -INFINITY ? 1.0f : exp2f(m0 - mn0);
-        const float al1 = mn1 == -INFINITY ? 1.0f : exp2f(m1 - mn1);
-        const float sub0 = mn0 == -INFINITY ? 0.0f : mn0, sub1 = mn1 == -INFINITY ? 0.0f : mn1;
-        m0 = mn0, m1 = mn1;
-        l0 *= al0, l1 *= al1;
-#pragma unroll
-        for (int n = 0; n < NC; n++) o[n][0] *= al0, o[n][1] *= al0, o[n][2] *= al1, o[n][3] *= al1;
-#pragma unroll
-        for (int n = 0; n < NT; n++) {
-            s[n][0] = exp2f(fmaf(s[n][0], c, -sub0));
-            s[n][1] = exp2f(fmaf(s[n][1], c, -sub0));
-            s[n][2] = exp2f(fmaf(s[n][2], c, -sub1));
-            s[n][3] = exp2f(fmaf(s[n][3], c, -sub1));
-            l0 += s[n][0] + s[n][1];
-            l1 += s[n][2] + s[n][3];
-        }
         /* O += P V, 16 keys a step: P's A fragment from two 8-key blocks of S */
 #pragma unroll
-        for (int k = 0; k < PF_BN / 16; k++) {
-            const unsigned pa[4] = {
-                tc_pack(s[2 * k][0], s[2 * k][1], DT), tc_pack(s[2 * k][2], s[2 * k][3], DT),
-                tc_pack(s[2 * k + 1][0], s[2 * k + 1][1], DT),
-                tc_pack(s[2 * k + 1][2], s[2 * k + 1][3], DT)};
+        for (int k = 0; k < BN / 16; k++) {
+            unsigned pa[2][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                pa[mt][0] = tc_pack(s[mt][2 * k][0], s[mt][2 * k][1], DT);
+                pa[mt][1] = tc_pack(s[mt][2 * k][2], s[mt][2 * k][3], DT);
+                pa[mt][2] = tc_pack(s[mt][2 * k + 1][0], s[mt][2 * k + 1][1], DT);
+                pa[mt][3] = tc_pack(s[mt][2 * k + 1][2], s[mt][2 * k + 1][3], DT);
+            }
 #pragma unroll
             for (int n = 0; n < NC; n += 2) {
                 unsigned f[4];
                 tc_ldsm4_t_at(((vt + vlane) ^ (16 * n)) + 16 * k * 2 * D, f);
-                tc_mma(o[n], pa, f[0], f[1], DT);
-                tc_mma(o[n + 1], pa, f[2], f[3], DT);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    tc_mma(o[mt][n], pa[mt], f[0], f[1], DT);
+                    tc_mma(o[mt][n + 1], pa[mt], f[2], f[3], DT);
+                }
             }
         }
     }
     tc_wait(0);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    pf_store_row(a, b, h, r0, m0, l0, o, 0, D);
-    pf_store_row(a, b, h, r1, m1, l1, o, 1, D);
+#pragma unroll
+    for (int x = 0; x < 2 * MT; x++) {
+        float lx = l[x];
+        lx += __shfl_xor_sync(0xffffffffu, lx, 1);
+        lx += __shfl_xor_sync(0xffffffffu, lx, 2);
+        const int r = lane_row + 16 * (x / 2) + 8 * (x % 2);
+        if (ws.splits > 1)
+            pf_store_part(a, ws, split, b, h, r, m[x], lx, o[x / 2], x % 2, D);
+        else
+            pf_store_row(a, b, h, r, m[x], lx, o[x / 2], x % 2, D);
+    }
 }
 
-#define PF_KERNEL(name, DT, D)                                                                     \
-    __global__ void __launch_bounds__(PF_THREADS) name(kr_cu_attention a) { pf_body(a, DT, D); }
-PF_KERNEL(pf_f16_d64, KR_F16, 64)
-PF_KERNEL(pf_f16_d128, KR_F16, 128)
-PF_KERNEL(pf_bf16_d64, KR_BF16, 64)
-PF_KERNEL(pf_bf16_d128, KR_BF16, 128)
+#define PF_KERNEL(name, DT, D, MT)                                                                 \
+    __global__ void __launch_bounds__(PF_THREADS)                                                  \
+        name(kr_cu_attention a, bool q_async, kr_cu_prefill_ws ws) {                               \
+        pf_body(a, q_async, ws, DT, D, MT);                                                        \
+    }
+PF_KERNEL(pf_f16_d64_m1, KR_F16, 64, 1)
+PF_KERNEL(pf_f16_d128_m1, KR_F16, 128, 1)
+PF_KERNEL(pf_f16_d128_m2, KR_F16, 128, 2)
+PF_KERNEL(pf_bf16_d64_m1, KR_BF16, 64, 1)
+PF_KERNEL(pf_bf16_d128_m1, KR_BF16, 128, 1)
+PF_KERNEL(pf_bf16_d128_m2, KR_BF16, 128, 2)
+
+/* The splits of a row combined: one warp per (row, head, sequence), D / 32
+ * channels a lane; weights 2^(lse_s - max) (a NaN anywhere stays NaN). */
+__global__ void __launch_bounds__(32) pf_merge(kr_cu_attention a, kr_cu_prefill_ws ws) {
+    const int64_t i = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int lane = threadIdx.x, CPL = (int)a.D / 32;
+    const int64_t stride = a.B * a.H * a.Sq, row0 = (b * a.H + h) * a.Sq + i;
+    float mx = -INFINITY;
+    for (int s = 0; s < ws.splits; s++) mx = cu_nanmax(mx, ws.part_lse[row0 + s * stride]);
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, sum = 0.0f;
+    if (mx != -INFINITY)
+        for (int s = 0; s < ws.splits; s++) {
+            const int64_t row = row0 + s * stride;
+            const float w = tc_exp2(ws.part_lse[row] - mx);
+            sum += w;
+            for (int e = 0; e < CPL; e++) acc[e] += w * ws.part_o[row * a.D + lane * CPL + e];
+        }
+    const bool empty = mx == -INFINITY;
+    for (int e = 0; e < CPL; e++)
+        cu_store(a.out.data, a.out.dtype, cu_off(a.out, b, i, h, lane * CPL + e),
+                 empty ? 0.0f : acc[e] / sum);
+    if (a.has_lse && lane == 0)
+        ((float *)a.lse.data)[cu_off(a.lse, b, h, i, 0)] =
+            empty ? -INFINITY : (mx + log2f(sum)) * PF_LN2;
+}
 
 static bool pf_aligned16(const kr_tensor *t) {
     if ((uintptr_t)t->data % 16) return false;
@@ -298,24 +448,76 @@ extern "C" int kr_cu_prefill_supported(const kr_cu_attention *a, char *why, size
         snprintf(why, n, "prefill kernel takes a positive scale, got %g", (double)a->scale);
         return 0;
     }
-    if (a->Skv > 0x7fffffff - 2 * PF_BN) {
-        snprintf(why, n, "prefill kernel: kv length %lld past 32-bit key indices",
-                 (long long)a->Skv);
+    if (a->Skv + a->Sq > 0x3fffffff) { /* includes tile overshoot */
+        snprintf(why, n, "prefill kernel: Sq %lld + kv length %lld past 30-bit indices",
+                 (long long)a->Sq, (long long)a->Skv);
         return 0;
     }
-    if (a->B * a->H > 0x7fffffff || (a->Sq + PF_BM - 1) / PF_BM > 65535) {
-        snprintf(why, n, "prefill kernel grid: batch x heads %lld or Sq %lld too large",
-                 (long long)(a->B * a->H), (long long)a->Sq);
+    if (a->B > 65535 || a->H > 65535 || a->Sq > 0x7fffffff) {
+        snprintf(why, n, "prefill kernel grid: batch %lld or heads %lld past 65535",
+                 (long long)a->B, (long long)a->H);
         return 0;
     }
     return 1;
 }
 
-extern "C" kr_status kr_cu_prefill(const kr_cu_attention *a, void *stream, char *err, size_t n) {
-    typedef void (*fn_t)(kr_cu_attention);
-    const fn_t fns[2][2] = {{pf_f16_d64, pf_f16_d128}, {pf_bf16_d64, pf_bf16_d128}};
-    const fn_t fn = fns[a->k.dtype == KR_BF16][a->D == 128];
-    const size_t smem = (size_t)PF_STAGES * 2 * PF_BN * 2 * (size_t)a->D + 1024;
+typedef void (*pf_fn)(kr_cu_attention, bool, kr_cu_prefill_ws);
+
+/* The kernel for this call, its rows per block and its shared memory. Two
+ * 16-row tiles per warp pay at head_dim 128 (the lab: +10-12 % over one at
+ * 2K+ keys) except for short causal rows, where a block's few tiles cannot
+ * repay its fixed cost; at 64, one tile with 128-key tiles wins. */
+static pf_fn pf_kernel(const kr_cu_attention *a, int64_t *bm, size_t *smem) {
+    static const pf_fn fns[2][3] = {{pf_f16_d64_m1, pf_f16_d128_m1, pf_f16_d128_m2},
+                                    {pf_bf16_d64_m1, pf_bf16_d128_m1, pf_bf16_d128_m2}};
+#ifdef PF_FORCE_MT
+    const int mt = a->D == 64 ? 1 : PF_FORCE_MT;
+#else
+    const int mt = a->D == 128 && !(a->causal && a->Sq <= 1024) ? 2 : 1;
+#endif
+    *bm = PF_BM(mt);
+    *smem = ((size_t)PF_STAGES * 2 * PF_BN(a->D) + (size_t)*bm) * 2 * (size_t)a->D + 1024;
+    return fns[a->k.dtype == KR_BF16][a->D == 64 ? 0 : mt];
+}
+
+extern "C" int64_t kr_cu_prefill_splits(const kr_cu_attention *a, int n_sm) {
+    int64_t bm = 0;
+    size_t smem = 0;
+    const pf_fn fn = pf_kernel(a, &bm, &smem);
+    int per_sm = 1;
+    if (cudaFuncSetAttribute((const void *)fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)smem) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, PF_THREADS, smem) !=
+            cudaSuccess) {
+        (void)cudaGetLastError();
+        per_sm = 1;
+    }
+    if (per_sm < 1) per_sm = 1;
+    /* Split the keys only when the row blocks fill less than two waves of
+     * block slots, and keep every split at least 4 tiles long (chunked
+     * prefill: a few hundred new rows over a long cache). */
+    const int64_t blocks = (a->Sq + bm - 1) / bm * a->H * a->B;
+    const int64_t slots = (int64_t)n_sm * per_sm;
+    if (blocks >= 2 * slots) return 1;
+    int64_t s = (2 * slots + blocks - 1) / blocks;
+    const int64_t by_len = a->Skv / (4 * PF_BN(a->D));
+    if (s > by_len) s = by_len;
+    if (s > KR_CU_PREFILL_MAX_SPLITS) s = KR_CU_PREFILL_MAX_SPLITS;
+    if (s * a->B > 65535) s = 65535 / a->B;
+    return s < 1 ? 1 : s;
+}
+
+extern "C" size_t kr_cu_prefill_ws_bytes(const kr_cu_attention *a, int64_t splits) {
+    if (splits <= 1) return 0;
+    return sizeof(float) * (size_t)(splits * a->B * a->H * a->Sq * (a->D + 1));
+}
+
+extern "C" kr_status kr_cu_prefill(const kr_cu_attention *a, const kr_cu_prefill_ws *ws,
+                                   void *stream, char *err, size_t n) {
+    int64_t bm = 0;
+    size_t smem = 0;
+    const pf_fn fn = pf_kernel(a, &bm, &smem);
+    const bool q_async = a->q.dtype == a->k.dtype && pf_aligned16(&a->q);
     if (smem > 48 * 1024) {
         const cudaError_t e = cudaFuncSetAttribute(
             (const void *)fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
@@ -326,7 +528,18 @@ extern "C" kr_status kr_cu_prefill(const kr_cu_attention *a, void *stream, char 
         }
     }
     if (a->Sq == 0 || a->B == 0 || a->H == 0) return KR_OK;
-    dim3 grid((unsigned)(a->B * a->H), (unsigned)((a->Sq + PF_BM - 1) / PF_BM));
-    fn<<<grid, PF_THREADS, smem, (cudaStream_t)stream>>>(*a);
-    return cu_launched("prefill attention", err, n);
+    /* windows wider than every row's reach are no window: clamped, so the
+     * kernel's 32-bit range arithmetic cannot overflow */
+    kr_cu_attention c = *a;
+    const int64_t reach = a->Sq + a->Skv;
+    if (c.window_left > reach) c.window_left = reach;
+    if (c.window_right > reach) c.window_right = reach;
+    const int splits = ws->splits > 1 ? ws->splits : 1;
+    dim3 grid((unsigned)((a->Sq + bm - 1) / bm), (unsigned)a->H, (unsigned)(a->B * splits));
+    fn<<<grid, PF_THREADS, smem, (cudaStream_t)stream>>>(c, q_async, *ws);
+    kr_status st = cu_launched("prefill attention", err, n);
+    if (st || splits == 1) return st;
+    pf_merge<<<dim3((unsigned)a->Sq, (unsigned)a->H, (unsigned)a->B), 32, 0,
+               (cudaStream_t)stream>>>(c, *ws);
+    return cu_launched("prefill split merge", err, n);
 }

@@ -50,9 +50,11 @@ __device__ __forceinline__ float cu_int8_group_scale(const uint8_t *meta, int64_
                      __fmul_rn((float)meta[2 + g], 1.0f / 255.0f));
 }
 
-/* max that lets a NaN through (fmaxf would drop it). */
+/* max that lets a NaN through (fmaxf would drop it): one max.NaN (sm_80+). */
 __device__ __forceinline__ float cu_nanmax(float a, float b) {
-    return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b);
+    float y;
+    asm("max.NaN.f32 %0, %1, %2;\n" : "=f"(y) : "f"(a), "f"(b));
+    return y;
 }
 
 /* The visible key range [lo, hi) of query row i (ops.h's rules). */

@@ -321,8 +321,17 @@ static kr_status cuda_attention(const kr_attention_args *a, char *err, size_t n)
         st = lens_of(s, a->kv_lens, a->B, &c.lens, err, n);
     if (st) return st;
     char why[160];
-    if (c.Sq > 16 || !kr_cu_decode_supported(&c, why, sizeof why))
-        return kr_cu_prefill(&c, s->cur, err, n);
+    if (c.Sq > 16 || !kr_cu_decode_supported(&c, why, sizeof why)) {
+        kr_cu_prefill_ws pw = {(int)kr_cu_prefill_splits(&c, s->n_sm), NULL, NULL};
+        if (pw.splits > 1) {
+            const size_t bytes = kr_cu_prefill_ws_bytes(&c, pw.splits);
+            st = grow(s, &s->ws, &s->ws_cap, bytes, false, err, n);
+            if (st) return st;
+            pw.part_o = s->ws;
+            pw.part_lse = pw.part_o + bytes / sizeof(float) / (size_t)(c.D + 1) * (size_t)c.D;
+        }
+        return kr_cu_prefill(&c, &pw, s->cur, err, n);
+    }
     const int64_t splits = kr_cu_decode_splits(&c, s->n_sm);
     size_t counter_bytes = 0;
     const size_t ws_bytes = kr_cu_decode_ws_bytes(&c, splits, &counter_bytes);

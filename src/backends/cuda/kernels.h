@@ -71,9 +71,21 @@ kr_status kr_cu_decode(const kr_cu_attention *a, int64_t splits, const kr_cu_dec
                        void *stream, char *err, size_t n);
 
 /* Prefill / chunked prefill (any Sq) over f16 / bf16 K/V on tensor cores:
- * blocks of (head x sequence, row block). */
+ * blocks of (row block, head, sequence x split). With splits > 1 (a grid too
+ * small to fill the GPU) each split of the keys writes its rows' partial
+ * output and LSE into the scratch and a second kernel merges them. */
+#define KR_CU_PREFILL_MAX_SPLITS 16
+typedef struct kr_cu_prefill_ws {
+    int splits;
+    float *part_o;   /* [splits][B][H][Sq][D] */
+    float *part_lse; /* [splits][B][H][Sq], log2 domain */
+} kr_cu_prefill_ws;
+
 int kr_cu_prefill_supported(const kr_cu_attention *a, char *why, size_t n);
-kr_status kr_cu_prefill(const kr_cu_attention *a, void *stream, char *err, size_t n);
+int64_t kr_cu_prefill_splits(const kr_cu_attention *a, int n_sm);
+size_t kr_cu_prefill_ws_bytes(const kr_cu_attention *a, int64_t splits);
+kr_status kr_cu_prefill(const kr_cu_attention *a, const kr_cu_prefill_ws *ws, void *stream,
+                        char *err, size_t n);
 
 /* The unfused path: one block per (query row, head, sequence), keys in
  * chunks with an online softmax. Serves every case, slowly. */

@@ -75,6 +75,14 @@ __device__ __forceinline__ void tc_mma(float *c, const unsigned *a, unsigned b0,
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/* 2^x on the special-function unit (ex2.approx.ftz: ~2 ulp, subnormal results
+ * flushed to 0 — below any weight a softmax can resolve): 2^-inf = 0, NaN stays. */
+__device__ __forceinline__ float tc_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 /* (lo, hi) rounded to nearest into one f16x2 or bf16x2 register. */
 __device__ __forceinline__ unsigned tc_pack(float lo, float hi, const int DT) {
     unsigned u;

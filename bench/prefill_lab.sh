@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# bench/prefill_lab.sh — the prefill kernel lab. Builds the CUDA plugin once per
+# variant of src/backends/cuda/attention_prefill.cu (its PF_* macros
+# overridden: warps per block, 16-row tiles per warp, keys per tile, stages),
+# then runs the prefill part of tests/gpu/bench_sdpa.py with each plugin in
+# turn: every result is checked against torch's flash backend before it is
+# timed (a wrong variant prints WRONG, never a speed). The history of the
+# variants is in docs/PERFORMANCE.md.
+#
+# Usage: bench/prefill_lab.sh [BUILD_DIR] [NAME:FLAGS ...]
+#   BUILD_DIR (default build): a CMake build with libkrserve.so (the plugin is
+#   rebuilt here; nvcc and the CUDA headers are all the build needs).
+#   NAME:FLAGS e.g. "mt2-nw4:-DPF_MT=2 -DPF_NW=4"; default: the list below.
+#   KR_LAB_FULL=1: the full prefill grid (else the quick one); KR_LAB_TORCH=1:
+#   time torch's backends as well (=first: with the first variant only).
+# Writes $OUT/<name>/{build.log,bench.log,bench_gpu.json} (OUT default
+# /tmp/krserve-lab) and prints one TFLOP/s table, a column per variant.
+set -euo pipefail
+B=build
+if [ $# -gt 0 ] && [[ "$1" != *:* ]]; then B=$1; shift; fi
+OUT=${OUT:-/tmp/krserve-lab}
+ARCH=${KR_LAB_ARCH:-90}
+variants=("$@")
+if [ ${#variants[@]} = 0 ]; then
+  variants=("v1-mt1:-DPF_MT=1" "v2-mt2:-DPF_MT=2" "mt2-st3:-DPF_MT=2 -DPF_STAGES=3"
+            "mt1-nw8:-DPF_MT=1 -DPF_NW=8")
+fi
+here=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$OUT"
+# Build the variants side by side.
+pids=()
+for v in "${variants[@]}"; do
+  name=${v%%:*} flags=${v#*:}
+  mkdir -p "$OUT/$name"
+  # shellcheck disable=SC2086
+  ( nvcc -shared -Xcompiler -fPIC -O3 -std=c++17 -gencode "arch=compute_$ARCH,code=sm_$ARCH" \
+      $flags -I"$here/include" -I"$here/$B/include" \
+      "$here"/src/backends/cuda/*.cu "$here/src/backends/cuda/cuda_backend.c" \
+      -L"$here/$B" -lkrserve -o "$OUT/$name/libkrserve-cuda.so" >"$OUT/$name/build.log" 2>&1 \
+    || echo "build failed: $name (see $OUT/$name/build.log)" ) &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+export LD_LIBRARY_PATH="$here/$B:$here/$B/deps${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+first=1
+for v in "${variants[@]}"; do
+  name=${v%%:*}
+  [ -f "$OUT/$name/libkrserve-cuda.so" ] || continue
+  torch=--kr-only
+  if [ "${KR_LAB_TORCH:-0}" = 1 ] || { [ "${KR_LAB_TORCH:-0}" = first ] && [ $first = 1 ]; }; then
+    torch=""
+  fi
+  first=0
+  KRSERVE_PLUGIN_PATH="$OUT/$name/libkrserve-cuda.so" python3 -u "$here/tests/gpu/bench_sdpa.py" \
+    --lib "$here/$B/libkrserve.so" --out "$OUT/$name" --only prefill \
+    $([ "${KR_LAB_FULL:-0}" = 1 ] || echo --quick) $torch \
+    >"$OUT/$name/bench.log" 2>&1 || echo "bench failed: $name (see $OUT/$name/bench.log)"
+done
+python3 - "$OUT" "${variants[@]}" <<'PY'
+import json, os, sys
+out, names = sys.argv[1], [v.split(":")[0] for v in sys.argv[2:]]
+res = {}
+for n in names:
+    f = os.path.join(out, n, "bench_gpu.json")
+    if os.path.exists(f):
+        res[n] = {(r["head_dim"], r["causal"], r["dtype"], r["seq"]): r
+                  for r in json.load(open(f))["prefill"]}
+if not res:
+    sys.exit("no variant ran")
+first = next(iter(res.values()))
+torch_cols = [c for c in ("flash", "cudnn") if any(r.get(c + "_ms") for r in first.values())]
+print("| head_dim | mask | dtype | seq | " + " | ".join(list(res) + torch_cols) + " |")
+print("|---" * (4 + len(res) + len(torch_cols)) + "|")
+tf = lambda r, k: "%.0f" % (r["flops"] / (r[k] * 1e-3) / 1e12) if r and r.get(k) else (
+    "WRONG" if r and r.get("wrong") else "-")
+for key, r0 in first.items():
+    cells = [tf(res[n].get(key), "krserve_ms") for n in res]
+    cells += [tf(r0, c + "_ms") for c in torch_cols]
+    print("| %d | %s | %s | %d | %s |" % (key[0], "causal" if key[1] else "none", key[2], key[3],
+                                          " | ".join(cells)))
+PY
