@@ -108,6 +108,51 @@ __device__ __forceinline__ void pf_load_tile(const kr_cu_attention &a, const pf_
     }
 }
 
+/* ---- the int8 cache (kv_cache.h): rows of D codes, per-row metadata (f16
+ * row scale, u8 group scales), per-channel factors. A tile's codes come in
+ * by cp.async like f16 rows (16 codes a copy, unswizzled [key][D] bytes);
+ * before the tile's MMAs the block dequantises them, code x group scale x
+ * channel factor, into the f16 tile layout the MMAs read (values round to
+ * f16: |K|, |V| must stay below 65504). */
+__device__ __forceinline__ void pf_load_tile8(const kr_cu_attention &a, int64_t b, int64_t hk,
+                                              char *ks, char *vs, int j0, int ke, const int D) {
+    const int CH = D / 16, BN = PF_BN(D);
+    for (int x = threadIdx.x; x < BN * CH; x += PF_THREADS) {
+        const int r = x / CH, c = x % CH;
+        const bool ok = j0 + r < ke;
+        const int64_t off = ((b * a.k8.capacity + j0 + r) * a.Hkv + hk) * D + 16 * c;
+        tc_cp16(ks + r * D + 16 * c, ok ? a.k8.data + off : a.k8.data, ok);
+        tc_cp16(vs + r * D + 16 * c, ok ? a.v8.data + off : a.v8.data, ok);
+    }
+}
+
+__device__ __forceinline__ void pf_dequant(const kr_cu_int8 &q8, const kr_cu_attention &a,
+                                           int64_t b, int64_t hk, const char *src, char *dst,
+                                           int j0, int ke, const int D) {
+    const int CH = D / 16, BN = PF_BN(D), META = KR_KV_INT8_META_BYTES(D);
+    for (int x = threadIdx.x; x < BN * CH; x += PF_THREADS) {
+        const int r = x / CH, c = x % CH;
+        float gs = 0.0f;
+        if (j0 + r < ke) {
+            const uint8_t *meta = q8.meta + ((b * q8.capacity + j0 + r) * a.Hkv + hk) * META;
+            gs = cu_int8_group_scale(meta, 16 * c / KR_KV_INT8_GROUP);
+        }
+        const uint4 w = *(const uint4 *)(src + r * D + 16 * c);
+        const unsigned wd[4] = {w.x, w.y, w.z, w.w};
+        const float *chan = q8.chan + hk * D + 16 * c;
+        unsigned o[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const float c0 = (float)(int8_t)(wd[e / 2] >> (16 * (e % 2)));
+            const float c1 = (float)(int8_t)(wd[e / 2] >> (16 * (e % 2) + 8));
+            o[e] = tc_pack(c0 * gs * __ldg(chan + 2 * e), c1 * gs * __ldg(chan + 2 * e + 1),
+                           KR_F16);
+        }
+        *(uint4 *)(dst + pf_sw(r, 2 * c, D)) = make_uint4(o[0], o[1], o[2], o[3]);
+        *(uint4 *)(dst + pf_sw(r, 2 * c + 1, D)) = make_uint4(o[4], o[5], o[6], o[7]);
+    }
+}
+
 /* The block's q rows [i0, i0 + PF_BM(MT)) into shared memory in the K/V type,
  * swizzled like the tiles; rows past Sq are zero. q already in that type,
  * rows 16-byte aligned: cp.async (joins the first tile's group); any other
@@ -186,7 +231,7 @@ __device__ __forceinline__ void pf_store_part(const kr_cu_attention &a, const kr
 
 __device__ __forceinline__ void pf_body(const kr_cu_attention &a, bool q_async,
                                         const kr_cu_prefill_ws &ws, const int DT, const int D,
-                                        const int MT) {
+                                        const int MT, const bool I8) {
     extern __shared__ __align__(128) char smem_raw[];
     /* 1024-aligned, so a row's swizzle bits are free for XOR in addresses */
     char *smem = smem_raw + ((1024 - (unsigned)__cvta_generic_to_shared(smem_raw) % 1024) % 1024);
@@ -225,14 +270,21 @@ __device__ __forceinline__ void pf_body(const kr_cu_attention &a, bool q_async,
      * again in the (few) masked tiles rather than kept in 4 MT registers */
     const int lane_row = w0 + lane / 4;
 
-    char *qs = smem, *stages = smem + QBYTES;
+    /* shared memory: Q | stages (f16 K, V tiles; int8: K, V codes) | int8: the
+     * dequantised f16 K, V tiles */
+    const int STAGE = I8 ? 2 * BN * D : 2 * TILE;
+    char *qs = smem, *stages = smem + QBYTES, *deq = stages + PF_STAGES * STAGE;
     pf_load_q(a, qs, b, h, i0, q_async, DT, D, MT);
-    const pf_kv_base kvp = pf_kv_base_of(a, b, hk, D);
+    const pf_kv_base kvp = I8 ? pf_kv_base{} : pf_kv_base_of(a, b, hk, D);
     const int nt = (kmax - kmin + BN - 1) / BN;
     for (int s = 0; s < PF_STAGES - 1; s++) {
-        if (s < nt)
-            pf_load_tile(a, kvp, stages + s * 2 * TILE, stages + s * 2 * TILE + TILE,
-                         kmin + s * BN, kmax, D);
+        if (s < nt) {
+            char *st = stages + s * STAGE;
+            if (I8)
+                pf_load_tile8(a, b, hk, st, st + BN * D, kmin + s * BN, kmax, D);
+            else
+                pf_load_tile(a, kvp, st, st + TILE, kmin + s * BN, kmax, D);
+        }
         tc_commit();
     }
     const float c = a.scale * PF_LOG2E;
@@ -265,13 +317,26 @@ __device__ __forceinline__ void pf_body(const kr_cu_attention &a, bool q_async,
         __syncthreads();
         {
             const int tn = t + PF_STAGES - 1;
-            char *st = stages + (tn % PF_STAGES) * 2 * TILE;
-            if (tn < nt) pf_load_tile(a, kvp, st, st + TILE, kmin + tn * BN, kmax, D);
+            char *st = stages + (tn % PF_STAGES) * STAGE;
+            if (tn < nt) {
+                if (I8)
+                    pf_load_tile8(a, b, hk, st, st + BN * D, kmin + tn * BN, kmax, D);
+                else
+                    pf_load_tile(a, kvp, st, st + TILE, kmin + tn * BN, kmax, D);
+            }
             tc_commit();
         }
         const int j0 = kmin + t * BN;
+        unsigned kt = sbase + (unsigned)((t % PF_STAGES) * STAGE);
+        if (I8) { /* codes -> f16 tiles (the barrier above freed them) */
+            const char *st = stages + (t % PF_STAGES) * STAGE;
+            pf_dequant(a.k8, a, b, hk, st, deq, j0, kmax, D);
+            pf_dequant(a.v8, a, b, hk, st + BN * D, deq + TILE, j0, kmax, D);
+            __syncthreads();
+            kt = (unsigned)__cvta_generic_to_shared(deq);
+        }
+        const unsigned vt = kt + TILE;
         if (!warp_live || j0 >= whi || j0 + BN <= wlo) continue;
-        const unsigned kt = sbase + (unsigned)((t % PF_STAGES) * 2 * TILE), vt = kt + TILE;
 
         /* S = Q K^T */
         float s[2][PF_BN_MAX / 8][4]; /* MT, NT used */
@@ -378,17 +443,20 @@ __device__ __forceinline__ void pf_body(const kr_cu_attention &a, bool q_async,
     }
 }
 
-#define PF_KERNEL(name, DT, D, MT)                                                                 \
+#define PF_KERNEL(name, DT, D, MT, I8)                                                             \
     __global__ void __launch_bounds__(PF_THREADS)                                                  \
         name(kr_cu_attention a, bool q_async, kr_cu_prefill_ws ws) {                               \
-        pf_body(a, q_async, ws, DT, D, MT);                                                        \
+        pf_body(a, q_async, ws, DT, D, MT, I8);                                                    \
     }
-PF_KERNEL(pf_f16_d64_m1, KR_F16, 64, 1)
-PF_KERNEL(pf_f16_d128_m1, KR_F16, 128, 1)
-PF_KERNEL(pf_f16_d128_m2, KR_F16, 128, 2)
-PF_KERNEL(pf_bf16_d64_m1, KR_BF16, 64, 1)
-PF_KERNEL(pf_bf16_d128_m1, KR_BF16, 128, 1)
-PF_KERNEL(pf_bf16_d128_m2, KR_BF16, 128, 2)
+PF_KERNEL(pf_f16_d64_m1, KR_F16, 64, 1, false)
+PF_KERNEL(pf_f16_d128_m1, KR_F16, 128, 1, false)
+PF_KERNEL(pf_f16_d128_m2, KR_F16, 128, 2, false)
+PF_KERNEL(pf_bf16_d64_m1, KR_BF16, 64, 1, false)
+PF_KERNEL(pf_bf16_d128_m1, KR_BF16, 128, 1, false)
+PF_KERNEL(pf_bf16_d128_m2, KR_BF16, 128, 2, false)
+PF_KERNEL(pf_i8_d64_m1, KR_F16, 64, 1, true)
+PF_KERNEL(pf_i8_d128_m1, KR_F16, 128, 1, true)
+PF_KERNEL(pf_i8_d128_m2, KR_F16, 128, 2, true)
 
 /* The splits of a row combined: one warp per (row, head, sequence), D / 32
  * channels a lane; weights 2^(lse_s - max) (a NaN anywhere stays NaN). */
@@ -427,20 +495,21 @@ extern "C" int kr_cu_prefill_supported(const kr_cu_attention *a, char *why, size
         snprintf(why, n, "prefill kernel takes head_dim 64 or 128, got %lld", (long long)a->D);
         return 0;
     }
-    if (a->int8) {
-        snprintf(why, n, "prefill kernel does not read the int8 cache yet");
-        return 0;
-    }
     if (a->has_mask) {
         snprintf(why, n, "prefill kernel takes no additive mask");
         return 0;
     }
-    if (a->k.dtype != a->v.dtype || (a->k.dtype != KR_F16 && a->k.dtype != KR_BF16)) {
+    if (a->int8) {
+        if ((uintptr_t)a->k8.data % 16 || (uintptr_t)a->v8.data % 16) {
+            snprintf(why, n, "prefill kernel needs 16-byte aligned int8 cache rows");
+            return 0;
+        }
+    } else if (a->k.dtype != a->v.dtype || (a->k.dtype != KR_F16 && a->k.dtype != KR_BF16)) {
         snprintf(why, n, "prefill kernel takes f16 or bf16 K/V of one type, got %s/%s",
                  kr_dtype_name(a->k.dtype), kr_dtype_name(a->v.dtype));
         return 0;
     }
-    if (!pf_aligned16(&a->k) || !pf_aligned16(&a->v)) {
+    if (!a->int8 && (!pf_aligned16(&a->k) || !pf_aligned16(&a->v))) {
         snprintf(why, n, "prefill kernel needs K/V rows 16-byte aligned with unit inner stride");
         return 0;
     }
@@ -468,16 +537,19 @@ typedef void (*pf_fn)(kr_cu_attention, bool, kr_cu_prefill_ws);
  * 2K+ keys) except for short causal rows, where a block's few tiles cannot
  * repay its fixed cost; at 64, one tile with 128-key tiles wins. */
 static pf_fn pf_kernel(const kr_cu_attention *a, int64_t *bm, size_t *smem) {
-    static const pf_fn fns[2][3] = {{pf_f16_d64_m1, pf_f16_d128_m1, pf_f16_d128_m2},
-                                    {pf_bf16_d64_m1, pf_bf16_d128_m1, pf_bf16_d128_m2}};
+    static const pf_fn fns[3][3] = {{pf_f16_d64_m1, pf_f16_d128_m1, pf_f16_d128_m2},
+                                    {pf_bf16_d64_m1, pf_bf16_d128_m1, pf_bf16_d128_m2},
+                                    {pf_i8_d64_m1, pf_i8_d128_m1, pf_i8_d128_m2}};
 #ifdef PF_FORCE_MT
     const int mt = a->D == 64 ? 1 : PF_FORCE_MT;
 #else
     const int mt = a->D == 128 && !(a->causal && a->Sq <= 1024) ? 2 : 1;
 #endif
     *bm = PF_BM(mt);
-    *smem = ((size_t)PF_STAGES * 2 * PF_BN(a->D) + (size_t)*bm) * 2 * (size_t)a->D + 1024;
-    return fns[a->k.dtype == KR_BF16][a->D == 64 ? 0 : mt];
+    const size_t tile = (size_t)PF_BN(a->D) * 2 * (size_t)a->D; /* one f16 K or V tile */
+    *smem = (size_t)*bm * 2 * (size_t)a->D + 1024 +
+            (a->int8 ? PF_STAGES * tile + 2 * tile : PF_STAGES * 2 * tile);
+    return fns[a->int8 ? 2 : a->k.dtype == KR_BF16][a->D == 64 ? 0 : mt];
 }
 
 extern "C" int64_t kr_cu_prefill_splits(const kr_cu_attention *a, int n_sm) {
@@ -517,7 +589,7 @@ extern "C" kr_status kr_cu_prefill(const kr_cu_attention *a, const kr_cu_prefill
     int64_t bm = 0;
     size_t smem = 0;
     const pf_fn fn = pf_kernel(a, &bm, &smem);
-    const bool q_async = a->q.dtype == a->k.dtype && pf_aligned16(&a->q);
+    const bool q_async = a->q.dtype == (a->int8 ? KR_F16 : a->k.dtype) && pf_aligned16(&a->q);
     if (smem > 48 * 1024) {
         const cudaError_t e = cudaFuncSetAttribute(
             (const void *)fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
