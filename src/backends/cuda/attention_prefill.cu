@@ -54,11 +54,10 @@
 #define PF_THREADS (PF_NW * 32)
 /* MT: 16-row MMA tiles per warp (1 or 2; each K/V fragment read from shared
  * memory serves MT MMAs); a block holds PF_BM(MT) query rows. */
-#define PF_BM(MT) (16 * (MT) * PF_NW)
+#define PF_BM(MT) (16 * (MT)*PF_NW)
 
 /* The visible key range [lo, hi) of query row i: cu_row_range in 32 bits. */
-__device__ __forceinline__ void pf_range(const kr_cu_attention &a, int L, int i, int *lo,
-                                         int *hi) {
+__device__ __forceinline__ void pf_range(const kr_cu_attention &a, int L, int i, int *lo, int *hi) {
     const int p = L - (int)a.Sq + i;
     int l = 0, h = L;
     if (a.causal && p + 1 < h) h = p + 1;
@@ -84,8 +83,8 @@ typedef struct pf_kv_base {
     int64_t k_row, v_row; /* bytes between consecutive keys */
 } pf_kv_base;
 
-__device__ __forceinline__ pf_kv_base pf_kv_base_of(const kr_cu_attention &a, int64_t b,
-                                                    int64_t hk, const int D) {
+__device__ __forceinline__ pf_kv_base pf_kv_base_of(const kr_cu_attention &a, int64_t b, int64_t hk,
+                                                    const int D) {
     const int64_t c = threadIdx.x % (D / 8);
     pf_kv_base p;
     p.k = (const char *)a.k.data + 2 * cu_off(a.k, b, 0, hk, 8 * c);
@@ -145,8 +144,8 @@ __device__ __forceinline__ void pf_dequant(const kr_cu_int8 &q8, const kr_cu_att
         for (int e = 0; e < 8; e++) {
             const float c0 = (float)(int8_t)(wd[e / 2] >> (16 * (e % 2)));
             const float c1 = (float)(int8_t)(wd[e / 2] >> (16 * (e % 2) + 8));
-            o[e] = tc_pack(c0 * gs * __ldg(chan + 2 * e), c1 * gs * __ldg(chan + 2 * e + 1),
-                           KR_F16);
+            o[e] =
+                tc_pack(c0 * gs * __ldg(chan + 2 * e), c1 * gs * __ldg(chan + 2 * e + 1), KR_F16);
         }
         *(uint4 *)(dst + pf_sw(r, 2 * c, D)) = make_uint4(o[0], o[1], o[2], o[3]);
         *(uint4 *)(dst + pf_sw(r, 2 * c + 1, D)) = make_uint4(o[4], o[5], o[6], o[7]);
@@ -157,9 +156,9 @@ __device__ __forceinline__ void pf_dequant(const kr_cu_int8 &q8, const kr_cu_att
  * swizzled like the tiles; rows past Sq are zero. q already in that type,
  * rows 16-byte aligned: cp.async (joins the first tile's group); any other
  * dtype or stride: loaded, rounded and stored by the threads. */
-__device__ __forceinline__ void pf_load_q(const kr_cu_attention &a, char *qs, int64_t b,
-                                          int64_t h, int i0, bool q_async, const int DT,
-                                          const int D, const int MT) {
+__device__ __forceinline__ void pf_load_q(const kr_cu_attention &a, char *qs, int64_t b, int64_t h,
+                                          int i0, bool q_async, const int DT, const int D,
+                                          const int MT) {
     const int CH = D / 8;
     for (int x = threadIdx.x; x < PF_BM(MT) * CH; x += PF_THREADS) {
         const int r = x / CH, c = x % CH;
@@ -174,10 +173,9 @@ __device__ __forceinline__ void pf_load_q(const kr_cu_attention &a, char *qs, in
             unsigned w[4] = {0u, 0u, 0u, 0u};
             if (i < a.Sq)
                 for (int e = 0; e < 4; e++)
-                    w[e] = tc_pack(cu_load(a.q.data, a.q.dtype, cu_off(a.q, b, i, h, 8 * c + 2 * e)),
-                                   cu_load(a.q.data, a.q.dtype,
-                                           cu_off(a.q, b, i, h, 8 * c + 2 * e + 1)),
-                                   DT);
+                    w[e] = tc_pack(
+                        cu_load(a.q.data, a.q.dtype, cu_off(a.q, b, i, h, 8 * c + 2 * e)),
+                        cu_load(a.q.data, a.q.dtype, cu_off(a.q, b, i, h, 8 * c + 2 * e + 1)), DT);
             *(uint4 *)(qs + pf_sw(r, c, D)) = make_uint4(w[0], w[1], w[2], w[3]);
         }
     }
@@ -237,7 +235,7 @@ __device__ __forceinline__ void pf_body(const kr_cu_attention &a, bool q_async,
     char *smem = smem_raw + ((1024 - (unsigned)__cvta_generic_to_shared(smem_raw) % 1024) % 1024);
     const int BN = PF_BN(D);
     const int NT = BN / 8; /* 8-key blocks of a tile */
-    const int NC = D / 8;     /* 8-channel blocks of the output */
+    const int NC = D / 8;  /* 8-channel blocks of the output */
     const int TILE = BN * 2 * D;
     const int BM = PF_BM(MT), WM = 16 * MT; /* rows per block, per warp */
     const int QBYTES = BM * 2 * D;
@@ -343,7 +341,8 @@ __device__ __forceinline__ void pf_body(const kr_cu_attention &a, bool q_async,
 #pragma unroll
         for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-            for (int n = 0; n < NT; n++) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
+            for (int n = 0; n < NT; n++)
+                s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
 #pragma unroll
         for (int k = 0; k < D / 16; k++) {
             unsigned qa[2][4];
@@ -406,7 +405,7 @@ __device__ __forceinline__ void pf_body(const kr_cu_attention &a, bool q_async,
                 for (int n = 0; n < NC; n++) o[mt][n][2 * hf] *= al, o[mt][n][2 * hf + 1] *= al;
             }
 
-        /* O += P V, 16 keys a step: P's A fragment from two 8-key blocks of S */
+            /* O += P V, 16 keys a step: P's A fragment from two 8-key blocks of S */
 #pragma unroll
         for (int k = 0; k < BN / 16; k++) {
             unsigned pa[2][4];
