@@ -994,13 +994,6 @@ typedef void (*dc_kernel_fn)(kr_cu_attention, int64_t, kr_cu_decode_ws);
 
 static int dc_rows(const kr_cu_attention *a) { return (a->H / a->Hkv) * a->Sq <= 4 ? 4 : 8; }
 
-static bool aligned16(const kr_tensor *t) {
-    if ((uintptr_t)t->data % 16) return false;
-    for (int i = 0; i < 3; i++)
-        if (t->stride[i] % 8) return false;
-    return t->stride[3] == 1;
-}
-
 extern "C" int kr_cu_decode_supported(const kr_cu_attention *a, char *why, size_t n) {
     if (a->Sq > 16) {
         snprintf(why, n, "decode kernel takes Sq <= 16, got %lld", (long long)a->Sq);
@@ -1025,7 +1018,7 @@ extern "C" int kr_cu_decode_supported(const kr_cu_attention *a, char *why, size_
                      kr_dtype_name(a->k.dtype));
             return 0;
         }
-        if (!aligned16(&a->k) || !aligned16(&a->v)) {
+        if (!cu_rows_aligned16(&a->k) || !cu_rows_aligned16(&a->v)) {
             snprintf(why, n, "decode kernel needs K/V rows 16-byte aligned with unit inner stride");
             return 0;
         }

@@ -482,13 +482,6 @@ __global__ void __launch_bounds__(32) pf_merge(kr_cu_attention a, kr_cu_prefill_
             empty ? -INFINITY : (mx + log2f(sum)) * PF_LN2;
 }
 
-static bool pf_aligned16(const kr_tensor *t) {
-    if ((uintptr_t)t->data % 16) return false;
-    for (int i = 0; i < 3; i++)
-        if (t->stride[i] % 8) return false;
-    return t->stride[3] == 1;
-}
-
 extern "C" int kr_cu_prefill_supported(const kr_cu_attention *a, char *why, size_t n) {
     if (a->D != 64 && a->D != 128) {
         snprintf(why, n, "prefill kernel takes head_dim 64 or 128, got %lld", (long long)a->D);
@@ -508,7 +501,7 @@ extern "C" int kr_cu_prefill_supported(const kr_cu_attention *a, char *why, size
                  kr_dtype_name(a->k.dtype), kr_dtype_name(a->v.dtype));
         return 0;
     }
-    if (!a->int8 && (!pf_aligned16(&a->k) || !pf_aligned16(&a->v))) {
+    if (!a->int8 && (!cu_rows_aligned16(&a->k) || !cu_rows_aligned16(&a->v))) {
         snprintf(why, n, "prefill kernel needs K/V rows 16-byte aligned with unit inner stride");
         return 0;
     }
@@ -588,7 +581,7 @@ extern "C" kr_status kr_cu_prefill(const kr_cu_attention *a, const kr_cu_prefill
     int64_t bm = 0;
     size_t smem = 0;
     const pf_fn fn = pf_kernel(a, &bm, &smem);
-    const bool q_async = a->q.dtype == (a->int8 ? KR_F16 : a->k.dtype) && pf_aligned16(&a->q);
+    const bool q_async = a->q.dtype == (a->int8 ? KR_F16 : a->k.dtype) && cu_rows_aligned16(&a->q);
     if (smem > 48 * 1024) {
         const cudaError_t e = cudaFuncSetAttribute(
             (const void *)fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);

@@ -70,6 +70,15 @@ __device__ __forceinline__ void cu_row_range(const kr_cu_attention &a, int64_t L
     *hi = h;
 }
 
+/* Rows of a 2-byte [B, S, H, D] tensor start 16-byte aligned and are
+ * contiguous (what 16-byte cp.async copies of its rows need). */
+static inline bool cu_rows_aligned16(const kr_tensor *t) {
+    if ((uintptr_t)t->data % 16) return false;
+    for (int i = 0; i < 3; i++)
+        if (t->stride[i] % 8) return false;
+    return t->stride[3] == 1;
+}
+
 /* After a launch: a configuration error becomes a status and a message. */
 static inline kr_status cu_launched(const char *what, char *err, size_t n) {
     cudaError_t e = cudaGetLastError();
