@@ -51,6 +51,9 @@
 #ifndef PF_STAGES
 #define PF_STAGES 2 /* shared-memory K/V tile buffers (loads run PF_STAGES - 1 ahead) */
 #endif
+#ifndef PF_LAZY_RESCALE
+#define PF_LAZY_RESCALE 1 /* skip O's rescale in tiles where no row's maximum moved */
+#endif
 #define PF_THREADS (PF_NW * 32)
 /* MT: 16-row MMA tiles per warp (1 or 2; each K/V fragment read from shared
  * memory serves MT MMAs); a block holds PF_BM(MT) query rows. */
@@ -110,9 +113,10 @@ __device__ __forceinline__ void pf_load_tile(const kr_cu_attention &a, const pf_
 /* ---- the int8 cache (kv_cache.h): rows of D codes, per-row metadata (f16
  * row scale, u8 group scales), per-channel factors. A tile's codes come in
  * by cp.async like f16 rows (16 codes a copy, unswizzled [key][D] bytes);
- * before the tile's MMAs the block dequantises them, code x group scale x
- * channel factor, into the f16 tile layout the MMAs read (values round to
- * f16: |K|, |V| must stay below 65504). */
+ * before the tile's MMAs the block dequantises them, code x group scale,
+ * into the f16 tile layout the MMAs read (values round to f16). The channel
+ * factors stay out of the tiles: K's are folded into q when it is staged,
+ * V's applied to the output once. */
 __device__ __forceinline__ void pf_load_tile8(const kr_cu_attention &a, int64_t b, int64_t hk,
                                               char *ks, char *vs, int j0, int ke, const int D) {
     const int CH = D / 16, BN = PF_BN(D);
@@ -138,27 +142,26 @@ __device__ __forceinline__ void pf_dequant(const kr_cu_int8 &q8, const kr_cu_att
         }
         const uint4 w = *(const uint4 *)(src + r * D + 16 * c);
         const unsigned wd[4] = {w.x, w.y, w.z, w.w};
-        const float *chan = q8.chan + hk * D + 16 * c;
         unsigned o[8];
 #pragma unroll
         for (int e = 0; e < 8; e++) {
             const float c0 = (float)(int8_t)(wd[e / 2] >> (16 * (e % 2)));
             const float c1 = (float)(int8_t)(wd[e / 2] >> (16 * (e % 2) + 8));
-            o[e] =
-                tc_pack(c0 * gs * __ldg(chan + 2 * e), c1 * gs * __ldg(chan + 2 * e + 1), KR_F16);
+            o[e] = tc_pack(c0 * gs, c1 * gs, KR_F16);
         }
         *(uint4 *)(dst + pf_sw(r, 2 * c, D)) = make_uint4(o[0], o[1], o[2], o[3]);
         *(uint4 *)(dst + pf_sw(r, 2 * c + 1, D)) = make_uint4(o[4], o[5], o[6], o[7]);
     }
 }
 
-/* The block's q rows [i0, i0 + PF_BM(MT)) into shared memory in the K/V type,
+/* The block's q rows [i0, i0 + PF_BM(MT)) (times chan[c] when given: the int8
+ * cache's K channel factors) into shared memory in the K/V type,
  * swizzled like the tiles; rows past Sq are zero. q already in that type,
  * rows 16-byte aligned: cp.async (joins the first tile's group); any other
  * dtype or stride: loaded, rounded and stored by the threads. */
 __device__ __forceinline__ void pf_load_q(const kr_cu_attention &a, char *qs, int64_t b, int64_t h,
-                                          int i0, bool q_async, const int DT, const int D,
-                                          const int MT) {
+                                          int i0, bool q_async, const float *chan, const int DT,
+                                          const int D, const int MT) {
     const int CH = D / 8;
     for (int x = threadIdx.x; x < PF_BM(MT) * CH; x += PF_THREADS) {
         const int r = x / CH, c = x % CH;
@@ -172,10 +175,13 @@ __device__ __forceinline__ void pf_load_q(const kr_cu_attention &a, char *qs, in
         } else {
             unsigned w[4] = {0u, 0u, 0u, 0u};
             if (i < a.Sq)
-                for (int e = 0; e < 4; e++)
-                    w[e] = tc_pack(
-                        cu_load(a.q.data, a.q.dtype, cu_off(a.q, b, i, h, 8 * c + 2 * e)),
-                        cu_load(a.q.data, a.q.dtype, cu_off(a.q, b, i, h, 8 * c + 2 * e + 1)), DT);
+                for (int e = 0; e < 4; e++) {
+                    const int64_t ch = 8 * c + 2 * e;
+                    float lo = cu_load(a.q.data, a.q.dtype, cu_off(a.q, b, i, h, ch));
+                    float hi = cu_load(a.q.data, a.q.dtype, cu_off(a.q, b, i, h, ch + 1));
+                    if (chan) lo *= chan[ch], hi *= chan[ch + 1];
+                    w[e] = tc_pack(lo, hi, DT);
+                }
             *(uint4 *)(qs + pf_sw(r, c, D)) = make_uint4(w[0], w[1], w[2], w[3]);
         }
     }
@@ -185,23 +191,28 @@ __device__ __forceinline__ void pf_load_q(const kr_cu_attention &a, char *qs, in
  * (m stays -inf; a NaN score makes m NaN and passes through). */
 __device__ __forceinline__ void pf_store_row(const kr_cu_attention &a, int64_t b, int64_t h,
                                              int64_t r, float m, float l, float (*o)[4], int half,
-                                             const int D) {
+                                             const float *chan, const int D) {
     const int q4 = threadIdx.x % 4;
     if (r >= a.Sq) return;
     const bool empty = m == -INFINITY;
     const float inv = empty ? 0.0f : 1.0f / l;
-    const bool packed = (a.out.dtype == KR_F16 || a.out.dtype == KR_BF16) && a.out.stride[3] == 1 &&
-                        (uintptr_t)a.out.data % 4 == 0;
+    const int64_t off0 = cu_off(a.out, b, r, h, 0);
+    char *row = (char *)a.out.data + 2 * off0;
+    if ((a.out.dtype == KR_F16 || a.out.dtype == KR_BF16) && a.out.stride[3] == 1 &&
+        (uintptr_t)row % 4 == 0 && !chan) { /* the common case: 4-byte stores into one row */
 #pragma unroll
-    for (int n = 0; n < D / 8; n++) {
-        const float x = o[n][2 * half] * inv, y = o[n][2 * half + 1] * inv;
-        const int64_t off = cu_off(a.out, b, r, h, 8 * n + 2 * q4);
-        if (packed && off % 2 == 0)
-            *(unsigned *)((char *)a.out.data + 2 * off) = tc_pack(x, y, a.out.dtype);
-        else {
-            cu_store(a.out.data, a.out.dtype, off, x);
-            cu_store(a.out.data, a.out.dtype, off + a.out.stride[3], y);
-        }
+        for (int n = 0; n < D / 8; n++)
+            *(unsigned *)(row + 2 * (8 * n + 2 * q4)) =
+                tc_pack(o[n][2 * half] * inv, o[n][2 * half + 1] * inv, a.out.dtype);
+    } else {
+#pragma unroll
+        for (int n = 0; n < D / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int c = 8 * n + 2 * q4 + e;
+                cu_store(a.out.data, a.out.dtype, off0 + c * a.out.stride[3],
+                         o[n][2 * half + e] * inv * (chan ? chan[c] : 1.0f));
+            }
     }
     if (a.has_lse && q4 == 0)
         ((float *)a.lse.data)[cu_off(a.lse, b, h, r, 0)] =
@@ -213,7 +224,7 @@ __device__ __forceinline__ void pf_store_row(const kr_cu_attention &a, int64_t b
 __device__ __forceinline__ void pf_store_part(const kr_cu_attention &a, const kr_cu_prefill_ws &ws,
                                               int64_t split, int64_t b, int64_t h, int64_t r,
                                               float m, float l, float (*o)[4], int half,
-                                              const int D) {
+                                              const float *chan, const int D) {
     const int q4 = threadIdx.x % 4;
     if (r >= a.Sq) return;
     const bool empty = m == -INFINITY;
@@ -221,9 +232,11 @@ __device__ __forceinline__ void pf_store_part(const kr_cu_attention &a, const kr
     const int64_t row = ((split * a.B + b) * a.H + h) * a.Sq + r;
     float *po = ws.part_o + row * D;
 #pragma unroll
-    for (int n = 0; n < D / 8; n++)
-        *(float2 *)(po + 8 * n + 2 * q4) =
-            make_float2(o[n][2 * half] * inv, o[n][2 * half + 1] * inv);
+    for (int n = 0; n < D / 8; n++) {
+        const int c = 8 * n + 2 * q4;
+        *(float2 *)(po + c) = make_float2(o[n][2 * half] * inv * (chan ? chan[c] : 1.0f),
+                                          o[n][2 * half + 1] * inv * (chan ? chan[c + 1] : 1.0f));
+    }
     if (q4 == 0) ws.part_lse[row] = empty ? -INFINITY : m + log2f(l);
 }
 
@@ -272,7 +285,7 @@ __device__ __forceinline__ void pf_body(const kr_cu_attention &a, bool q_async,
      * dequantised f16 K, V tiles */
     const int STAGE = I8 ? 2 * BN * D : 2 * TILE;
     char *qs = smem, *stages = smem + QBYTES, *deq = stages + PF_STAGES * STAGE;
-    pf_load_q(a, qs, b, h, i0, q_async, DT, D, MT);
+    pf_load_q(a, qs, b, h, i0, q_async, I8 ? a.k8.chan + hk * D : NULL, DT, D, MT);
     const pf_kv_base kvp = I8 ? pf_kv_base{} : pf_kv_base_of(a, b, hk, D);
     const int nt = (kmax - kmin + BN - 1) / BN;
     for (int s = 0; s < PF_STAGES - 1; s++) {
@@ -401,8 +414,12 @@ __device__ __forceinline__ void pf_body(const kr_cu_attention &a, bool q_async,
                         sum += s[mt][n][e];
                     }
                 l[x] = l[x] * al + sum;
+                /* the maximum seldom moves once a few tiles are in: skip the rescale
+                 * when no row of the warp's tile needs it (a warp-uniform branch) */
+                if (!PF_LAZY_RESCALE || __any_sync(0xffffffffu, al != 1.0f)) {
 #pragma unroll
-                for (int n = 0; n < NC; n++) o[mt][n][2 * hf] *= al, o[mt][n][2 * hf + 1] *= al;
+                    for (int n = 0; n < NC; n++) o[mt][n][2 * hf] *= al, o[mt][n][2 * hf + 1] *= al;
+                }
             }
 
             /* O += P V, 16 keys a step: P's A fragment from two 8-key blocks of S */
@@ -435,10 +452,11 @@ __device__ __forceinline__ void pf_body(const kr_cu_attention &a, bool q_async,
         lx += __shfl_xor_sync(0xffffffffu, lx, 1);
         lx += __shfl_xor_sync(0xffffffffu, lx, 2);
         const int r = lane_row + 16 * (x / 2) + 8 * (x % 2);
+        const float *vchan = I8 ? a.v8.chan + hk * D : NULL;
         if (ws.splits > 1)
-            pf_store_part(a, ws, split, b, h, r, m[x], lx, o[x / 2], x % 2, D);
+            pf_store_part(a, ws, split, b, h, r, m[x], lx, o[x / 2], x % 2, vchan, D);
         else
-            pf_store_row(a, b, h, r, m[x], lx, o[x / 2], x % 2, D);
+            pf_store_row(a, b, h, r, m[x], lx, o[x / 2], x % 2, vchan, D);
     }
 }
 
@@ -581,7 +599,8 @@ extern "C" kr_status kr_cu_prefill(const kr_cu_attention *a, const kr_cu_prefill
     int64_t bm = 0;
     size_t smem = 0;
     const pf_fn fn = pf_kernel(a, &bm, &smem);
-    const bool q_async = a->q.dtype == (a->int8 ? KR_F16 : a->k.dtype) && cu_rows_aligned16(&a->q);
+    /* int8: q goes through the threads, which fold in K's channel factors */
+    const bool q_async = !a->int8 && a->q.dtype == a->k.dtype && cu_rows_aligned16(&a->q);
     if (smem > 48 * 1024) {
         const cudaError_t e = cudaFuncSetAttribute(
             (const void *)fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
