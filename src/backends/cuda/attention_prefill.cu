@@ -52,7 +52,7 @@
 #define PF_STAGES 2 /* shared-memory K/V tile buffers (loads run PF_STAGES - 1 ahead) */
 #endif
 #ifndef PF_LAZY_RESCALE
-#define PF_LAZY_RESCALE 1 /* skip O's rescale in tiles where no row's maximum moved */
+#define PF_LAZY_RESCALE 0 /* 1: skip O's rescale in tiles where no row's maximum moved */
 #endif
 #define PF_THREADS (PF_NW * 32)
 /* MT: 16-row MMA tiles per warp (1 or 2; each K/V fragment read from shared
@@ -129,17 +129,36 @@ __device__ __forceinline__ void pf_load_tile8(const kr_cu_attention &a, int64_t 
     }
 }
 
-__device__ __forceinline__ void pf_dequant(const kr_cu_int8 &q8, const kr_cu_attention &a,
-                                           int64_t b, int64_t hk, const char *src, char *dst,
-                                           int j0, int ke, const int D) {
-    const int CH = D / 16, BN = PF_BN(D), META = KR_KV_INT8_META_BYTES(D);
-    for (int x = threadIdx.x; x < BN * CH; x += PF_THREADS) {
-        const int r = x / CH, c = x % CH;
-        float gs = 0.0f;
-        if (j0 + r < ke) {
-            const uint8_t *meta = q8.meta + ((b * q8.capacity + j0 + r) * a.Hkv + hk) * META;
-            gs = cu_int8_group_scale(meta, 16 * c / KR_KV_INT8_GROUP);
-        }
+/* A thread dequantises the 16-code chunks x = threadIdx + k PF_THREADS
+ * (k < PF_I8_CHUNKS) of a tile; their group scales are read from the row
+ * metadata with plain loads one tile ahead (the 2 + D/32-byte rows are not
+ * aligned for cp.async), so the loads' latency hides behind a tile of MMAs. */
+#define PF_I8_CHUNKS(D) (PF_BN(D) * (D) / 16 / PF_THREADS)
+static_assert(PF_BN_D64 * 64 / 16 % PF_THREADS == 0 && PF_BN_D128 * 128 / 16 % PF_THREADS == 0 &&
+                  PF_BN_D64 * 64 / 16 / PF_THREADS <= 8 && PF_BN_D128 * 128 / 16 / PF_THREADS <= 8,
+              "a tile's 16-code chunks split evenly over the threads, at most 8 each");
+__device__ __forceinline__ void pf_group_scales(const kr_cu_int8 &q8, const kr_cu_attention &a,
+                                                int64_t b, int64_t hk, int j0, int ke, float *gs,
+                                                const int D) {
+    const int CH = D / 16, META = KR_KV_INT8_META_BYTES(D);
+    const uint8_t *base = q8.meta + ((b * q8.capacity) * a.Hkv + hk) * META;
+    const int64_t row = a.Hkv * META;
+#pragma unroll
+    for (int k = 0; k < PF_I8_CHUNKS(D); k++) {
+        const int x = threadIdx.x + k * PF_THREADS, r = x / CH, c = x % CH;
+        gs[k] = j0 + r < ke
+                    ? cu_int8_group_scale(base + (int64_t)(j0 + r) * row, 16 * c / KR_KV_INT8_GROUP)
+                    : 0.0f;
+    }
+}
+
+__device__ __forceinline__ void pf_dequant(const char *src, char *dst, const float *gsk,
+                                           const int D) {
+    const int CH = D / 16;
+#pragma unroll
+    for (int k = 0; k < PF_I8_CHUNKS(D); k++) {
+        const int x = threadIdx.x + k * PF_THREADS, r = x / CH, c = x % CH;
+        const float gs = gsk[k];
         const uint4 w = *(const uint4 *)(src + r * D + 16 * c);
         const unsigned wd[4] = {w.x, w.y, w.z, w.w};
         unsigned o[8];
@@ -288,6 +307,11 @@ __device__ __forceinline__ void pf_body(const kr_cu_attention &a, bool q_async,
     pf_load_q(a, qs, b, h, i0, q_async, I8 ? a.k8.chan + hk * D : NULL, DT, D, MT);
     const pf_kv_base kvp = I8 ? pf_kv_base{} : pf_kv_base_of(a, b, hk, D);
     const int nt = (kmax - kmin + BN - 1) / BN;
+    float gk[8], gv[8]; /* int8: group scales of the next tile's chunks (PF_I8_CHUNKS(D) used) */
+    if (I8) {
+        pf_group_scales(a.k8, a, b, hk, kmin, kmax, gk, D);
+        pf_group_scales(a.v8, a, b, hk, kmin, kmax, gv, D);
+    }
     for (int s = 0; s < PF_STAGES - 1; s++) {
         if (s < nt) {
             char *st = stages + s * STAGE;
@@ -341,8 +365,12 @@ __device__ __forceinline__ void pf_body(const kr_cu_attention &a, bool q_async,
         unsigned kt = sbase + (unsigned)((t % PF_STAGES) * STAGE);
         if (I8) { /* codes -> f16 tiles (the barrier above freed them) */
             const char *st = stages + (t % PF_STAGES) * STAGE;
-            pf_dequant(a.k8, a, b, hk, st, deq, j0, kmax, D);
-            pf_dequant(a.v8, a, b, hk, st + BN * D, deq + TILE, j0, kmax, D);
+            pf_dequant(st, deq, gk, D);
+            pf_dequant(st + BN * D, deq + TILE, gv, D);
+            if (t + 1 < nt) { /* the next tile's scales, used one iteration on */
+                pf_group_scales(a.k8, a, b, hk, j0 + BN, kmax, gk, D);
+                pf_group_scales(a.v8, a, b, hk, j0 + BN, kmax, gv, D);
+            }
             __syncthreads();
             kt = (unsigned)__cvta_generic_to_shared(deq);
         }
@@ -473,7 +501,6 @@ PF_KERNEL(pf_bf16_d128_m1, KR_BF16, 128, 1, false)
 PF_KERNEL(pf_bf16_d128_m2, KR_BF16, 128, 2, false)
 PF_KERNEL(pf_i8_d64_m1, KR_F16, 64, 1, true)
 PF_KERNEL(pf_i8_d128_m1, KR_F16, 128, 1, true)
-PF_KERNEL(pf_i8_d128_m2, KR_F16, 128, 2, true)
 
 /* The splits of a row combined: one warp per (row, head, sequence), D / 32
  * channels a lane; weights 2^(lse_s - max) (a NaN anywhere stays NaN). */
@@ -547,19 +574,23 @@ typedef void (*pf_fn)(kr_cu_attention, bool, kr_cu_prefill_ws);
  * 2K+ keys) except for short causal rows, where a block's few tiles cannot
  * repay its fixed cost; at 64, one tile with 128-key tiles wins. */
 static pf_fn pf_kernel(const kr_cu_attention *a, int64_t *bm, size_t *smem) {
-    static const pf_fn fns[3][3] = {{pf_f16_d64_m1, pf_f16_d128_m1, pf_f16_d128_m2},
-                                    {pf_bf16_d64_m1, pf_bf16_d128_m1, pf_bf16_d128_m2},
-                                    {pf_i8_d64_m1, pf_i8_d128_m1, pf_i8_d128_m2}};
+    static const pf_fn fns[3][2] = {{pf_f16_d64_m1, pf_f16_d128_m1},
+                                    {pf_bf16_d64_m1, pf_bf16_d128_m1},
+                                    {pf_i8_d64_m1, pf_i8_d128_m1}};
+    static const pf_fn m2[2] = {pf_f16_d128_m2, pf_bf16_d128_m2};
+    /* int8: one tile per warp (the group scales held for the next tile need
+     * the registers a second one would take) */
 #ifdef PF_FORCE_MT
-    const int mt = a->D == 64 ? 1 : PF_FORCE_MT;
+    const int mt = a->D == 64 || a->int8 ? 1 : PF_FORCE_MT;
 #else
-    const int mt = a->D == 128 && !(a->causal && a->Sq <= 1024) ? 2 : 1;
+    const int mt = a->D == 128 && !a->int8 && !(a->causal && a->Sq <= 1024) ? 2 : 1;
 #endif
     *bm = PF_BM(mt);
     const size_t tile = (size_t)PF_BN(a->D) * 2 * (size_t)a->D; /* one f16 K or V tile */
     *smem = (size_t)*bm * 2 * (size_t)a->D + 1024 +
             (a->int8 ? PF_STAGES * tile + 2 * tile : PF_STAGES * 2 * tile);
-    return fns[a->int8 ? 2 : a->k.dtype == KR_BF16][a->D == 64 ? 0 : mt];
+    if (mt == 2) return m2[a->k.dtype == KR_BF16];
+    return fns[a->int8 ? 2 : a->k.dtype == KR_BF16][a->D == 128];
 }
 
 extern "C" int64_t kr_cu_prefill_splits(const kr_cu_attention *a, int n_sm) {
