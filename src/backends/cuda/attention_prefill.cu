@@ -51,8 +51,8 @@
 #ifndef PF_STAGES
 #define PF_STAGES 2 /* shared-memory K/V tile buffers (loads run PF_STAGES - 1 ahead) */
 #endif
-#ifndef PF_LAZY_RESCALE
-#define PF_LAZY_RESCALE 0 /* 1: skip O's rescale in tiles where no row's maximum moved */
+#ifndef PF_SOFTMAX_PHASED
+#define PF_SOFTMAX_PHASED 1 /* the softmax of a lane's rows in phases, reductions as trees */
 #endif
 #define PF_THREADS (PF_NW * 32)
 /* MT: 16-row MMA tiles per warp (1 or 2; each K/V fragment read from shared
@@ -238,6 +238,19 @@ __device__ __forceinline__ void pf_store_row(const kr_cu_attention &a, int64_t b
             empty ? -INFINITY : (m + log2f(l)) * PF_LN2;
 }
 
+/* The max (NaN-propagating) or the sum of v[0 .. n), n a power of two <= 8,
+ * as a tree: depth log2 n instead of a chain of n. */
+__device__ __forceinline__ float pf_tree(float *v, const int n, const bool is_max) {
+#pragma unroll
+    for (int k = 2; k >= 0; k--) { /* widths 4, 2, 1: constants once unrolled */
+        const int w = 1 << k;
+        if (n > w)
+#pragma unroll
+            for (int i = 0; i < w; i++) v[i] = is_max ? cu_nanmax(v[i], v[i + w]) : v[i] + v[i + w];
+    }
+    return v[0];
+}
+
 /* A split's share of one row, for pf_merge: o / l and its log2-domain LSE
  * (0 and -inf for a row that saw no key in this split). */
 __device__ __forceinline__ void pf_store_part(const kr_cu_attention &a, const kr_cu_prefill_ws &ws,
@@ -409,7 +422,6 @@ __device__ __forceinline__ void pf_body(const kr_cu_attention &a, bool q_async,
         for (int mt = 0; mt < MT; mt++)
 #pragma unroll
             for (int hf = 0; hf < 2; hf++) {
-                const int x = 2 * mt + hf;
                 if (!full) {
                     const int r = lane_row + 16 * mt + 8 * hf;
                     int lo = 0, hi = 0;
@@ -422,6 +434,8 @@ __device__ __forceinline__ void pf_body(const kr_cu_attention &a, bool q_async,
                             if (j < lo || j >= hi) s[mt][n][e] = -INFINITY;
                         }
                 }
+#if !PF_SOFTMAX_PHASED
+                const int x = 2 * mt + hf;
                 float mx = -INFINITY;
 #pragma unroll
                 for (int n = 0; n < NT; n++)
@@ -442,13 +456,62 @@ __device__ __forceinline__ void pf_body(const kr_cu_attention &a, bool q_async,
                         sum += s[mt][n][e];
                     }
                 l[x] = l[x] * al + sum;
-                /* the maximum seldom moves once a few tiles are in: skip the rescale
-                 * when no row of the warp's tile needs it (a warp-uniform branch) */
-                if (!PF_LAZY_RESCALE || __any_sync(0xffffffffu, al != 1.0f)) {
 #pragma unroll
-                    for (int n = 0; n < NC; n++) o[mt][n][2 * hf] *= al, o[mt][n][2 * hf + 1] *= al;
-                }
+                for (int n = 0; n < NC; n++) o[mt][n][2 * hf] *= al, o[mt][n][2 * hf + 1] *= al;
+#endif
             }
+#if PF_SOFTMAX_PHASED
+        /* the 2 MT rows of this lane side by side, each phase over all of them so
+         * their latencies overlap; maxima and sums as trees (depth log2 NT, not NT) */
+        float mx[4], al[4], sub[4];
+#pragma unroll
+        for (int x = 0; x < 2 * MT; x++) {
+            float v[8];
+            const int e = 2 * (x % 2);
+#pragma unroll
+            for (int n = 0; n < NT && n < 8; n++) {
+                v[n] = cu_nanmax(s[x / 2][n][e], s[x / 2][n][e + 1]);
+                if (NT > 8) /* 128-key tiles: fold the second half in first */
+                    v[n] = cu_nanmax(v[n], cu_nanmax(s[x / 2][n + 8][e], s[x / 2][n + 8][e + 1]));
+            }
+            mx[x] = pf_tree(v, NT > 8 ? 8 : NT, true);
+        }
+#pragma unroll
+        for (int sh = 1; sh <= 2; sh *= 2)
+#pragma unroll
+            for (int x = 0; x < 2 * MT; x++)
+                mx[x] = cu_nanmax(mx[x], __shfl_xor_sync(0xffffffffu, mx[x], sh));
+#pragma unroll
+        for (int x = 0; x < 2 * MT; x++) {
+            const float mn = cu_nanmax(m[x], mx[x] * c);
+            al[x] = mn == -INFINITY ? 1.0f : tc_exp2(m[x] - mn);
+            sub[x] = mn == -INFINITY ? 0.0f : mn;
+            m[x] = mn;
+        }
+#pragma unroll
+        for (int x = 0; x < 2 * MT; x++) {
+            float v[8];
+            const int e = 2 * (x % 2);
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                s[x / 2][n][e] = tc_exp2(fmaf(s[x / 2][n][e], c, -sub[x]));
+                s[x / 2][n][e + 1] = tc_exp2(fmaf(s[x / 2][n][e + 1], c, -sub[x]));
+                const float p2 = s[x / 2][n][e] + s[x / 2][n][e + 1];
+                if (n < 8)
+                    v[n] = p2;
+                else
+                    v[n - 8] += p2;
+            }
+            l[x] = l[x] * al[x] + pf_tree(v, NT > 8 ? 8 : NT, false);
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int n = 0; n < NC; n++) {
+                o[mt][n][0] *= al[2 * mt], o[mt][n][1] *= al[2 * mt];
+                o[mt][n][2] *= al[2 * mt + 1], o[mt][n][3] *= al[2 * mt + 1];
+            }
+#endif
 
             /* O += P V, 16 keys a step: P's A fragment from two 8-key blocks of S */
 #pragma unroll
