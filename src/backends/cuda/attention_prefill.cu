@@ -51,8 +51,11 @@
 #ifndef PF_STAGES
 #define PF_STAGES 2 /* shared-memory K/V tile buffers (loads run PF_STAGES - 1 ahead) */
 #endif
+/* The softmax of a lane's rows in phases with tree reductions (their latencies
+ * overlap), or row by row with chained ones: phased won at head_dim 128 (+8 %),
+ * lost at 64 (-5..-12 %) in the lab; PF_SOFTMAX_PHASED=0 turns it off. */
 #ifndef PF_SOFTMAX_PHASED
-#define PF_SOFTMAX_PHASED 1 /* the softmax of a lane's rows in phases, reductions as trees */
+#define PF_SOFTMAX_PHASED 1
 #endif
 #define PF_THREADS (PF_NW * 32)
 /* MT: 16-row MMA tiles per warp (1 or 2; each K/V fragment read from shared
@@ -279,6 +282,7 @@ __device__ __forceinline__ void pf_body(const kr_cu_attention &a, bool q_async,
     /* 1024-aligned, so a row's swizzle bits are free for XOR in addresses */
     char *smem = smem_raw + ((1024 - (unsigned)__cvta_generic_to_shared(smem_raw) % 1024) % 1024);
     const int BN = PF_BN(D);
+    const bool PHASED = PF_SOFTMAX_PHASED && D == 128;
     const int NT = BN / 8; /* 8-key blocks of a tile */
     const int NC = D / 8;  /* 8-channel blocks of the output */
     const int TILE = BN * 2 * D;
@@ -434,7 +438,7 @@ __device__ __forceinline__ void pf_body(const kr_cu_attention &a, bool q_async,
                             if (j < lo || j >= hi) s[mt][n][e] = -INFINITY;
                         }
                 }
-#if !PF_SOFTMAX_PHASED
+                if (PHASED) continue;
                 const int x = 2 * mt + hf;
                 float mx = -INFINITY;
 #pragma unroll
@@ -458,62 +462,62 @@ __device__ __forceinline__ void pf_body(const kr_cu_attention &a, bool q_async,
                 l[x] = l[x] * al + sum;
 #pragma unroll
                 for (int n = 0; n < NC; n++) o[mt][n][2 * hf] *= al, o[mt][n][2 * hf + 1] *= al;
-#endif
             }
-#if PF_SOFTMAX_PHASED
-        /* the 2 MT rows of this lane side by side, each phase over all of them so
-         * their latencies overlap; maxima and sums as trees (depth log2 NT, not NT) */
-        float mx[4], al[4], sub[4];
+        if (PHASED) {
+            /* the 2 MT rows of this lane side by side, each phase over all of them so
+             * their latencies overlap; maxima and sums as trees (depth log2 NT, not NT) */
+            float mx[4], al[4], sub[4];
 #pragma unroll
-        for (int x = 0; x < 2 * MT; x++) {
-            float v[8];
-            const int e = 2 * (x % 2);
+            for (int x = 0; x < 2 * MT; x++) {
+                float v[8];
+                const int e = 2 * (x % 2);
 #pragma unroll
-            for (int n = 0; n < NT && n < 8; n++) {
-                v[n] = cu_nanmax(s[x / 2][n][e], s[x / 2][n][e + 1]);
-                if (NT > 8) /* 128-key tiles: fold the second half in first */
-                    v[n] = cu_nanmax(v[n], cu_nanmax(s[x / 2][n + 8][e], s[x / 2][n + 8][e + 1]));
+                for (int n = 0; n < NT && n < 8; n++) {
+                    v[n] = cu_nanmax(s[x / 2][n][e], s[x / 2][n][e + 1]);
+                    if (NT > 8) /* 128-key tiles: fold the second half in first */
+                        v[n] =
+                            cu_nanmax(v[n], cu_nanmax(s[x / 2][n + 8][e], s[x / 2][n + 8][e + 1]));
+                }
+                mx[x] = pf_tree(v, NT > 8 ? 8 : NT, true);
             }
-            mx[x] = pf_tree(v, NT > 8 ? 8 : NT, true);
+#pragma unroll
+            for (int sh = 1; sh <= 2; sh *= 2)
+#pragma unroll
+                for (int x = 0; x < 2 * MT; x++)
+                    mx[x] = cu_nanmax(mx[x], __shfl_xor_sync(0xffffffffu, mx[x], sh));
+#pragma unroll
+            for (int x = 0; x < 2 * MT; x++) {
+                const float mn = cu_nanmax(m[x], mx[x] * c);
+                al[x] = mn == -INFINITY ? 1.0f : tc_exp2(m[x] - mn);
+                sub[x] = mn == -INFINITY ? 0.0f : mn;
+                m[x] = mn;
+            }
+#pragma unroll
+            for (int x = 0; x < 2 * MT; x++) {
+                float v[8];
+                const int e = 2 * (x % 2);
+#pragma unroll
+                for (int n = 0; n < NT; n++) {
+                    s[x / 2][n][e] = tc_exp2(fmaf(s[x / 2][n][e], c, -sub[x]));
+                    s[x / 2][n][e + 1] = tc_exp2(fmaf(s[x / 2][n][e + 1], c, -sub[x]));
+                    const float p2 = s[x / 2][n][e] + s[x / 2][n][e + 1];
+                    if (n < 8)
+                        v[n] = p2;
+                    else
+                        v[n - 8] += p2;
+                }
+                l[x] = l[x] * al[x] + pf_tree(v, NT > 8 ? 8 : NT, false);
+            }
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int n = 0; n < NC; n++) {
+                    o[mt][n][0] *= al[2 * mt], o[mt][n][1] *= al[2 * mt];
+                    o[mt][n][2] *= al[2 * mt + 1], o[mt][n][3] *= al[2 * mt + 1];
+                }
         }
-#pragma unroll
-        for (int sh = 1; sh <= 2; sh *= 2)
-#pragma unroll
-            for (int x = 0; x < 2 * MT; x++)
-                mx[x] = cu_nanmax(mx[x], __shfl_xor_sync(0xffffffffu, mx[x], sh));
-#pragma unroll
-        for (int x = 0; x < 2 * MT; x++) {
-            const float mn = cu_nanmax(m[x], mx[x] * c);
-            al[x] = mn == -INFINITY ? 1.0f : tc_exp2(m[x] - mn);
-            sub[x] = mn == -INFINITY ? 0.0f : mn;
-            m[x] = mn;
-        }
-#pragma unroll
-        for (int x = 0; x < 2 * MT; x++) {
-            float v[8];
-            const int e = 2 * (x % 2);
-#pragma unroll
-            for (int n = 0; n < NT; n++) {
-                s[x / 2][n][e] = tc_exp2(fmaf(s[x / 2][n][e], c, -sub[x]));
-                s[x / 2][n][e + 1] = tc_exp2(fmaf(s[x / 2][n][e + 1], c, -sub[x]));
-                const float p2 = s[x / 2][n][e] + s[x / 2][n][e + 1];
-                if (n < 8)
-                    v[n] = p2;
-                else
-                    v[n - 8] += p2;
-            }
-            l[x] = l[x] * al[x] + pf_tree(v, NT > 8 ? 8 : NT, false);
-        }
-#pragma unroll
-        for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-            for (int n = 0; n < NC; n++) {
-                o[mt][n][0] *= al[2 * mt], o[mt][n][1] *= al[2 * mt];
-                o[mt][n][2] *= al[2 * mt + 1], o[mt][n][3] *= al[2 * mt + 1];
-            }
-#endif
 
-            /* O += P V, 16 keys a step: P's A fragment from two 8-key blocks of S */
+        /* O += P V, 16 keys a step: P's A fragment from two 8-key blocks of S */
 #pragma unroll
         for (int k = 0; k < BN / 16; k++) {
             unsigned pa[2][4];
