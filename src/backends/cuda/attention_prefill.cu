@@ -29,6 +29,11 @@
  * are scheduled heaviest first (the grid's row-block index runs backwards)
  * so the short ones fill the last wave.
  *
+ * A grid too small to fill the GPU (chunked prefill: a few row blocks over a
+ * long cache) splits the keys: each split writes its rows' partial output
+ * and LSE to scratch and pf_merge combines them. The int8 cache runs on the
+ * same kernel, its tiles dequantised in shared memory (pf_load_tile8).
+ *
  *   Q (smem) --> S = Q K^T --(mask, online softmax)--> P (regs) --> O += P V
  *                   ^ K tile (smem, ldmatrix)                       ^ V tile (.trans)
  */
