@@ -1058,18 +1058,6 @@ static dc_kernel_fn dp_kernel(const kr_cu_attention *a, size_t *smem) {
     return cores[bf][r8];
 }
 
-/* Blocks of this kernel one SM holds (after allowing its shared memory). */
-static int dp_blocks_per_sm(dc_kernel_fn fn, size_t smem) {
-    int n = 0;
-    if (cudaFuncSetAttribute((const void *)fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             (int)smem) != cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fn, DC_THREADS, smem) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return 1;
-    }
-    return n < 1 ? 1 : n;
-}
-
 extern "C" int64_t kr_cu_decode_splits(const kr_cu_attention *a, int n_sm) {
     const int64_t rows = dc_rows(a);
     const int64_t units = a->B * a->Hkv * (((a->H / a->Hkv) * a->Sq + rows - 1) / rows);
@@ -1083,7 +1071,7 @@ extern "C" int64_t kr_cu_decode_splits(const kr_cu_attention *a, int n_sm) {
          * whole waves, each split at least two tiles (one round trip). */
         size_t smem = 0;
         const dc_kernel_fn fn = dp_kernel(a, &smem);
-        const int64_t slots = (int64_t)n_sm * dp_blocks_per_sm(fn, smem);
+        const int64_t slots = (int64_t)n_sm * cu_blocks_per_sm((const void *)fn, DC_THREADS, smem);
         int64_t max_s = (lmax + 2 * DP_BT(a->D) - 1) / (2 * DP_BT(a->D));
         if (max_s > 1024) max_s = 1024;
         int64_t best = 1;
@@ -1119,15 +1107,8 @@ extern "C" kr_status kr_cu_decode(const kr_cu_attention *a, int64_t splits,
     dim3 grid((unsigned)splits, (unsigned)(a->Hkv * chunks), (unsigned)a->B);
     size_t smem = 0;
     const dc_kernel_fn fn = dp_kernel(a, &smem);
-    if (smem > 48 * 1024) {
-        const cudaError_t e = cudaFuncSetAttribute(
-            (const void *)fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess) {
-            snprintf(err, n, "decode attention: %zu bytes of shared memory: %s", smem,
-                     cudaGetErrorString(e));
-            return KR_ERR_BACKEND;
-        }
-    }
+    const kr_status st = cu_allow_smem((const void *)fn, smem, "decode attention", err, n);
+    if (st) return st;
     fn<<<grid, DC_THREADS, smem, (cudaStream_t)stream>>>(*a, splits, *ws);
     return cu_launched("decode attention", err, n);
 }

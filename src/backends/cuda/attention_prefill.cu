@@ -669,15 +669,7 @@ extern "C" int64_t kr_cu_prefill_splits(const kr_cu_attention *a, int n_sm) {
     int64_t bm = 0;
     size_t smem = 0;
     const pf_fn fn = pf_kernel(a, &bm, &smem);
-    int per_sm = 1;
-    if (cudaFuncSetAttribute((const void *)fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             (int)smem) != cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, PF_THREADS, smem) !=
-            cudaSuccess) {
-        (void)cudaGetLastError();
-        per_sm = 1;
-    }
-    if (per_sm < 1) per_sm = 1;
+    const int per_sm = cu_blocks_per_sm((const void *)fn, PF_THREADS, smem);
     /* Split the keys only when the row blocks fill less than two waves of
      * block slots, and keep every split at least 4 tiles long (chunked
      * prefill: a few hundred new rows over a long cache). */
@@ -704,15 +696,8 @@ extern "C" kr_status kr_cu_prefill(const kr_cu_attention *a, const kr_cu_prefill
     const pf_fn fn = pf_kernel(a, &bm, &smem);
     /* int8: q goes through the threads, which fold in K's channel factors */
     const bool q_async = !a->int8 && a->q.dtype == a->k.dtype && cu_rows_aligned16(&a->q);
-    if (smem > 48 * 1024) {
-        const cudaError_t e = cudaFuncSetAttribute(
-            (const void *)fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess) {
-            snprintf(err, n, "prefill attention: %zu bytes of shared memory: %s", smem,
-                     cudaGetErrorString(e));
-            return KR_ERR_BACKEND;
-        }
-    }
+    kr_status st = cu_allow_smem((const void *)fn, smem, "prefill attention", err, n);
+    if (st) return st;
     if (a->Sq == 0 || a->B == 0 || a->H == 0) return KR_OK;
     /* windows wider than every row's reach are no window: clamped, so the
      * kernel's 32-bit range arithmetic cannot overflow */
@@ -723,7 +708,7 @@ extern "C" kr_status kr_cu_prefill(const kr_cu_attention *a, const kr_cu_prefill
     const int splits = ws->splits > 1 ? ws->splits : 1;
     dim3 grid((unsigned)((a->Sq + bm - 1) / bm), (unsigned)a->H, (unsigned)(a->B * splits));
     fn<<<grid, PF_THREADS, smem, (cudaStream_t)stream>>>(c, q_async, *ws);
-    kr_status st = cu_launched("prefill attention", err, n);
+    st = cu_launched("prefill attention", err, n);
     if (st || splits == 1) return st;
     pf_merge<<<dim3((unsigned)a->Sq, (unsigned)a->H, (unsigned)a->B), 32, 0,
                (cudaStream_t)stream>>>(c, *ws);

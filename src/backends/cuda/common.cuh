@@ -79,6 +79,31 @@ static inline bool cu_rows_aligned16(const kr_tensor *t) {
     return t->stride[3] == 1;
 }
 
+/* Lets kernel fn take smem bytes of dynamic shared memory (past the 48 KiB
+ * every kernel may use); a refusal becomes a status and a message. */
+static inline kr_status cu_allow_smem(const void *fn, size_t smem, const char *what, char *err,
+                                      size_t n) {
+    if (smem <= 48 * 1024) return KR_OK;
+    const cudaError_t e =
+        cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e == cudaSuccess) return KR_OK;
+    snprintf(err, n, "%s: %zu bytes of shared memory: %s", what, smem, cudaGetErrorString(e));
+    return KR_ERR_BACKEND;
+}
+
+/* Blocks of kernel fn (threads each, smem bytes of dynamic shared memory)
+ * one SM holds, after allowing it that memory; 1 when the runtime cannot say. */
+static inline int cu_blocks_per_sm(const void *fn, int threads, size_t smem) {
+    int n = 0;
+    if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) !=
+            cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fn, threads, smem) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 1;
+    }
+    return n < 1 ? 1 : n;
+}
+
 /* After a launch: a configuration error becomes a status and a message. */
 static inline kr_status cu_launched(const char *what, char *err, size_t n) {
     cudaError_t e = cudaGetLastError();
