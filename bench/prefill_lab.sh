@@ -19,7 +19,7 @@ set -euo pipefail
 B=build
 if [ $# -gt 0 ] && [[ "$1" != *:* ]]; then B=$1; shift; fi
 OUT=${OUT:-/tmp/krserve-lab}
-ARCH=${KR_LAB_ARCH:-90}
+ARCH=${KR_LAB_ARCH:-90a}
 variants=("$@")
 if [ ${#variants[@]} = 0 ]; then
   variants=("v1-mt1:-DPF_MT=1" "v2-mt2:-DPF_MT=2" "mt2-st3:-DPF_MT=2 -DPF_STAGES=3"

@@ -40,9 +40,20 @@ step() { # name, log, command...
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv >"$OUT/nvidia-smi.txt" 2>&1
+# The Hopper kernel's machine code must hold warpgroup MMAs (HGMMA), not HMMA.
+if command -v cuobjdump >/dev/null; then
+  cuobjdump -sass "$B/libkrserve-cuda.so" 2>&1 | awk '/Function :/ {f=$3} /HGMMA/ {n[f]++}
+    END {for (k in n) print k, n[k], "HGMMA"}' >"$OUT/sass-hgmma.txt"
+fi
 step "krserve info" info.txt "$B/krserve" info
 if [ $TEST = 1 ]; then
   step "test_cuda (full grid)" test_cuda.log timeout ${KR_GPU_TEST_TIMEOUT:-240} "$B/tests/test_cuda"
+  # On compute capability 9.0 the prefill cases ran on the Hopper kernel: once
+  # more on the sm_80 kernel, so both are checked on this card.
+  if grep -q "9.0" "$OUT/nvidia-smi.txt"; then
+    step "test_cuda (sm_80 prefill)" test_cuda_sm80.log timeout ${KR_GPU_TEST_TIMEOUT:-240} \
+      env KRSERVE_CUDA_PREFILL=sm80 "$B/tests/test_cuda"
+  fi
   if [ $SAN = 1 ]; then
     step "memcheck (quick grid)" memcheck.log timeout ${KR_GPU_SAN_TIMEOUT:-300} env KR_TEST_QUICK=1 compute-sanitizer --tool memcheck \
       --leak-check full --error-exitcode 9 "$B/tests/test_cuda"
@@ -58,6 +69,8 @@ fi
 echo "== $(head -2 "$OUT/nvidia-smi.txt" | tail -1)"
 grep -E "^(cuda|cuda-unfused|  (flash_attention|fused_rope|kv_quantization))" "$OUT/info.txt" | head -8
 [ -f "$OUT/test_cuda.log" ] && grep -E "^# |PASSED|FAILED|SKIPPED" "$OUT/test_cuda.log" | tail -14
+[ -f "$OUT/test_cuda_sm80.log" ] && grep -E "PASSED|FAILED" "$OUT/test_cuda_sm80.log" | sed "s/^/sm80 pass: /" | tail -3
+[ -f "$OUT/sass-hgmma.txt" ] && sed "s/^/sass: /" "$OUT/sass-hgmma.txt"
 for f in memcheck racecheck; do
   [ -f "$OUT/$f.log" ] && grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$f.log" | tail -1 | sed "s/^/$f: /"
 done

@@ -343,9 +343,9 @@ static void test_attention_grid(void **state) {
     NEED_GPU();
     /* decode (Sq <= 16) and prefill shapes: tile +- 1, Sq > Skv (bottom-right causal
      * leaves the first rows empty), a long chunk over many tiles */
-    static const int64_t sq_skv[][2] = {{1, 1},   {1, 7},     {1, 1000}, {1, 4097},
-                                        {3, 65},  {17, 64},   {65, 65},  {16, 1000},
-                                        {7, 300}, {130, 130}, {200, 77}, {96, 1000}};
+    static const int64_t sq_skv[][2] = {{1, 1},    {1, 7},     {1, 1000},  {1, 4097}, {3, 65},
+                                        {17, 64},  {65, 65},   {16, 1000}, {7, 300},  {130, 130},
+                                        {200, 77}, {96, 1000}, {300, 700}};
     static const int64_t dims[] = {64, 80, 128, 256};
     static const int64_t gqa[] = {1, 4, 8};
     uint64_t id = 500000;
@@ -355,6 +355,10 @@ static void test_attention_grid(void **state) {
         for (int di = 0; di < 4; di++)
             for (int g = 0; g < 3; g++)
                 for (int dt = 0; dt < 3; dt++, id++) {
+                    /* the largest shape: the prefill kernels' head dims only (the
+                     * host reference and oracle dominate the run time) */
+                    if (sq_skv[s][0] * sq_skv[s][1] > 100000 && dims[di] != 64 && dims[di] != 128)
+                        continue;
                     acase c = {0};
                     c.B = 2, c.Hkv = 2, c.H = 2 * gqa[g], c.D = dims[di];
                     c.Sq = sq_skv[s][0], c.Skv = sq_skv[s][1];

@@ -37,10 +37,8 @@
  *   Q (smem) --> S = Q K^T --(mask, online softmax)--> P (regs) --> O += P V
  *                   ^ K tile (smem, ldmatrix)                       ^ V tile (.trans)
  */
-#include "tc.cuh"
+#include "prefill.cuh"
 
-#define PF_LOG2E 1.4426950408889634f
-#define PF_LN2 0.6931471805599453f
 /* The kernel lab (bench/prefill_lab.sh) builds variants by overriding these. */
 #ifndef PF_NW
 #define PF_NW 4 /* warps per block */
@@ -66,17 +64,6 @@
 /* MT: 16-row MMA tiles per warp (1 or 2; each K/V fragment read from shared
  * memory serves MT MMAs); a block holds PF_BM(MT) query rows. */
 #define PF_BM(MT) (16 * (MT)*PF_NW)
-
-/* The visible key range [lo, hi) of query row i: cu_row_range in 32 bits. */
-__device__ __forceinline__ void pf_range(const kr_cu_attention &a, int L, int i, int *lo, int *hi) {
-    const int p = L - (int)a.Sq + i;
-    int l = 0, h = L;
-    if (a.causal && p + 1 < h) h = p + 1;
-    if (a.window_right >= 0 && p + (int)a.window_right + 1 < h) h = p + (int)a.window_right + 1;
-    if (a.window_left >= 0 && p - (int)a.window_left > l) l = p - (int)a.window_left;
-    *lo = l;
-    *hi = h < l ? l : h;
-}
 
 /* Byte offset of 16-byte chunk c of row r in a swizzled [rows][2 D bytes] tile. */
 __device__ __forceinline__ int pf_sw(int r, int c, const int D) {
@@ -212,72 +199,6 @@ __device__ __forceinline__ void pf_load_q(const kr_cu_attention &a, char *qs, in
             *(uint4 *)(qs + pf_sw(r, c, D)) = make_uint4(w[0], w[1], w[2], w[3]);
         }
     }
-}
-
-/* One row's output and LSE: o / l, or zeros and -inf when the row saw no key
- * (m stays -inf; a NaN score makes m NaN and passes through). */
-__device__ __forceinline__ void pf_store_row(const kr_cu_attention &a, int64_t b, int64_t h,
-                                             int64_t r, float m, float l, float (*o)[4], int half,
-                                             const float *chan, const int D) {
-    const int q4 = threadIdx.x % 4;
-    if (r >= a.Sq) return;
-    const bool empty = m == -INFINITY;
-    const float inv = empty ? 0.0f : 1.0f / l;
-    const int64_t off0 = cu_off(a.out, b, r, h, 0);
-    char *row = (char *)a.out.data + 2 * off0;
-    if ((a.out.dtype == KR_F16 || a.out.dtype == KR_BF16) && a.out.stride[3] == 1 &&
-        (uintptr_t)row % 4 == 0 && !chan) { /* the common case: 4-byte stores into one row */
-#pragma unroll
-        for (int n = 0; n < D / 8; n++)
-            *(unsigned *)(row + 2 * (8 * n + 2 * q4)) =
-                tc_pack(o[n][2 * half] * inv, o[n][2 * half + 1] * inv, a.out.dtype);
-    } else {
-#pragma unroll
-        for (int n = 0; n < D / 8; n++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int c = 8 * n + 2 * q4 + e;
-                cu_store(a.out.data, a.out.dtype, off0 + c * a.out.stride[3],
-                         o[n][2 * half + e] * inv * (chan ? chan[c] : 1.0f));
-            }
-    }
-    if (a.has_lse && q4 == 0)
-        ((float *)a.lse.data)[cu_off(a.lse, b, h, r, 0)] =
-            empty ? -INFINITY : (m + log2f(l)) * PF_LN2;
-}
-
-/* The max (NaN-propagating) or the sum of v[0 .. n), n a power of two <= 8,
- * as a tree: depth log2 n instead of a chain of n. */
-__device__ __forceinline__ float pf_tree(float *v, const int n, const bool is_max) {
-#pragma unroll
-    for (int k = 2; k >= 0; k--) { /* widths 4, 2, 1: constants once unrolled */
-        const int w = 1 << k;
-        if (n > w)
-#pragma unroll
-            for (int i = 0; i < w; i++) v[i] = is_max ? cu_nanmax(v[i], v[i + w]) : v[i] + v[i + w];
-    }
-    return v[0];
-}
-
-/* A split's share of one row, for pf_merge: o / l and its log2-domain LSE
- * (0 and -inf for a row that saw no key in this split). */
-__device__ __forceinline__ void pf_store_part(const kr_cu_attention &a, const kr_cu_prefill_ws &ws,
-                                              int64_t split, int64_t b, int64_t h, int64_t r,
-                                              float m, float l, float (*o)[4], int half,
-                                              const float *chan, const int D) {
-    const int q4 = threadIdx.x % 4;
-    if (r >= a.Sq) return;
-    const bool empty = m == -INFINITY;
-    const float inv = empty ? 0.0f : 1.0f / l;
-    const int64_t row = ((split * a.B + b) * a.H + h) * a.Sq + r;
-    float *po = ws.part_o + row * D;
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) {
-        const int c = 8 * n + 2 * q4;
-        *(float2 *)(po + c) = make_float2(o[n][2 * half] * inv * (chan ? chan[c] : 1.0f),
-                                          o[n][2 * half + 1] * inv * (chan ? chan[c + 1] : 1.0f));
-    }
-    if (q4 == 0) ws.part_lse[row] = empty ? -INFINITY : m + log2f(l);
 }
 
 __device__ __forceinline__ void pf_body(const kr_cu_attention &a, bool q_async,
@@ -665,7 +586,21 @@ static pf_fn pf_kernel(const kr_cu_attention *a, int64_t *bm, size_t *smem) {
     return fns[a->int8 ? 2 : a->k.dtype == KR_BF16][a->D == 128];
 }
 
+/* Calls served per kernel (kr_cu_prefill_counts). */
+static int64_t pf_served[2];
+
+extern "C" void kr_cu_prefill_counts(int64_t counts[2]) {
+    counts[0] = __atomic_load_n(&pf_served[0], __ATOMIC_RELAXED);
+    counts[1] = __atomic_load_n(&pf_served[1], __ATOMIC_RELAXED);
+}
+
+static bool pf_hopper(const kr_cu_attention *a) {
+    char why[160];
+    return a->cc == 90 && kr_cu_hopper_supported(a, why, sizeof why);
+}
+
 extern "C" int64_t kr_cu_prefill_splits(const kr_cu_attention *a, int n_sm) {
+    if (pf_hopper(a)) return kr_cu_hopper_splits(a, n_sm);
     int64_t bm = 0;
     size_t smem = 0;
     const pf_fn fn = pf_kernel(a, &bm, &smem);
@@ -691,25 +626,32 @@ extern "C" size_t kr_cu_prefill_ws_bytes(const kr_cu_attention *a, int64_t split
 
 extern "C" kr_status kr_cu_prefill(const kr_cu_attention *a, const kr_cu_prefill_ws *ws,
                                    void *stream, char *err, size_t n) {
-    int64_t bm = 0;
-    size_t smem = 0;
-    const pf_fn fn = pf_kernel(a, &bm, &smem);
-    /* int8: q goes through the threads, which fold in K's channel factors */
-    const bool q_async = !a->int8 && a->q.dtype == a->k.dtype && cu_rows_aligned16(&a->q);
-    kr_status st = cu_allow_smem((const void *)fn, smem, "prefill attention", err, n);
-    if (st) return st;
-    if (a->Sq == 0 || a->B == 0 || a->H == 0) return KR_OK;
     /* windows wider than every row's reach are no window: clamped, so the
-     * kernel's 32-bit range arithmetic cannot overflow */
+     * kernels' 32-bit range arithmetic cannot overflow */
     kr_cu_attention c = *a;
     const int64_t reach = a->Sq + a->Skv;
     if (c.window_left > reach) c.window_left = reach;
     if (c.window_right > reach) c.window_right = reach;
     const int splits = ws->splits > 1 ? ws->splits : 1;
-    dim3 grid((unsigned)((a->Sq + bm - 1) / bm), (unsigned)a->H, (unsigned)(a->B * splits));
-    fn<<<grid, PF_THREADS, smem, (cudaStream_t)stream>>>(c, q_async, *ws);
-    st = cu_launched("prefill attention", err, n);
-    if (st || splits == 1) return st;
+    kr_status st;
+    if (pf_hopper(a)) {
+        st = kr_cu_hopper_prefill(&c, ws, stream, err, n);
+        if (!st) __atomic_add_fetch(&pf_served[1], 1, __ATOMIC_RELAXED);
+    } else {
+        int64_t bm = 0;
+        size_t smem = 0;
+        const pf_fn fn = pf_kernel(a, &bm, &smem);
+        /* int8: q goes through the threads, which fold in K's channel factors */
+        const bool q_async = !a->int8 && a->q.dtype == a->k.dtype && cu_rows_aligned16(&a->q);
+        st = cu_allow_smem((const void *)fn, smem, "prefill attention", err, n);
+        if (st) return st;
+        if (a->Sq == 0 || a->B == 0 || a->H == 0) return KR_OK;
+        dim3 grid((unsigned)((a->Sq + bm - 1) / bm), (unsigned)a->H, (unsigned)(a->B * splits));
+        fn<<<grid, PF_THREADS, smem, (cudaStream_t)stream>>>(c, q_async, *ws);
+        st = cu_launched("prefill attention", err, n);
+        if (!st) __atomic_add_fetch(&pf_served[0], 1, __ATOMIC_RELAXED);
+    }
+    if (st || splits == 1 || a->Sq == 0 || a->B == 0 || a->H == 0) return st;
     pf_merge<<<dim3((unsigned)a->Sq, (unsigned)a->H, (unsigned)a->B), 32, 0,
                (cudaStream_t)stream>>>(c, *ws);
     return cu_launched("prefill split merge", err, n);

@@ -29,6 +29,15 @@
 
 /* ---- probe and device description ------------------------------------------ */
 
+/* The prefill kernel family for a device of compute capability cc: the
+ * Hopper kernel on 9.0 unless KRSERVE_CUDA_PREFILL=sm80 asks for the sm_80
+ * one (the lab and the benchmark compare them on one card). */
+static int cu_prefill_arch(int cc) {
+    const char *e = getenv("KRSERVE_CUDA_PREFILL");
+    if (e && strcmp(e, "sm80") == 0) return 80;
+    return cc == 90 ? 90 : 80;
+}
+
 static int cuda_probe(char *reason, size_t n) {
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
@@ -50,8 +59,10 @@ static int cuda_probe(char *reason, size_t n) {
                  p.name, p.major, p.minor, KR_CUDA_MIN_MAJOR);
         return 0;
     }
-    snprintf(reason, n, "%d device(s); device 0: %s, compute capability %d.%d", count, p.name,
-             p.major, p.minor);
+    snprintf(reason, n, "%d device(s); device 0: %s, compute capability %d.%d; prefill kernel %s",
+             count, p.name, p.major, p.minor,
+             cu_prefill_arch(p.major * 10 + p.minor) == 90 ? "sm_90a (wgmma, TMA)"
+                                                           : "sm_80 (mma.sync)");
     return 100;
 }
 
@@ -85,6 +96,7 @@ static kr_status cuda_device_info(int device, kr_device_info *out) {
 typedef struct cu_state {
     int device;
     int n_sm;
+    int cc; /* kr_cu_attention.cc: 90 picks the Hopper prefill kernel */
     cudaStream_t own, cur;
     char *scratch; /* uploads of one call (positions, lengths, frequencies) */
     size_t scratch_cap, scratch_used;
@@ -119,7 +131,13 @@ static kr_status st_open(int32_t device, void **out, char *err, size_t n) {
         return KR_ERR_OUT_OF_MEMORY;
     }
     s->device = device;
+    int major = 0, minor = 0;
     cudaError_t e = cudaDeviceGetAttribute(&s->n_sm, cudaDevAttrMultiProcessorCount, device);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    s->cc = cu_prefill_arch(major * 10 + minor) == 90 ? 90 : 0;
     if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&s->own, cudaStreamNonBlocking);
     if (e != cudaSuccess) {
         free(s);
@@ -316,6 +334,7 @@ static kr_status cuda_attention(const kr_attention_args *a, char *err, size_t n)
     cu_state *s = a->dev_state;
     kr_cu_attention c;
     attention_view(a, &c);
+    c.cc = s->cc;
     kr_status st = scratch_begin(s, a->kv_lens ? lens_bytes(a->B) : 0, err, n);
     if (!st && a->kv_lens && a->B > KR_CU_INLINE)
         st = lens_of(s, a->kv_lens, a->B, &c.lens, err, n);

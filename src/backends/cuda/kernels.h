@@ -50,6 +50,7 @@ typedef struct kr_cu_attention {
     float scale;
     bool causal;
     int64_t window_left, window_right;
+    int cc; /* the device's compute capability, 10 major + minor; 0: take the sm_80 kernels */
 } kr_cu_attention;
 
 /* The split-K decode kernel's scratch: partial outputs and LSEs per split,
@@ -86,6 +87,18 @@ int64_t kr_cu_prefill_splits(const kr_cu_attention *a, int n_sm);
 size_t kr_cu_prefill_ws_bytes(const kr_cu_attention *a, int64_t splits);
 kr_status kr_cu_prefill(const kr_cu_attention *a, const kr_cu_prefill_ws *ws, void *stream,
                         char *err, size_t n);
+
+/* The Hopper prefill kernel (attention_hopper.cu, sm_90a: wgmma, TMA, a
+ * producer warpgroup and two consumers), which kr_cu_prefill and
+ * kr_cu_prefill_splits pick on compute capability 9.0 for every case it
+ * supports; the others stay on the sm_80 kernel (why: the reason). */
+int kr_cu_hopper_supported(const kr_cu_attention *a, char *why, size_t n);
+int64_t kr_cu_hopper_splits(const kr_cu_attention *a, int n_sm);
+kr_status kr_cu_hopper_prefill(const kr_cu_attention *a, const kr_cu_prefill_ws *ws, void *stream,
+                               char *err, size_t n);
+/* Prefill calls served by each kernel since the plugin was loaded:
+ * [0] sm_80 (mma.sync), [1] Hopper (wgmma). */
+void kr_cu_prefill_counts(int64_t counts[2]);
 
 /* The unfused path: one block per (query row, head, sequence), keys in
  * chunks with an online softmax. Serves every case, slowly. */

@@ -1,0 +1,536 @@
+/*
+ * attention_hopper.cu — flash attention prefill for compute capability 9.0
+ * (built for sm_90a only): FlashAttention-3's scheme in inline PTX.
+ *
+ * A block of three warpgroups owns HP_BM = 128 query rows of one head:
+ *   - warpgroup 0, the producer, gives up registers (setmaxnreg.dec) and one
+ *     thread of it issues bulk tensor copies (TMA): Q once, then the K and V
+ *     tiles of HP_BN keys into a ring of HP_STAGES shared-memory stages, each
+ *     copy completing on the stage's "full" mbarrier; before it refills a
+ *     stage it waits on the stage's "empty" mbarrier;
+ *   - warpgroups 1 and 2, the consumers, take the registers (setmaxnreg.inc)
+ *     and 64 rows each: per tile S = Q K^T by wgmma with both operands in
+ *     shared memory, the online softmax on S in registers (exp2 with the scale
+ *     folded in, NaN-propagating maxima), then O += P V by wgmma with P taken
+ *     straight from S's accumulators as the A operand in registers and V from
+ *     shared memory (transposed by the descriptor); each warp then arrives on
+ *     the stage's "empty" barrier. O stays in registers and is written to
+ *     global memory from them (no shared-memory round trip).
+ * Two consumers run the same loop on different rows, so one's softmax
+ * overlaps the other's matrix products in the scheduler.
+ *
+ * Tiles are in shared memory as TMA's 128-byte swizzle writes them: per 64
+ * channels (128 bytes) a [rows][128 B] slab, the 16-byte chunks of row r
+ * XORed with r % 8 — the canonical "128B swizzle" layout that wgmma's
+ * descriptors name (K-major for Q and K, N-major for V). Head_dim 128 is two
+ * such slabs per tile.
+ *
+ * The row ranges, causal skipping of tiles, split-KV and stores are those of
+ * the sm_80 kernel (prefill.cuh). Keys past a sequence's length inside the
+ * tensor (ragged batches, a cache's unwritten rows) are masked in S and their
+ * V rows zeroed in shared memory before P V, so garbage there cannot reach
+ * the output; keys past the tensor are zero-filled by the copy engine.
+ *
+ *   TMA --> [Q | K0 K1 | V0 V1] --> wgmma S = Q K^T --> softmax --> wgmma O += P V
+ *   (warpgroup 0)    full/empty mbarriers      (warpgroups 1, 2; P in registers)
+ */
+#include "prefill.cuh"
+#include "wgmma.cuh"
+
+#include <cuda.h>
+
+#define HP_BM 128 /* query rows per block: 64 per consumer warpgroup */
+#define HP_BN 128 /* keys per K/V tile */
+#ifndef HP_STAGES
+#define HP_STAGES 2
+#endif
+#define HP_THREADS 384 /* the producer warpgroup and two consumers */
+#ifndef HP_PRODUCER_REGS
+#define HP_PRODUCER_REGS 24
+#endif
+/* FlashAttention-3's two schedules, switchable for the lab: a warpgroup
+ * issues S of tile t before P V of tile t - 1 and runs the softmax while P V
+ * runs (HP_PINGPONG 0 or 1: the two consumers also take turns at issuing,
+ * by named barriers, so one's softmax overlaps the other's products). */
+#ifndef HP_PINGPONG
+#define HP_PINGPONG 1
+#endif
+#ifndef HP_CONSUMER_REGS
+#define HP_CONSUMER_REGS 240
+#endif
+/* mbarriers: Q full, then per stage K full, V full, K empty, V empty */
+#define HP_NBAR (1 + 4 * HP_STAGES)
+
+typedef struct hp_maps {
+    CUtensorMap q, k, v;
+} hp_maps;
+
+/* Shared memory: Q (BM x D), the K stages, the V stages (BN x D each), the
+ * barriers; plus slack to align the tiles to 1024 bytes (the swizzle atom). */
+static size_t hp_smem_bytes(int64_t D) {
+    return 1024 + (size_t)(HP_BM + 2 * HP_STAGES * HP_BN) * 2 * (size_t)D + 8 * HP_NBAR;
+}
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define HP_DEVICE 1
+#else
+#define HP_DEVICE 0
+#endif
+
+#if HP_DEVICE
+__device__ __forceinline__ void hp_bar_init(unsigned bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void hp_bar_expect(unsigned bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void hp_bar_arrive(unsigned bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+/* Spin until the phase of the given parity has completed. */
+__device__ __forceinline__ void hp_bar_wait(unsigned bar, unsigned parity) {
+    asm volatile("{\n.reg .pred p;\nHP_WAIT:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+                 "@!p bra HP_WAIT;\n}\n" ::"r"(bar),
+                 "r"(parity)
+                 : "memory");
+}
+/* The box at coordinates (c0 channel, c1 row, c2 head, c3 sequence) of a
+ * tensor map into shared memory, completing on bar. */
+__device__ __forceinline__ void hp_tma4(unsigned dst, const CUtensorMap *map, unsigned bar, int c0,
+                                        int c1, int c2, int c3) {
+    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
+                 "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+                 : "memory");
+}
+/* A wgmma shared-memory descriptor with 128-byte swizzle: start address,
+ * leading and stride byte offsets (PTX ISA, "matrix descriptor"). */
+__device__ __forceinline__ uint64_t hp_desc(unsigned addr, unsigned lbo, unsigned sbo) {
+    return (uint64_t)((addr & 0x3ffffu) >> 4) | ((uint64_t)(lbo >> 4) << 16) |
+           ((uint64_t)(sbo >> 4) << 32) | (1ull << 62);
+}
+
+/* Named barriers 1-2 (a warpgroup's own threads) and 3-4 (the pingpong
+ * between the two consumers: warpgroup w waits on 3 + w, the other arrives). */
+__device__ __forceinline__ void hp_named_sync(int id) {
+    asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory");
+}
+__device__ __forceinline__ void hp_named_arrive(int id) {
+    asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory");
+}
+
+/* Rows of a V stage whose keys lie past the sequence (j0 + r >= L) to zero,
+ * by one warpgroup, visible to its next wgmma (generic-proxy stores, then a
+ * proxy fence and the warpgroup's barrier). The other consumer may write the
+ * same zeros: they cannot differ. */
+__device__ __forceinline__ void hp_zero_v(unsigned vt, int j0, int L, int tid, int wg, int halves) {
+    for (int x = tid; x < halves * HP_BN * 8; x += 128) {
+        const int r = (x / 8) % HP_BN;
+        if (j0 + r >= L)
+            asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(
+                             vt + (x / (8 * HP_BN)) * HP_BN * 128 + r * 128 + (x % 8) * 16),
+                         "r"(0u)
+                         : "memory");
+    }
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+}
+
+/* The online softmax of a thread's two rows (row, row + 8) over one tile of
+ * S, in place (S becomes P = 2^(s c - m)): masked keys (unless the whole
+ * warpgroup sees the whole tile) to -inf, the running max m (of s c, log2
+ * domain, NaN-propagating) and sum l updated; al: the factors O must take. */
+__device__ __forceinline__ void hp_softmax(const kr_cu_attention &a, float (*sc)[4], float *m,
+                                           float *l, float *al, float c, int j0, int L, int row,
+                                           int q4, bool full) {
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        if (!full) {
+            const int r = row + 8 * x;
+            int lo = 0, hi = 0;
+            if (r < (int)a.Sq) pf_range(a, L, r, &lo, &hi);
+#pragma unroll
+            for (int n = 0; n < 16; n++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int j = j0 + 8 * n + 2 * q4 + e;
+                    if (j < lo || j >= hi) sc[n][2 * x + e] = -INFINITY;
+                }
+        }
+        float v[8];
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+            v[n] = cu_nanmax(cu_nanmax(sc[n][2 * x], sc[n][2 * x + 1]),
+                             cu_nanmax(sc[n + 8][2 * x], sc[n + 8][2 * x + 1]));
+        float mx = pf_tree(v, 8, true);
+        mx = cu_nanmax(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = cu_nanmax(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float mn = cu_nanmax(m[x], mx * c);
+        al[x] = mn == -INFINITY ? 1.0f : tc_exp2(m[x] - mn);
+        const float sub = mn == -INFINITY ? 0.0f : mn;
+        m[x] = mn;
+#pragma unroll
+        for (int n = 0; n < 16; n++) {
+            sc[n][2 * x] = tc_exp2(fmaf(sc[n][2 * x], c, -sub));
+            sc[n][2 * x + 1] = tc_exp2(fmaf(sc[n][2 * x + 1], c, -sub));
+            if (n < 8)
+                v[n] = sc[n][2 * x] + sc[n][2 * x + 1];
+            else
+                v[n - 8] += sc[n][2 * x] + sc[n][2 * x + 1];
+        }
+        l[x] = l[x] * al[x] + pf_tree(v, 8, false);
+    }
+}
+
+/* Issue S = Q K^T for one tile (D / 16 steps of 16 channels; Q and K are
+ * K-major slabs of 64 channels, a step 32 bytes into a slab's rows). */
+__device__ __forceinline__ void hp_issue_s(float (*sc)[4], unsigned qa, unsigned kt, const int D,
+                                           const int DT) {
+    hp_wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < D / 16; k++) {
+        const unsigned off = (k % 4) * 32; /* 16 channels */
+        const uint64_t da = hp_desc(qa + (k / 4) * HP_BM * 128 + off, 16, 1024);
+        const uint64_t db = hp_desc(kt + (k / 4) * HP_BN * 128 + off, 16, 1024);
+        hp_wgmma_ss_n128(sc, da, db, k > 0, DT);
+    }
+    hp_wgmma_commit();
+}
+
+/* Issue O += P V for one tile (HP_BN / 16 steps of 16 keys; V N-major: the
+ * slabs of 64 channels HP_BN * 128 bytes apart, 8-key groups 1024). */
+__device__ __forceinline__ void hp_issue_pv(float (*o)[4], unsigned (*pa)[4], unsigned vt,
+                                            const int D, const int DT) {
+    hp_wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < HP_BN / 16; k++) {
+        const uint64_t db = hp_desc(vt + k * 16 * 128, HP_BN * 128, 1024);
+        if (D == 128)
+            hp_wgmma_rs_n128(o, pa[k], db, DT);
+        else
+            hp_wgmma_rs_n64(o, pa[k], db, DT);
+    }
+    hp_wgmma_commit();
+}
+
+/* P (S after the softmax) as P V's A fragments: 16 keys from two 8-key blocks. */
+__device__ __forceinline__ void hp_pack_p(float (*sc)[4], unsigned (*pa)[4], const int DT) {
+#pragma unroll
+    for (int k = 0; k < HP_BN / 16; k++) {
+        pa[k][0] = tc_pack(sc[2 * k][0], sc[2 * k][1], DT);
+        pa[k][1] = tc_pack(sc[2 * k][2], sc[2 * k][3], DT);
+        pa[k][2] = tc_pack(sc[2 * k + 1][0], sc[2 * k + 1][1], DT);
+        pa[k][3] = tc_pack(sc[2 * k + 1][2], sc[2 * k + 1][3], DT);
+    }
+}
+#endif
+
+__device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention &a,
+                                        const kr_cu_prefill_ws &ws, const int DT, const int D) {
+#if HP_DEVICE
+    extern __shared__ __align__(1024) char hp_raw[];
+    const unsigned raw = (unsigned)__cvta_generic_to_shared(hp_raw);
+    const unsigned sq = raw + (1024 - raw % 1024) % 1024;
+    const int HALVES = D / 64;
+    const unsigned TILE = HP_BN * 2 * D, QB = HP_BM * 2 * D;
+    const unsigned sk = sq + QB, sv = sk + HP_STAGES * TILE, bars = sv + HP_STAGES * TILE;
+    const unsigned bar_q = bars;
+#define HP_FULL_K(s) (bars + 8 * (1 + (s)))
+#define HP_FULL_V(s) (bars + 8 * (1 + HP_STAGES + (s)))
+#define HP_EMPTY_K(s) (bars + 8 * (1 + 2 * HP_STAGES + (s)))
+#define HP_EMPTY_V(s) (bars + 8 * (1 + 3 * HP_STAGES + (s)))
+
+    const int64_t h = blockIdx.y, b = blockIdx.z % a.B, split = blockIdx.z / a.B;
+    const int hk = (int)(h / (a.H / a.Hkv));
+    const int Sq = (int)a.Sq;
+    const int i0 = (int)(gridDim.x - 1 - blockIdx.x) * HP_BM;
+    const int L = a.has_lens ? (int)cu_len(a.lens, b) : (int)a.Skv;
+    int kmin, kmax, y0, y1;
+    pf_range(a, L, i0, &kmin, &y0);
+    pf_range(a, L, min(i0 + HP_BM, Sq) - 1, &y1, &kmax);
+    if (kmax < kmin) kmax = kmin;
+    if (ws.splits > 1) { /* this split's whole tiles of the block's range */
+        const int per = ((kmax - kmin + HP_BN - 1) / HP_BN + ws.splits - 1) / ws.splits;
+        kmin = min(kmax, kmin + (int)split * per * HP_BN);
+        kmax = min(kmax, kmin + per * HP_BN);
+    }
+    const int nt = (kmax - kmin + HP_BN - 1) / HP_BN;
+
+    if (threadIdx.x == 0) {
+        hp_bar_init(bar_q, 1);
+        for (int s = 0; s < HP_STAGES; s++) {
+            hp_bar_init(HP_FULL_K(s), 1);
+            hp_bar_init(HP_FULL_V(s), 1);
+            hp_bar_init(HP_EMPTY_K(s), 8); /* one arrival per consumer warp */
+            hp_bar_init(HP_EMPTY_V(s), 8);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (threadIdx.x < 128) { /* the producer */
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(HP_PRODUCER_REGS));
+        if (threadIdx.x == 0) {
+            hp_bar_expect(bar_q, QB);
+            for (int x = 0; x < HALVES; x++)
+                hp_tma4(sq + x * HP_BM * 128, &mp.q, bar_q, 64 * x, i0, (int)h, (int)b);
+            for (int t = 0; t < nt; t++) {
+                const int s = t % HP_STAGES, u = t / HP_STAGES, j0 = kmin + t * HP_BN;
+                if (u > 0) hp_bar_wait(HP_EMPTY_K(s), (u - 1) & 1);
+                hp_bar_expect(HP_FULL_K(s), TILE);
+                for (int x = 0; x < HALVES; x++)
+                    hp_tma4(sk + s * TILE + x * HP_BN * 128, &mp.k, HP_FULL_K(s), 64 * x, j0, hk,
+                            (int)b);
+                if (u > 0) hp_bar_wait(HP_EMPTY_V(s), (u - 1) & 1);
+                hp_bar_expect(HP_FULL_V(s), TILE);
+                for (int x = 0; x < HALVES; x++)
+                    hp_tma4(sv + s * TILE + x * HP_BN * 128, &mp.v, HP_FULL_V(s), 64 * x, j0, hk,
+                            (int)b);
+            }
+        }
+        return;
+    }
+
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(HP_CONSUMER_REGS));
+    const int wg = threadIdx.x / 128 - 1, tid = threadIdx.x % 128;
+    const int warp = tid / 32, lane = tid % 32, q4 = lane % 4;
+    const int r0 = i0 + 64 * wg;                    /* this warpgroup's first row */
+    const int row = r0 + 16 * warp + lane / 4;      /* this thread's rows: row, row + 8 */
+    /* the warpgroup's key ranges: a tile inside every row's needs no mask. A
+     * tile none of its rows sees still goes through the MMAs (all masked, P =
+     * 0): a branch around wgmma makes ptxas serialise every wgmma (C7520). */
+    int lo_last = 0, hi_first = 0, y2, y3;
+    if (r0 < Sq) {
+        pf_range(a, L, r0, &y2, &hi_first);
+        pf_range(a, L, min(r0 + 63, Sq - 1), &lo_last, &y3);
+    }
+    const float c = a.scale * PF_LOG2E;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    float o[16][4]; /* D / 8 used */
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    const unsigned qa = sq + wg * 64 * 128; /* this warpgroup's rows of each Q slab */
+    float sc[16][4];            /* S of the current tile: 64 x 128 (a thread: 2 rows x 32 keys) */
+    unsigned pa[HP_BN / 16][4]; /* P of the previous tile, as the A operand of P V */
+    hp_bar_wait(bar_q, 0);
+#if HP_PINGPONG
+    /* the consumers take turns at issuing: warpgroup w waits on barrier 3 + w,
+     * then lets the other go; warpgroup 0 goes first */
+#define HP_TURN_BEGIN() hp_named_sync(3 + wg)
+#define HP_TURN_END() hp_named_arrive(4 - wg)
+    if (wg == 1) hp_named_arrive(3);
+#else
+#define HP_TURN_BEGIN() (void)0
+#define HP_TURN_END() (void)0
+#endif
+    /* tile 0: S, softmax, P; tiles 1 .. nt - 1: S of t and P V of t - 1 issued
+     * together, the softmax of t while P V runs; then the last P V */
+    if (nt > 0) {
+        hp_bar_wait(HP_FULL_K(0), 0);
+        HP_TURN_BEGIN();
+        hp_issue_s(sc, qa, sk, D, DT);
+        HP_TURN_END();
+        hp_wgmma_wait(0);
+        hp_touch(sc, 16);
+        if (lane == 0) hp_bar_arrive(HP_EMPTY_K(0));
+        float al[2];
+        hp_softmax(a, sc, m, l, al, c, kmin, L, row, q4, kmin >= lo_last && kmin + HP_BN <= hi_first);
+        hp_pack_p(sc, pa, DT);
+    }
+    for (int t = 1; t < nt; t++) {
+        const int s = t % HP_STAGES, sp = (t - 1) % HP_STAGES, j0 = kmin + t * HP_BN;
+        hp_bar_wait(HP_FULL_K(s), (t / HP_STAGES) & 1);
+        hp_bar_wait(HP_FULL_V(sp), ((t - 1) / HP_STAGES) & 1);
+        if (j0 > L) hp_zero_v(sv + sp * TILE, j0 - HP_BN, L, tid, wg, HALVES);
+        HP_TURN_BEGIN();
+        hp_issue_s(sc, qa, sk + s * TILE, D, DT);
+        hp_issue_pv(o, pa, sv + sp * TILE, D, DT);
+        HP_TURN_END();
+        hp_wgmma_wait(1); /* S is in; P V may still run */
+        hp_touch(sc, 16);
+        if (lane == 0) hp_bar_arrive(HP_EMPTY_K(s));
+        float al[2];
+        hp_softmax(a, sc, m, l, al, c, j0, L, row, q4, j0 >= lo_last && j0 + HP_BN <= hi_first);
+        hp_wgmma_wait(0); /* P V is done: O may be rescaled and P rewritten */
+        hp_touch(o, D / 8);
+        hp_touch_u(pa, HP_BN / 16);
+        if (lane == 0) hp_bar_arrive(HP_EMPTY_V(sp));
+#pragma unroll
+        for (int n = 0; n < D / 8; n++)
+            o[n][0] *= al[0], o[n][1] *= al[0], o[n][2] *= al[1], o[n][3] *= al[1];
+        hp_pack_p(sc, pa, DT);
+    }
+    if (nt > 0) {
+        const int sp = (nt - 1) % HP_STAGES, jp = kmin + (nt - 1) * HP_BN;
+        hp_bar_wait(HP_FULL_V(sp), ((nt - 1) / HP_STAGES) & 1);
+        if (jp + HP_BN > L) hp_zero_v(sv + sp * TILE, jp, L, tid, wg, HALVES);
+        HP_TURN_BEGIN();
+        hp_issue_pv(o, pa, sv + sp * TILE, D, DT);
+        HP_TURN_END();
+        hp_wgmma_wait(0);
+        hp_touch(o, D / 8);
+        if (lane == 0) hp_bar_arrive(HP_EMPTY_V(sp));
+    }
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        float lx = l[x];
+        lx += __shfl_xor_sync(0xffffffffu, lx, 1);
+        lx += __shfl_xor_sync(0xffffffffu, lx, 2);
+        if (ws.splits > 1)
+            pf_store_part(a, ws, split, b, h, row + 8 * x, m[x], lx, o, x, NULL, D);
+        else
+            pf_store_row(a, b, h, row + 8 * x, m[x], lx, o, x, NULL, D);
+    }
+#undef HP_TURN_BEGIN
+#undef HP_TURN_END
+#undef HP_FULL_K
+#undef HP_FULL_V
+#undef HP_EMPTY_K
+#undef HP_EMPTY_V
+#endif
+}
+
+#define HP_KERNEL(name, DT, D)                                                                     \
+    __global__ void __launch_bounds__(HP_THREADS, 1)                                               \
+        name(const __grid_constant__ hp_maps mp, kr_cu_attention a, kr_cu_prefill_ws ws) {         \
+        hp_body(mp, a, ws, DT, D);                                                                 \
+    }
+HP_KERNEL(hp_f16_d64, KR_F16, 64)
+HP_KERNEL(hp_f16_d128, KR_F16, 128)
+HP_KERNEL(hp_bf16_d64, KR_BF16, 64)
+HP_KERNEL(hp_bf16_d128, KR_BF16, 128)
+
+typedef void (*hp_fn)(hp_maps, kr_cu_attention, kr_cu_prefill_ws);
+
+static hp_fn hp_kernel(const kr_cu_attention *a) {
+    static const hp_fn fns[2][2] = {{hp_f16_d64, hp_f16_d128}, {hp_bf16_d64, hp_bf16_d128}};
+    return fns[a->k.dtype == KR_BF16][a->D == 128];
+}
+
+/* ---- host side: the tensor maps -------------------------------------------------------- */
+
+typedef CUresult (*hp_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
+                                 const cuuint64_t *, const cuuint64_t *, const cuuint32_t *,
+                                 const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+/* cuTensorMapEncodeTiled from the driver the runtime loaded (no link to
+ * libcuda); NULL when the driver has none. Looked up once. */
+static hp_encode_fn hp_encoder(void) {
+    static hp_encode_fn fn;
+    static int tried;
+    if (!tried) {
+        void *p = NULL;
+        cudaDriverEntryPointQueryResult q;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000,
+                                             cudaEnableDefault, &q) == cudaSuccess &&
+            q == cudaDriverEntryPointSuccess)
+            fn = (hp_encode_fn)p;
+        tried = 1;
+    }
+    return fn;
+}
+
+/* Byte stride of a dimension for the map: a multiple of 16 below 2^40; a
+ * dimension of extent 1 is never stepped, so any valid value does. */
+static bool hp_stride(int64_t elems, int64_t extent, cuuint64_t *out) {
+    const int64_t bytes = 2 * elems;
+    if (extent == 1) {
+        *out = 16;
+        return true;
+    }
+    if (bytes <= 0 || bytes % 16 || bytes >= ((int64_t)1 << 40)) return false;
+    *out = (cuuint64_t)bytes;
+    return true;
+}
+
+/* A [B][S][H][D] view (strides in elements, D unit) as a 4-d map {D, S, H,
+ * B} with boxes of 64 channels x rows x 1 x 1, 128-byte swizzle. */
+static bool hp_map(CUtensorMap *map, const kr_tensor *t, int64_t B, int64_t S, int64_t H,
+                   int64_t D, int rows) {
+    hp_encode_fn enc = hp_encoder();
+    if (!enc || t->stride[3] != 1 || (uintptr_t)t->data % 16) return false;
+    const cuuint64_t dims[4] = {(cuuint64_t)D, (cuuint64_t)S, (cuuint64_t)H, (cuuint64_t)B};
+    cuuint64_t strides[3];
+    if (!hp_stride(t->stride[1], S, &strides[0]) || !hp_stride(t->stride[2], H, &strides[1]) ||
+        !hp_stride(t->stride[0], B, &strides[2]))
+        return false;
+    const cuuint32_t box[4] = {64, (cuuint32_t)rows, 1, 1}, one[4] = {1, 1, 1, 1};
+    const CUtensorMapDataType dt =
+        t->dtype == KR_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+    return enc(map, dt, 4, t->data, dims, strides, box, one, CU_TENSOR_MAP_INTERLEAVE_NONE,
+               CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+extern "C" int kr_cu_hopper_supported(const kr_cu_attention *a, char *why, size_t n) {
+    if (a->cc != 90) {
+        snprintf(why, n, "Hopper prefill kernel needs compute capability 9.0, have %d.%d",
+                 a->cc / 10, a->cc % 10);
+        return 0;
+    }
+    if (a->int8) {
+        snprintf(why, n, "Hopper prefill kernel reads f16/bf16 K/V (int8 cache: sm_80 kernel)");
+        return 0;
+    }
+    if (a->q.dtype != a->k.dtype || a->q.stride[3] != 1) {
+        snprintf(why, n, "Hopper prefill kernel needs q in the K/V type with unit inner stride");
+        return 0;
+    }
+    if (!kr_cu_prefill_supported(a, why, n)) return 0;
+    static int image = -1; /* the sm_90a image is in this build and loads */
+    if (image < 0) {
+        cudaFuncAttributes fa;
+        image = cudaFuncGetAttributes(&fa, (const void *)hp_f16_d64) == cudaSuccess;
+        cudaGetLastError();
+    }
+    if (!image) {
+        snprintf(why, n, "Hopper prefill kernel: no sm_90a image in this build");
+        return 0;
+    }
+    CUtensorMap m;
+    if (!hp_map(&m, &a->q, a->B, a->Sq, a->H, a->D, HP_BM) ||
+        !hp_map(&m, &a->k, a->B, a->Skv, a->Hkv, a->D, HP_BN) ||
+        !hp_map(&m, &a->v, a->B, a->Skv, a->Hkv, a->D, HP_BN)) {
+        snprintf(why, n,
+                 "Hopper prefill kernel: q/K/V not expressible as tensor maps (16-byte aligned "
+                 "base and strides needed)");
+        return 0;
+    }
+    return 1;
+}
+
+extern "C" int64_t kr_cu_hopper_splits(const kr_cu_attention *a, int n_sm) {
+    /* one block per SM: split the keys only when the row blocks leave most of
+     * the SMs idle, every split at least 4 tiles long */
+    const int64_t blocks = (a->Sq + HP_BM - 1) / HP_BM * a->H * a->B;
+    if (4 * blocks >= 3 * (int64_t)n_sm) return 1;
+    int64_t s = (n_sm + blocks - 1) / blocks;
+    const int64_t by_len = a->Skv / (4 * HP_BN);
+    if (s > by_len) s = by_len;
+    if (s > KR_CU_PREFILL_MAX_SPLITS) s = KR_CU_PREFILL_MAX_SPLITS;
+    if (s * a->B > 65535) s = 65535 / a->B;
+    return s < 1 ? 1 : s;
+}
+
+extern "C" kr_status kr_cu_hopper_prefill(const kr_cu_attention *a, const kr_cu_prefill_ws *ws,
+                                          void *stream, char *err, size_t n) {
+    const hp_fn fn = hp_kernel(a);
+    const size_t smem = hp_smem_bytes(a->D);
+    kr_status st = cu_allow_smem((const void *)fn, smem, "Hopper prefill attention", err, n);
+    if (st) return st;
+    if (a->Sq == 0 || a->B == 0 || a->H == 0) return KR_OK;
+    hp_maps mp;
+    if (!hp_map(&mp.q, &a->q, a->B, a->Sq, a->H, a->D, HP_BM) ||
+        !hp_map(&mp.k, &a->k, a->B, a->Skv, a->Hkv, a->D, HP_BN) ||
+        !hp_map(&mp.v, &a->v, a->B, a->Skv, a->Hkv, a->D, HP_BN)) {
+        snprintf(err, n, "Hopper prefill attention: cuTensorMapEncodeTiled refused a map");
+        return KR_ERR_BACKEND;
+    }
+    const int splits = ws->splits > 1 ? ws->splits : 1;
+    dim3 grid((unsigned)((a->Sq + HP_BM - 1) / HP_BM), (unsigned)a->H, (unsigned)(a->B * splits));
+    fn<<<grid, HP_THREADS, smem, (cudaStream_t)stream>>>(mp, *a, *ws);
+    return cu_launched("Hopper prefill attention", err, n);
+}
