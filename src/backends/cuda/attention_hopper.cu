@@ -55,11 +55,14 @@
 #ifndef HP_PINGPONG
 #define HP_PINGPONG 1
 #endif
+#ifndef HP_PERSISTENT
+#define HP_PERSISTENT 1 /* one block per SM walking the work items (0: one block per item) */
+#endif
 #ifndef HP_CONSUMER_REGS
 #define HP_CONSUMER_REGS 240
 #endif
-/* mbarriers: Q full, then per stage K full, V full, K empty, V empty */
-#define HP_NBAR (1 + 4 * HP_STAGES)
+/* mbarriers: Q full, Q empty, then per stage K full, V full, K empty, V empty */
+#define HP_NBAR (2 + 4 * HP_STAGES)
 
 typedef struct hp_maps {
     CUtensorMap q, k, v;
@@ -227,8 +230,41 @@ __device__ __forceinline__ void hp_pack_p(float (*sc)[4], unsigned (*pa)[4], con
 }
 #endif
 
+/* One work item: a row block of one head of one sequence (and split). Items
+ * are numbered row block fastest (heaviest causal block first), then head,
+ * then sequence x split — the order a plain grid would run them, so the
+ * blocks running together share their heads' K/V in L2. */
+typedef struct hp_item {
+    int h, hk, b, split, i0, L, kmin, nt;
+} hp_item;
+
+__device__ __forceinline__ hp_item hp_item_of(const kr_cu_attention &a, const kr_cu_prefill_ws &ws,
+                                              int64_t idx, int nrb) {
+    hp_item w;
+    const int64_t rest = idx / nrb;
+    w.i0 = (nrb - 1 - (int)(idx % nrb)) * HP_BM;
+    w.h = (int)(rest % a.H);
+    w.b = (int)(rest / a.H % a.B);
+    w.split = (int)(rest / a.H / a.B);
+    w.hk = (int)(w.h / (a.H / a.Hkv));
+    w.L = a.has_lens ? (int)cu_len(a.lens, w.b) : (int)a.Skv;
+    int kmin, kmax, y0, y1;
+    pf_range(a, w.L, w.i0, &kmin, &y0);
+    pf_range(a, w.L, min(w.i0 + HP_BM, (int)a.Sq) - 1, &y1, &kmax);
+    if (kmax < kmin) kmax = kmin;
+    if (ws.splits > 1) { /* this split's whole tiles of the block's range */
+        const int per = ((kmax - kmin + HP_BN - 1) / HP_BN + ws.splits - 1) / ws.splits;
+        kmin = min(kmax, kmin + w.split * per * HP_BN);
+        kmax = min(kmax, kmin + per * HP_BN);
+    }
+    w.kmin = kmin;
+    w.nt = (kmax - kmin + HP_BN - 1) / HP_BN;
+    return w;
+}
+
 __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention &a,
-                                        const kr_cu_prefill_ws &ws, const int DT, const int D) {
+                                        const kr_cu_prefill_ws &ws, int nrb, int64_t items,
+                                        const int DT, const int D) {
 #if HP_DEVICE
     extern __shared__ __align__(1024) char hp_raw[];
     const unsigned raw = (unsigned)__cvta_generic_to_shared(hp_raw);
@@ -236,58 +272,49 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
     const int HALVES = D / 64;
     const unsigned TILE = HP_BN * 2 * D, QB = HP_BM * 2 * D;
     const unsigned sk = sq + QB, sv = sk + HP_STAGES * TILE, bars = sv + HP_STAGES * TILE;
-    const unsigned bar_q = bars;
-#define HP_FULL_K(s) (bars + 8 * (1 + (s)))
-#define HP_FULL_V(s) (bars + 8 * (1 + HP_STAGES + (s)))
-#define HP_EMPTY_K(s) (bars + 8 * (1 + 2 * HP_STAGES + (s)))
-#define HP_EMPTY_V(s) (bars + 8 * (1 + 3 * HP_STAGES + (s)))
-
-    const int64_t h = blockIdx.y, b = blockIdx.z % a.B, split = blockIdx.z / a.B;
-    const int hk = (int)(h / (a.H / a.Hkv));
-    const int Sq = (int)a.Sq;
-    const int i0 = (int)(gridDim.x - 1 - blockIdx.x) * HP_BM;
-    const int L = a.has_lens ? (int)cu_len(a.lens, b) : (int)a.Skv;
-    int kmin, kmax, y0, y1;
-    pf_range(a, L, i0, &kmin, &y0);
-    pf_range(a, L, min(i0 + HP_BM, Sq) - 1, &y1, &kmax);
-    if (kmax < kmin) kmax = kmin;
-    if (ws.splits > 1) { /* this split's whole tiles of the block's range */
-        const int per = ((kmax - kmin + HP_BN - 1) / HP_BN + ws.splits - 1) / ws.splits;
-        kmin = min(kmax, kmin + (int)split * per * HP_BN);
-        kmax = min(kmax, kmin + per * HP_BN);
-    }
-    const int nt = (kmax - kmin + HP_BN - 1) / HP_BN;
+    const unsigned bar_q = bars, bar_q_empty = bars + 8;
+#define HP_FULL_K(s) (bars + 8 * (2 + (s)))
+#define HP_FULL_V(s) (bars + 8 * (2 + HP_STAGES + (s)))
+#define HP_EMPTY_K(s) (bars + 8 * (2 + 2 * HP_STAGES + (s)))
+#define HP_EMPTY_V(s) (bars + 8 * (2 + 3 * HP_STAGES + (s)))
 
     if (threadIdx.x == 0) {
         hp_bar_init(bar_q, 1);
+        hp_bar_init(bar_q_empty, 8); /* one arrival per consumer warp */
         for (int s = 0; s < HP_STAGES; s++) {
             hp_bar_init(HP_FULL_K(s), 1);
             hp_bar_init(HP_FULL_V(s), 1);
-            hp_bar_init(HP_EMPTY_K(s), 8); /* one arrival per consumer warp */
+            hp_bar_init(HP_EMPTY_K(s), 8);
             hp_bar_init(HP_EMPTY_V(s), 8);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
 
+    /* Both sides walk the same items and tiles: it counts this block's tiles
+     * so far (stage it % HP_STAGES, phase it / HP_STAGES), k its items. */
     if (threadIdx.x < 128) { /* the producer */
         asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(HP_PRODUCER_REGS));
-        if (threadIdx.x == 0) {
+        if (threadIdx.x != 0) return;
+        int it = 0, k = 0;
+        for (int64_t idx = blockIdx.x; idx < items; idx += gridDim.x, k++) {
+            const hp_item w = hp_item_of(a, ws, idx, nrb);
+            if (k > 0) hp_bar_wait(bar_q_empty, (k - 1) & 1); /* the last item's S are done */
             hp_bar_expect(bar_q, QB);
             for (int x = 0; x < HALVES; x++)
-                hp_tma4(sq + x * HP_BM * 128, &mp.q, bar_q, 64 * x, i0, (int)h, (int)b);
-            for (int t = 0; t < nt; t++) {
-                const int s = t % HP_STAGES, u = t / HP_STAGES, j0 = kmin + t * HP_BN;
+                hp_tma4(sq + x * HP_BM * 128, &mp.q, bar_q, 64 * x, w.i0, w.h, w.b);
+            for (int t = 0; t < w.nt; t++, it++) {
+                const int s = it % HP_STAGES, u = it / HP_STAGES, j0 = w.kmin + t * HP_BN;
                 if (u > 0) hp_bar_wait(HP_EMPTY_K(s), (u - 1) & 1);
                 hp_bar_expect(HP_FULL_K(s), TILE);
                 for (int x = 0; x < HALVES; x++)
-                    hp_tma4(sk + s * TILE + x * HP_BN * 128, &mp.k, HP_FULL_K(s), 64 * x, j0, hk,
-                            (int)b);
+                    hp_tma4(sk + s * TILE + x * HP_BN * 128, &mp.k, HP_FULL_K(s), 64 * x, j0, w.hk,
+                            w.b);
                 if (u > 0) hp_bar_wait(HP_EMPTY_V(s), (u - 1) & 1);
                 hp_bar_expect(HP_FULL_V(s), TILE);
                 for (int x = 0; x < HALVES; x++)
-                    hp_tma4(sv + s * TILE + x * HP_BN * 128, &mp.v, HP_FULL_V(s), 64 * x, j0, hk,
-                            (int)b);
+                    hp_tma4(sv + s * TILE + x * HP_BN * 128, &mp.v, HP_FULL_V(s), 64 * x, j0, w.hk,
+                            w.b);
             }
         }
         return;
@@ -296,25 +323,9 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(HP_CONSUMER_REGS));
     const int wg = threadIdx.x / 128 - 1, tid = threadIdx.x % 128;
     const int warp = tid / 32, lane = tid % 32, q4 = lane % 4;
-    const int r0 = i0 + 64 * wg;                    /* this warpgroup's first row */
-    const int row = r0 + 16 * warp + lane / 4;      /* this thread's rows: row, row + 8 */
-    /* the warpgroup's key ranges: a tile inside every row's needs no mask. A
-     * tile none of its rows sees still goes through the MMAs (all masked, P =
-     * 0): a branch around wgmma makes ptxas serialise every wgmma (C7520). */
-    int lo_last = 0, hi_first = 0, y2, y3;
-    if (r0 < Sq) {
-        pf_range(a, L, r0, &y2, &hi_first);
-        pf_range(a, L, min(r0 + 63, Sq - 1), &lo_last, &y3);
-    }
+    const int Sq = (int)a.Sq;
     const float c = a.scale * PF_LOG2E;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-    float o[16][4]; /* D / 8 used */
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     const unsigned qa = sq + wg * 64 * 128; /* this warpgroup's rows of each Q slab */
-    float sc[16][4];            /* S of the current tile: 64 x 128 (a thread: 2 rows x 32 keys) */
-    unsigned pa[HP_BN / 16][4]; /* P of the previous tile, as the A operand of P V */
-    hp_bar_wait(bar_q, 0);
 #if HP_PINGPONG
     /* the consumers take turns at issuing: warpgroup w waits on barrier 3 + w,
      * then lets the other go; warpgroup 0 goes first */
@@ -325,63 +336,96 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
 #define HP_TURN_BEGIN() (void)0
 #define HP_TURN_END() (void)0
 #endif
-    /* tile 0: S, softmax, P; tiles 1 .. nt - 1: S of t and P V of t - 1 issued
-     * together, the softmax of t while P V runs; then the last P V */
-    if (nt > 0) {
-        hp_bar_wait(HP_FULL_K(0), 0);
-        HP_TURN_BEGIN();
-        hp_issue_s(sc, qa, sk, D, DT);
-        HP_TURN_END();
-        hp_wgmma_wait(0);
-        hp_touch(sc, 16);
-        if (lane == 0) hp_bar_arrive(HP_EMPTY_K(0));
-        float al[2];
-        hp_softmax(a, sc, m, l, al, c, kmin, L, row, q4, kmin >= lo_last && kmin + HP_BN <= hi_first);
-        hp_pack_p(sc, pa, DT);
-    }
-    for (int t = 1; t < nt; t++) {
-        const int s = t % HP_STAGES, sp = (t - 1) % HP_STAGES, j0 = kmin + t * HP_BN;
-        hp_bar_wait(HP_FULL_K(s), (t / HP_STAGES) & 1);
-        hp_bar_wait(HP_FULL_V(sp), ((t - 1) / HP_STAGES) & 1);
-        if (j0 > L) hp_zero_v(sv + sp * TILE, j0 - HP_BN, L, tid, wg, HALVES);
-        HP_TURN_BEGIN();
-        hp_issue_s(sc, qa, sk + s * TILE, D, DT);
-        hp_issue_pv(o, pa, sv + sp * TILE, D, DT);
-        HP_TURN_END();
-        hp_wgmma_wait(1); /* S is in; P V may still run */
-        hp_touch(sc, 16);
-        if (lane == 0) hp_bar_arrive(HP_EMPTY_K(s));
-        float al[2];
-        hp_softmax(a, sc, m, l, al, c, j0, L, row, q4, j0 >= lo_last && j0 + HP_BN <= hi_first);
-        hp_wgmma_wait(0); /* P V is done: O may be rescaled and P rewritten */
-        hp_touch(o, D / 8);
-        hp_touch_u(pa, HP_BN / 16);
-        if (lane == 0) hp_bar_arrive(HP_EMPTY_V(sp));
+    int it = 0, k = 0;
+    for (int64_t idx = blockIdx.x; idx < items; idx += gridDim.x, k++) {
+        const hp_item w = hp_item_of(a, ws, idx, nrb);
+        const int nt = w.nt, kmin = w.kmin, L = w.L;
+        const int r0 = w.i0 + 64 * wg;             /* this warpgroup's first row */
+        const int row = r0 + 16 * warp + lane / 4; /* this thread's rows: row, row + 8 */
+        /* the warpgroup's key ranges: a tile inside every row's needs no mask. A
+         * tile none of its rows sees still goes through the MMAs (all masked, P =
+         * 0): a branch around wgmma makes ptxas serialise every wgmma (C7520). */
+        int lo_last = 0, hi_first = 0, y2, y3;
+        if (r0 < Sq) {
+            pf_range(a, L, r0, &y2, &hi_first);
+            pf_range(a, L, min(r0 + 63, Sq - 1), &lo_last, &y3);
+        }
+        float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+        float o[16][4]; /* D / 8 used */
 #pragma unroll
-        for (int n = 0; n < D / 8; n++)
-            o[n][0] *= al[0], o[n][1] *= al[0], o[n][2] *= al[1], o[n][3] *= al[1];
-        hp_pack_p(sc, pa, DT);
-    }
-    if (nt > 0) {
-        const int sp = (nt - 1) % HP_STAGES, jp = kmin + (nt - 1) * HP_BN;
-        hp_bar_wait(HP_FULL_V(sp), ((nt - 1) / HP_STAGES) & 1);
-        if (jp + HP_BN > L) hp_zero_v(sv + sp * TILE, jp, L, tid, wg, HALVES);
-        HP_TURN_BEGIN();
-        hp_issue_pv(o, pa, sv + sp * TILE, D, DT);
-        HP_TURN_END();
-        hp_wgmma_wait(0);
-        hp_touch(o, D / 8);
-        if (lane == 0) hp_bar_arrive(HP_EMPTY_V(sp));
-    }
+        for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+        float sc[16][4];            /* S of the current tile: 64 x 128 (2 rows x 32 keys) */
+        unsigned pa[HP_BN / 16][4]; /* P of the previous tile, as the A operand of P V */
+        hp_bar_wait(bar_q, k & 1);
+        if (nt == 0 && lane == 0) hp_bar_arrive(bar_q_empty);
+        /* tile 0: S, softmax, P; tiles 1 .. nt - 1: S of t and P V of t - 1 issued
+         * together, the softmax of t while P V runs; then the last P V */
+        if (nt > 0) {
+            const int s = it % HP_STAGES;
+            hp_bar_wait(HP_FULL_K(s), (it / HP_STAGES) & 1);
+            HP_TURN_BEGIN();
+            hp_issue_s(sc, qa, sk + s * TILE, D, DT);
+            HP_TURN_END();
+            hp_wgmma_wait(0);
+            hp_touch(sc, 16);
+            if (lane == 0) {
+                hp_bar_arrive(HP_EMPTY_K(s));
+                if (nt == 1) hp_bar_arrive(bar_q_empty);
+            }
+            float al[2];
+            hp_softmax(a, sc, m, l, al, c, kmin, L, row, q4,
+                       kmin >= lo_last && kmin + HP_BN <= hi_first);
+            hp_pack_p(sc, pa, DT);
+        }
+        for (int t = 1; t < nt; t++) {
+            const int s = (it + t) % HP_STAGES, sp = (it + t - 1) % HP_STAGES;
+            const int j0 = kmin + t * HP_BN;
+            hp_bar_wait(HP_FULL_K(s), ((it + t) / HP_STAGES) & 1);
+            hp_bar_wait(HP_FULL_V(sp), ((it + t - 1) / HP_STAGES) & 1);
+            if (j0 > L) hp_zero_v(sv + sp * TILE, j0 - HP_BN, L, tid, wg, HALVES);
+            HP_TURN_BEGIN();
+            hp_issue_s(sc, qa, sk + s * TILE, D, DT);
+            hp_issue_pv(o, pa, sv + sp * TILE, D, DT);
+            HP_TURN_END();
+            hp_wgmma_wait(1); /* S is in; P V may still run */
+            hp_touch(sc, 16);
+            if (lane == 0) {
+                hp_bar_arrive(HP_EMPTY_K(s));
+                if (t == nt - 1) hp_bar_arrive(bar_q_empty); /* Q is free for the next item */
+            }
+            float al[2];
+            hp_softmax(a, sc, m, l, al, c, j0, L, row, q4, j0 >= lo_last && j0 + HP_BN <= hi_first);
+            hp_wgmma_wait(0); /* P V is done: O may be rescaled and P rewritten */
+            hp_touch(o, D / 8);
+            hp_touch_u(pa, HP_BN / 16);
+            if (lane == 0) hp_bar_arrive(HP_EMPTY_V(sp));
 #pragma unroll
-    for (int x = 0; x < 2; x++) {
-        float lx = l[x];
-        lx += __shfl_xor_sync(0xffffffffu, lx, 1);
-        lx += __shfl_xor_sync(0xffffffffu, lx, 2);
-        if (ws.splits > 1)
-            pf_store_part(a, ws, split, b, h, row + 8 * x, m[x], lx, o, x, NULL, D);
-        else
-            pf_store_row(a, b, h, row + 8 * x, m[x], lx, o, x, NULL, D);
+            for (int n = 0; n < D / 8; n++)
+                o[n][0] *= al[0], o[n][1] *= al[0], o[n][2] *= al[1], o[n][3] *= al[1];
+            hp_pack_p(sc, pa, DT);
+        }
+        if (nt > 0) {
+            const int sp = (it + nt - 1) % HP_STAGES, jp = kmin + (nt - 1) * HP_BN;
+            hp_bar_wait(HP_FULL_V(sp), ((it + nt - 1) / HP_STAGES) & 1);
+            if (jp + HP_BN > L) hp_zero_v(sv + sp * TILE, jp, L, tid, wg, HALVES);
+            HP_TURN_BEGIN();
+            hp_issue_pv(o, pa, sv + sp * TILE, D, DT);
+            HP_TURN_END();
+            hp_wgmma_wait(0);
+            hp_touch(o, D / 8);
+            if (lane == 0) hp_bar_arrive(HP_EMPTY_V(sp));
+        }
+        it += nt;
+#pragma unroll
+        for (int x = 0; x < 2; x++) {
+            float lx = l[x];
+            lx += __shfl_xor_sync(0xffffffffu, lx, 1);
+            lx += __shfl_xor_sync(0xffffffffu, lx, 2);
+            if (ws.splits > 1)
+                pf_store_part(a, ws, w.split, w.b, w.h, row + 8 * x, m[x], lx, o, x, NULL, D);
+            else
+                pf_store_row(a, w.b, w.h, row + 8 * x, m[x], lx, o, x, NULL, D);
+        }
     }
 #undef HP_TURN_BEGIN
 #undef HP_TURN_END
@@ -394,15 +438,16 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
 
 #define HP_KERNEL(name, DT, D)                                                                     \
     __global__ void __launch_bounds__(HP_THREADS, 1)                                               \
-        name(const __grid_constant__ hp_maps mp, kr_cu_attention a, kr_cu_prefill_ws ws) {         \
-        hp_body(mp, a, ws, DT, D);                                                                 \
+        name(const __grid_constant__ hp_maps mp, kr_cu_attention a, kr_cu_prefill_ws ws, int nrb,  \
+             int64_t items) {                                                                      \
+        hp_body(mp, a, ws, nrb, items, DT, D);                                                     \
     }
 HP_KERNEL(hp_f16_d64, KR_F16, 64)
 HP_KERNEL(hp_f16_d128, KR_F16, 128)
 HP_KERNEL(hp_bf16_d64, KR_BF16, 64)
 HP_KERNEL(hp_bf16_d128, KR_BF16, 128)
 
-typedef void (*hp_fn)(hp_maps, kr_cu_attention, kr_cu_prefill_ws);
+typedef void (*hp_fn)(hp_maps, kr_cu_attention, kr_cu_prefill_ws, int, int64_t);
 
 static hp_fn hp_kernel(const kr_cu_attention *a) {
     static const hp_fn fns[2][2] = {{hp_f16_d64, hp_f16_d128}, {hp_bf16_d64, hp_bf16_d128}};
@@ -424,8 +469,8 @@ static hp_encode_fn hp_encoder(void) {
     if (!tried) {
         void *p = NULL;
         cudaDriverEntryPointQueryResult q;
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000,
-                                             cudaEnableDefault, &q) == cudaSuccess &&
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault,
+                                             &q) == cudaSuccess &&
             q == cudaDriverEntryPointSuccess)
             fn = (hp_encode_fn)p;
         tried = 1;
@@ -448,8 +493,8 @@ static bool hp_stride(int64_t elems, int64_t extent, cuuint64_t *out) {
 
 /* A [B][S][H][D] view (strides in elements, D unit) as a 4-d map {D, S, H,
  * B} with boxes of 64 channels x rows x 1 x 1, 128-byte swizzle. */
-static bool hp_map(CUtensorMap *map, const kr_tensor *t, int64_t B, int64_t S, int64_t H,
-                   int64_t D, int rows) {
+static bool hp_map(CUtensorMap *map, const kr_tensor *t, int64_t B, int64_t S, int64_t H, int64_t D,
+                   int rows) {
     hp_encode_fn enc = hp_encoder();
     if (!enc || t->stride[3] != 1 || (uintptr_t)t->data % 16) return false;
     const cuuint64_t dims[4] = {(cuuint64_t)D, (cuuint64_t)S, (cuuint64_t)H, (cuuint64_t)B};
@@ -530,7 +575,24 @@ extern "C" kr_status kr_cu_hopper_prefill(const kr_cu_attention *a, const kr_cu_
         return KR_ERR_BACKEND;
     }
     const int splits = ws->splits > 1 ? ws->splits : 1;
-    dim3 grid((unsigned)((a->Sq + HP_BM - 1) / HP_BM), (unsigned)a->H, (unsigned)(a->B * splits));
-    fn<<<grid, HP_THREADS, smem, (cudaStream_t)stream>>>(mp, *a, *ws);
+    const int nrb = (int)((a->Sq + HP_BM - 1) / HP_BM);
+    const int64_t items = (int64_t)nrb * a->H * a->B * splits;
+    /* Items of equal cost (no causal mask, no window): persistent, one block
+     * per SM walking items blockIdx, + gridDim, ... (the producer loads the
+     * next item's Q and K/V while the consumers finish and store this one).
+     * Causal or windowed items differ in cost, and that static assignment
+     * left SMs idle (H100 lab: 416 vs 627 TFLOP/s causal at 16K): one block
+     * per item, so the hardware hands blocks to SMs as they free up. */
+    int64_t grid = items;
+#if HP_PERSISTENT
+    int dev = 0, n_sm = 0;
+    if (!a->causal && a->window_left < 0 && a->window_right < 0 &&
+        cudaGetDevice(&dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess &&
+        n_sm > 0 && grid > n_sm)
+        grid = n_sm;
+#endif
+    if (grid > 0x7fffffff) grid = 0x7fffffff;
+    fn<<<(unsigned)grid, HP_THREADS, smem, (cudaStream_t)stream>>>(mp, *a, *ws, nrb, items);
     return cu_launched("Hopper prefill attention", err, n);
 }
