@@ -25,6 +25,30 @@ typedef struct kr_cpu_kernels {
  * such variant (not x86-64). Call only when the CPU has the features. */
 const kr_cpu_kernels *kr_cpu_avx2_kernels(void);
 
+/* Decode micro-kernels a wider ISA can give the tiled driver (x86_avx2/):
+ * qk: S[r * 64 + j] = q[r] . K[j] for R rows and the n cache rows krow[j]
+ *     (int8: codes times the group scales gk[j * ng + g]);
+ * pv: O[r] = O[r] * corr[r] + sum_{j_lo <= j < j_hi} P[r * 64 + j] V[j]
+ *     (int8: codes times gv[j * ng + g]).
+ * R is 1, 4 or 6; head_dim a multiple of 16. */
+typedef struct kr_cpu_decode_kernels {
+    void (*qk)(const float *q, int64_t D, const char *const *krow, const float *gk, int64_t ng,
+               int64_t n, float *S, kr_dtype dt, int R);
+    void (*pv)(const float *P, int64_t j_lo, int64_t j_hi, const char *const *vrow,
+               const float *gv, int64_t ng, int64_t D, float *O, const float *corr, kr_dtype dt,
+               int R);
+} kr_cpu_decode_kernels;
+
+/* The tiled attention driver (x86_avx2/) with its own decode kernels (dk
+ * NULL) or a wider variant's. */
+kr_status kr_cpu_tiled_attention(const kr_attention_args *a, const kr_cpu_decode_kernels *dk,
+                                 char *err, size_t err_len);
+
+/* The AVX-512 variant (x86_avx512/): the AVX2 kernels with AVX-512 decode
+ * micro-kernels; NULL when the build has none. Call only when the CPU has
+ * AVX-512 F, BW and VL besides the AVX2 variant's features. */
+const kr_cpu_kernels *kr_cpu_avx512_kernels(void);
+
 /* Largest head_dim the tiled kernels hold in their scratch tiles. */
 #define KR_CPU_MAX_HEAD_DIM 256
 

@@ -7,11 +7,14 @@
 #include "cpu.h"
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 static const kr_cpu_kernels *chosen;
 
 #if !KR_CPU_HAVE_AVX2
 const kr_cpu_kernels *kr_cpu_avx2_kernels(void) { return NULL; }
+const kr_cpu_kernels *kr_cpu_avx512_kernels(void) { return NULL; }
 #endif
 
 static int cpu_probe(char *reason, size_t n) {
@@ -35,10 +38,18 @@ static int cpu_probe(char *reason, size_t n) {
         return 0;
     }
     chosen = avx2_kernels;
+    /* AVX-512 (F, BW, VL) adds wider decode kernels; KRSERVE_CPU_ISA=avx2 keeps
+     * the AVX2 ones (for comparisons on one machine) */
+    const char *isa = getenv("KRSERVE_CPU_ISA");
+    const kr_cpu_kernels *avx512_kernels = kr_cpu_avx512_kernels();
+    if (avx512_kernels && !(isa && strcmp(isa, "avx2") == 0) &&
+        __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl"))
+        chosen = avx512_kernels;
     snprintf(reason, n,
              "%s kernels: tiled flash attention, decode over fp16/bf16/fp32/int8 caches, "
              "fused RoPE (+ quantise + append)",
-             avx2_kernels->isa);
+             chosen->isa);
     return 50;
 #else
     snprintf(reason, n, "no SIMD variant for this architecture yet (x86-64 AVX2 only)");

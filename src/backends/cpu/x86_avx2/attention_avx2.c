@@ -56,6 +56,7 @@ typedef struct att_plan {
     int64_t tk;       /* keys per tile (<= TK) */
     bool direct;      /* decode: one row block per kv head, K/V read from the cache in place */
     kr_dtype kv_dt;   /* storage dtype of K/V (KR_I8 for the int8 cache) */
+    const kr_cpu_decode_kernels *dk; /* a wider ISA's decode kernels, or NULL: this file's */
     float qscale;     /* scale * log2(e) */
     float *part;      /* ns > 1: [unit][rows_pad][D] partial outputs */
     float *part_ml;   /* ns > 1: [unit][rows_pad][2] m and l */
@@ -143,6 +144,21 @@ static void transpose_tile(const float *Kt, int64_t n, int64_t D, float *KT) {
 KR_INLINE float group_scale(const uint8_t *meta, int64_t g) {
     return _cvtsh_ss((unsigned short)(meta[0] | (meta[1] << 8))) *
            ((float)meta[2 + g] * (1.0f / 255.0f));
+}
+
+/* All n_groups scales of one int8 row into out, four at a time (the same two
+ * roundings as group_scale, so the same values). */
+KR_INLINE void group_scales(const uint8_t *meta, int64_t n_groups, float *out) {
+    const __m128 rs = _mm_set1_ps(_cvtsh_ss((unsigned short)(meta[0] | (meta[1] << 8))));
+    const __m128 inv = _mm_set1_ps(1.0f / 255.0f);
+    int64_t g = 0;
+    for (; g + 4 <= n_groups; g += 4) {
+        int32_t w;
+        memcpy(&w, meta + 2 + g, 4);
+        const __m128 u = _mm_cvtepi32_ps(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(w)));
+        _mm_storeu_ps(out + g, _mm_mul_ps(rs, _mm_mul_ps(u, inv)));
+    }
+    for (; g < n_groups; g++) out[g] = group_scale(meta, g);
 }
 
 /* ---- decode: kernels that read the cache directly -------------------------------- */
@@ -234,10 +250,8 @@ static void direct_rows(const kr_attention_args *a, int64_t b, int64_t hk, int64
             const int64_t M = KR_KV_INT8_META_BYTES(D);
             w->krow[j] = (const char *)(a->k8->data + r * D);
             w->vrow[j] = (const char *)(a->v8->data + r * D);
-            for (int64_t g = 0; g < n_groups; g++) {
-                w->gk[j * n_groups + g] = group_scale(a->k8->meta + r * M, g);
-                w->gv[j * n_groups + g] = group_scale(a->v8->meta + r * M, g);
-            }
+            group_scales(a->k8->meta + r * M, n_groups, w->gk + j * n_groups);
+            group_scales(a->v8->meta + r * M, n_groups, w->gv + j * n_groups);
         } else {
             const kr_tensor *k = a->k, *v = a->v;
             const size_t es = kr_dtype_size(k->dtype);
@@ -531,10 +545,16 @@ static void unit_run_direct(const att_plan *p, int64_t b, int64_t hk0, int64_t l
             if (!any) continue;
             direct_rows(a, b, hk0 + hh, j0, n, w);
             float *S = w->S;
-            qk_direct_dispatch(w->Qp + rb * D, D, w, n, S, p->kv_dt, R);
+            const int64_t ng = (D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
+            if (p->dk)
+                p->dk->qk(w->Qp + rb * D, D, w->krow, w->gk, ng, n, S, p->kv_dt, R);
+            else
+                qk_direct_dispatch(w->Qp + rb * D, D, w, n, S, p->kv_dt, R);
             for (int r = 0; r < R; r++)
                 softmax_row(a, b, w, rb + r, S + r * TK, j0, n, full, &w->corr[r]);
-            if (full) {
+            if (full && p->dk) {
+                p->dk->pv(S, 0, n, w->vrow, w->gv, ng, D, w->Op + rb * D, w->corr, p->kv_dt, R);
+            } else if (full) {
                 pv_direct_dispatch(S, 0, n, w, D, w->Op + rb * D, w->corr, p->kv_dt, R);
             } else { /* each row over its own visible keys: no 0 * inf */
                 for (int r = 0; r < R; r++) {
@@ -542,8 +562,12 @@ static void unit_run_direct(const att_plan *p, int64_t b, int64_t hk0, int64_t l
                     if (jl < 0) jl = 0;
                     if (jh > n) jh = n;
                     if (jh < jl) jh = jl;
-                    pv_direct_dispatch(S + r * TK, jl, jh, w, D, w->Op + (rb + r) * D, w->corr + r,
-                                       p->kv_dt, 1);
+                    if (p->dk)
+                        p->dk->pv(S + r * TK, jl, jh, w->vrow, w->gv, ng, D, w->Op + (rb + r) * D,
+                                  w->corr + r, p->kv_dt, 1);
+                    else
+                        pv_direct_dispatch(S + r * TK, jl, jh, w, D, w->Op + (rb + r) * D,
+                                           w->corr + r, p->kv_dt, 1);
                 }
             }
         }
@@ -751,10 +775,12 @@ static void merge_splits(const att_plan *p, int64_t b, int64_t hg, int64_t qt, a
     unit_store(p, b, n_pos, w);
 }
 
-kr_status kr_cpu_avx2_attention(const kr_attention_args *a, char *err, size_t err_len) {
+kr_status kr_cpu_tiled_attention(const kr_attention_args *a, const kr_cpu_decode_kernels *dk,
+                                 char *err, size_t err_len) {
     att_plan p;
     memset(&p, 0, sizeof p);
     p.a = a;
+    p.dk = dk;
     p.G = a->H / a->Hkv;
     p.qscale = (float)((double)a->scale * LOG2E);
     const int threads = a->n_threads > 0 ? a->n_threads : 1;
@@ -846,4 +872,8 @@ kr_status kr_cpu_avx2_attention(const kr_attention_args *a, char *err, size_t er
         return KR_ERR_OUT_OF_MEMORY;
     }
     return KR_OK;
+}
+
+kr_status kr_cpu_avx2_attention(const kr_attention_args *a, char *err, size_t err_len) {
+    return kr_cpu_tiled_attention(a, NULL, err, err_len);
 }

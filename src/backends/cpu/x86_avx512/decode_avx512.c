@@ -1,0 +1,185 @@
+/*
+ * decode_avx512.c — the decode micro-kernels on AVX-512 (F, BW, VL), which
+ * the tiled driver (x86_avx2/attention_avx2.c) calls when this variant is
+ * chosen: scores of R query rows against cache rows read in place, and the
+ * output update O = O * corr + P V from cache rows. Everything else (tiles,
+ * softmax, splits, prefill) is the AVX2 driver's.
+ *
+ * Why a variant for two kernels: in decode each cached K/V element meets R
+ * = 4 query rows (32 query heads over 8 kv heads), so a key and kv head cost
+ * 4 D multiply-adds for q.k and as many for p.v. At 8 lanes (AVX2) that is
+ * 128 FMA instructions per key and head at head_dim 128, which on two cores
+ * only just keeps pace with memory when every cycle issues two FMAs; at 16
+ * lanes, half, so the kernels can be memory-bound with slack.
+ *
+ *   q.k: keys four at a time, R x 4 accumulators of 16 channels over
+ *        head_dim, then a transposing reduction (4 accumulators -> 4 sums);
+ *   p.v: 64 channels (4 vectors) per pass over the keys, R x 4 accumulators,
+ *        p broadcast; a 16-channel tail pass when head_dim % 64 = 16, 32, 48.
+ * int8 rows are codes: K's group scales multiply the converted codes, V's
+ * multiply them likewise (channel factors are folded elsewhere).
+ */
+#include "../cpu.h"
+
+#include <immintrin.h>
+
+#define KR_INLINE static inline __attribute__((always_inline))
+#define MR 6  /* at most this many rows (the driver's register block) */
+#define TK 64 /* row stride of S and P (the driver's tile) */
+
+/* 16 values of a cache row at channel d as fp32 (int8: the codes). */
+KR_INLINE __m512 ld16(const char *row, int64_t d, kr_dtype dt) {
+    switch (dt) {
+    case KR_I8:
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + d))));
+    case KR_F16: return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + 2 * d)));
+    case KR_BF16:
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(row + 2 * d))), 16));
+    default: return _mm512_loadu_ps((const float *)(const void *)(row + 4 * d));
+    }
+}
+
+/* The four lane-sums of a, b, c, e (16 lanes each), as one 4-float vector. */
+KR_INLINE __m128 sum4(__m512 a, __m512 b, __m512 c, __m512 e) {
+    /* pairwise: lanes of (a, b) interleaved and added, then (c, e), then both */
+    const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    const __m512 ce = _mm512_add_ps(_mm512_unpacklo_ps(c, e), _mm512_unpackhi_ps(c, e));
+    /* each 128-bit lane now holds a0+a2 b0+b2 a1+a3 b1+b3 (ab) and the same for ce */
+    const __m512 x = _mm512_add_ps(_mm512_shuffle_ps(ab, ce, 0x44), _mm512_shuffle_ps(ab, ce, 0xee));
+    /* each 128-bit lane: partial sums of a, b, c, e in that order; add the four lanes */
+    const __m512 y = _mm512_add_ps(x, _mm512_shuffle_f32x4(x, x, 0x4e));
+    const __m512 z = _mm512_add_ps(y, _mm512_shuffle_f32x4(y, y, 0xb1));
+    return _mm512_castps512_ps128(z);
+}
+
+/* S[r][j .. j + 4) for R rows (NK = 4 keys; fewer keys repeat the last row,
+ * their sums unused). g: the keys' group scales (int8). */
+KR_INLINE void qk4(const float *q, int64_t D, const char *const *k, const float *const *g,
+                   kr_dtype dt, float *S, int nk, const int R) {
+    __m512 acc[MR][4];
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d += 16) {
+        __m512 kv[4];
+#pragma GCC unroll 4
+        for (int x = 0; x < 4; x++) {
+            kv[x] = ld16(k[x], d, dt);
+            if (dt == KR_I8)
+                kv[x] = _mm512_mul_ps(kv[x], _mm512_set1_ps(g[x][d / KR_KV_INT8_GROUP]));
+        }
+#pragma GCC unroll 6
+        for (int r = 0; r < R; r++) {
+            const __m512 qv = _mm512_loadu_ps(q + r * D + d);
+#pragma GCC unroll 4
+            for (int x = 0; x < 4; x++) acc[r][x] = _mm512_fmadd_ps(qv, kv[x], acc[r][x]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++) {
+        float s[4];
+        _mm_storeu_ps(s, sum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
+        for (int x = 0; x < nk; x++) S[r * TK + x] = s[x];
+    }
+}
+
+KR_INLINE void qk_all(const float *q, int64_t D, const char *const *krow, const float *gk,
+                      int64_t ng, int64_t n, float *S, kr_dtype dt, const int R) {
+    for (int64_t j = 0; j < n; j += 4) {
+        const int nk = n - j < 4 ? (int)(n - j) : 4;
+        const char *k[4];
+        const float *g[4];
+        for (int x = 0; x < 4; x++) {
+            const int64_t jj = j + (x < nk ? x : nk - 1);
+            k[x] = krow[jj];
+            g[x] = gk + jj * ng;
+        }
+        qk4(q, D, k, g, dt, S + j, nk, R);
+    }
+}
+
+/* O[r][c .. c + 16 C) = O * corr[r] + sum_j P[r][j] V[j][c ..] for R rows. */
+KR_INLINE void pv_chunk(const float *P, int64_t j_lo, int64_t j_hi, const char *const *vrow,
+                        const float *gv, int64_t ng, kr_dtype dt, int64_t c, float *O, int64_t D,
+                        const float *corr, const int R, const int C) {
+    __m512 acc[MR][4];
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++) {
+        const __m512 cr = _mm512_set1_ps(corr[r]);
+#pragma GCC unroll 4
+        for (int x = 0; x < C; x++)
+            acc[r][x] = _mm512_mul_ps(_mm512_loadu_ps(O + r * D + c + 16 * x), cr);
+    }
+    for (int64_t j = j_lo; j < j_hi; j++) {
+        __m512 v[4];
+#pragma GCC unroll 4
+        for (int x = 0; x < C; x++) {
+            v[x] = ld16(vrow[j], c + 16 * x, dt);
+            if (dt == KR_I8)
+                v[x] = _mm512_mul_ps(v[x],
+                                     _mm512_set1_ps(gv[j * ng + (c + 16 * x) / KR_KV_INT8_GROUP]));
+        }
+#pragma GCC unroll 6
+        for (int r = 0; r < R; r++) {
+            const __m512 pj = _mm512_set1_ps(P[r * TK + j]);
+#pragma GCC unroll 4
+            for (int x = 0; x < C; x++) acc[r][x] = _mm512_fmadd_ps(pj, v[x], acc[r][x]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int x = 0; x < C; x++) _mm512_storeu_ps(O + r * D + c + 16 * x, acc[r][x]);
+}
+
+KR_INLINE void pv_all(const float *P, int64_t j_lo, int64_t j_hi, const char *const *vrow,
+                      const float *gv, int64_t ng, int64_t D, float *O, const float *corr,
+                      kr_dtype dt, const int R) {
+    int64_t c = 0;
+    for (; c + 64 <= D; c += 64) pv_chunk(P, j_lo, j_hi, vrow, gv, ng, dt, c, O, D, corr, R, 4);
+    for (; c < D; c += 16) pv_chunk(P, j_lo, j_hi, vrow, gv, ng, dt, c, O, D, corr, R, 1);
+}
+
+#define KR_AVX512_CASES(X)                                                                         \
+    X(KR_F32, 4) X(KR_F16, 4) X(KR_BF16, 4) X(KR_I8, 4) X(KR_F32, 6) X(KR_F16, 6) X(KR_BF16, 6)     \
+        X(KR_I8, 6) X(KR_F32, 1) X(KR_F16, 1) X(KR_BF16, 1) X(KR_I8, 1)
+
+static void qk_direct(const float *q, int64_t D, const char *const *krow, const float *gk,
+                      int64_t ng, int64_t n, float *S, kr_dtype dt, int R) {
+#define X(DT, RR)                                                                                  \
+    if (dt == (DT) && R == (RR)) {                                                                 \
+        qk_all(q, D, krow, gk, ng, n, S, DT, RR);                                                  \
+        return;                                                                                    \
+    }
+    KR_AVX512_CASES(X)
+#undef X
+}
+
+static void pv_direct(const float *P, int64_t j_lo, int64_t j_hi, const char *const *vrow,
+                      const float *gv, int64_t ng, int64_t D, float *O, const float *corr,
+                      kr_dtype dt, int R) {
+#define X(DT, RR)                                                                                  \
+    if (dt == (DT) && R == (RR)) {                                                                 \
+        pv_all(P, j_lo, j_hi, vrow, gv, ng, D, O, corr, DT, RR);                                   \
+        return;                                                                                    \
+    }
+    KR_AVX512_CASES(X)
+#undef X
+}
+
+static const kr_cpu_decode_kernels avx512_decode = {qk_direct, pv_direct};
+
+static kr_status attention(const kr_attention_args *a, char *err, size_t err_len) {
+    return kr_cpu_tiled_attention(a, &avx512_decode, err, err_len);
+}
+
+static kr_cpu_kernels avx512_kernels;
+
+const kr_cpu_kernels *kr_cpu_avx512_kernels(void) {
+    const kr_cpu_kernels *base = kr_cpu_avx2_kernels();
+    if (!base) return NULL;
+    avx512_kernels = *base;
+    avx512_kernels.isa = "avx512f+avx512bw+avx512vl (decode) / avx2+fma+f16c";
+    avx512_kernels.attention = attention;
+    return &avx512_kernels;
+}
