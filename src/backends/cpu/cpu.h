@@ -34,9 +34,8 @@ const kr_cpu_kernels *kr_cpu_avx2_kernels(void);
 typedef struct kr_cpu_decode_kernels {
     void (*qk)(const float *q, int64_t D, const char *const *krow, const float *gk, int64_t ng,
                int64_t n, float *S, kr_dtype dt, int R);
-    void (*pv)(const float *P, int64_t j_lo, int64_t j_hi, const char *const *vrow,
-               const float *gv, int64_t ng, int64_t D, float *O, const float *corr, kr_dtype dt,
-               int R);
+    void (*pv)(const float *P, int64_t j_lo, int64_t j_hi, const char *const *vrow, const float *gv,
+               int64_t ng, int64_t D, float *O, const float *corr, kr_dtype dt, int R);
 } kr_cpu_decode_kernels;
 
 /* The tiled attention driver (x86_avx2/) with its own decode kernels (dk

@@ -42,9 +42,8 @@ static int cpu_probe(char *reason, size_t n) {
      * the AVX2 ones (for comparisons on one machine) */
     const char *isa = getenv("KRSERVE_CPU_ISA");
     const kr_cpu_kernels *avx512_kernels = kr_cpu_avx512_kernels();
-    if (avx512_kernels && !(isa && strcmp(isa, "avx2") == 0) &&
-        __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl"))
+    if (avx512_kernels && !(isa && strcmp(isa, "avx2") == 0) && __builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
         chosen = avx512_kernels;
     snprintf(reason, n,
              "%s kernels: tiled flash attention, decode over fp16/bf16/fp32/int8 caches, "

@@ -57,9 +57,9 @@ typedef struct att_plan {
     bool direct;      /* decode: one row block per kv head, K/V read from the cache in place */
     kr_dtype kv_dt;   /* storage dtype of K/V (KR_I8 for the int8 cache) */
     const kr_cpu_decode_kernels *dk; /* a wider ISA's decode kernels, or NULL: this file's */
-    float qscale;     /* scale * log2(e) */
-    float *part;      /* ns > 1: [unit][rows_pad][D] partial outputs */
-    float *part_ml;   /* ns > 1: [unit][rows_pad][2] m and l */
+    float qscale;                    /* scale * log2(e) */
+    float *part;                     /* ns > 1: [unit][rows_pad][D] partial outputs */
+    float *part_ml;                  /* ns > 1: [unit][rows_pad][2] m and l */
 } att_plan;
 
 typedef struct att_scratch {

@@ -106,5 +106,4 @@ void kr_avx2_rope_table(double pos, const double *inv_freq, int64_t half, double
 /* The kernels (attention_avx2.c, rope_avx2.c). */
 kr_status kr_cpu_avx2_attention(const kr_attention_args *a, char *err, size_t err_len);
 
-
 #endif /* KR_CPU_SIMD_AVX2_H */

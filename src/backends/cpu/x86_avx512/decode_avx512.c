@@ -31,7 +31,8 @@
 KR_INLINE __m512 ld16(const char *row, int64_t d, kr_dtype dt) {
     switch (dt) {
     case KR_I8:
-        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + d))));
+        return _mm512_cvtepi32_ps(
+            _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + d))));
     case KR_F16: return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + 2 * d)));
     case KR_BF16:
         return _mm512_castsi512_ps(_mm512_slli_epi32(
@@ -46,7 +47,8 @@ KR_INLINE __m128 sum4(__m512 a, __m512 b, __m512 c, __m512 e) {
     const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
     const __m512 ce = _mm512_add_ps(_mm512_unpacklo_ps(c, e), _mm512_unpackhi_ps(c, e));
     /* each 128-bit lane now holds a0+a2 b0+b2 a1+a3 b1+b3 (ab) and the same for ce */
-    const __m512 x = _mm512_add_ps(_mm512_shuffle_ps(ab, ce, 0x44), _mm512_shuffle_ps(ab, ce, 0xee));
+    const __m512 x =
+        _mm512_add_ps(_mm512_shuffle_ps(ab, ce, 0x44), _mm512_shuffle_ps(ab, ce, 0xee));
     /* each 128-bit lane: partial sums of a, b, c, e in that order; add the four lanes */
     const __m512 y = _mm512_add_ps(x, _mm512_shuffle_f32x4(x, x, 0x4e));
     const __m512 z = _mm512_add_ps(y, _mm512_shuffle_f32x4(y, y, 0xb1));
@@ -141,8 +143,9 @@ KR_INLINE void pv_all(const float *P, int64_t j_lo, int64_t j_hi, const char *co
 }
 
 #define KR_AVX512_CASES(X)                                                                         \
-    X(KR_F32, 4) X(KR_F16, 4) X(KR_BF16, 4) X(KR_I8, 4) X(KR_F32, 6) X(KR_F16, 6) X(KR_BF16, 6)     \
-        X(KR_I8, 6) X(KR_F32, 1) X(KR_F16, 1) X(KR_BF16, 1) X(KR_I8, 1)
+    X(KR_F32, 4)                                                                                   \
+    X(KR_F16, 4) X(KR_BF16, 4) X(KR_I8, 4) X(KR_F32, 6) X(KR_F16, 6) X(KR_BF16, 6) X(KR_I8, 6)     \
+        X(KR_F32, 1) X(KR_F16, 1) X(KR_BF16, 1) X(KR_I8, 1)
 
 static void qk_direct(const float *q, int64_t D, const char *const *krow, const float *gk,
                       int64_t ng, int64_t n, float *S, kr_dtype dt, int R) {
