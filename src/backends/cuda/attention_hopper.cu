@@ -25,8 +25,11 @@
  * descriptors name (K-major for Q and K, N-major for V). Head_dim 128 is two
  * such slabs per tile.
  *
- * The row ranges, causal skipping of tiles, split-KV and stores are those of
- * the sm_80 kernel (prefill.cuh). Keys past a sequence's length inside the
+ * The row ranges, causal skipping of tiles and stores are those of the sm_80
+ * kernel (prefill.cuh). The split-KV arithmetic mirrors the sm_80 kernel's,
+ * but kr_cu_prefill_splits sends every call that would split (grids too
+ * small to fill the GPU) to the sm_80 kernel, whose split path the tests
+ * cover; here ws.splits is 1. Keys past a sequence's length inside the
  * tensor (ragged batches, a cache's unwritten rows) are masked in S and their
  * V rows zeroed in shared memory before P V, so garbage there cannot reach
  * the output; keys past the tensor are zero-filled by the copy engine.

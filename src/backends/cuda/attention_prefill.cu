@@ -599,8 +599,9 @@ static bool pf_hopper(const kr_cu_attention *a) {
     return a->cc == 90 && kr_cu_hopper_supported(a, why, sizeof why);
 }
 
-extern "C" int64_t kr_cu_prefill_splits(const kr_cu_attention *a, int n_sm) {
-    if (pf_hopper(a)) return kr_cu_hopper_splits(a, n_sm);
+extern "C" int64_t kr_cu_prefill_splits(const kr_cu_attention *a, int n_sm, int *hopper) {
+    *hopper = pf_hopper(a) && kr_cu_hopper_splits(a, n_sm) == 1;
+    if (*hopper) return 1;
     int64_t bm = 0;
     size_t smem = 0;
     const pf_fn fn = pf_kernel(a, &bm, &smem);
@@ -634,7 +635,7 @@ extern "C" kr_status kr_cu_prefill(const kr_cu_attention *a, const kr_cu_prefill
     if (c.window_right > reach) c.window_right = reach;
     const int splits = ws->splits > 1 ? ws->splits : 1;
     kr_status st;
-    if (pf_hopper(a)) {
+    if (ws->hopper) {
         st = kr_cu_hopper_prefill(&c, ws, stream, err, n);
         if (!st) __atomic_add_fetch(&pf_served[1], 1, __ATOMIC_RELAXED);
     } else {

@@ -341,7 +341,8 @@ static kr_status cuda_attention(const kr_attention_args *a, char *err, size_t n)
     if (st) return st;
     char why[160];
     if (c.Sq > 16 || !kr_cu_decode_supported(&c, why, sizeof why)) {
-        kr_cu_prefill_ws pw = {(int)kr_cu_prefill_splits(&c, s->n_sm), NULL, NULL};
+        kr_cu_prefill_ws pw = {1, NULL, NULL, 0};
+        pw.splits = (int)kr_cu_prefill_splits(&c, s->n_sm, &pw.hopper);
         if (pw.splits > 1) {
             const size_t bytes = kr_cu_prefill_ws_bytes(&c, pw.splits);
             st = grow(s, &s->ws, &s->ws_cap, bytes, false, err, n);

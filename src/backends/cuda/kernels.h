@@ -80,18 +80,23 @@ typedef struct kr_cu_prefill_ws {
     int splits;
     float *part_o;   /* [splits][B][H][Sq][D] */
     float *part_lse; /* [splits][B][H][Sq], log2 domain */
+    int hopper;      /* the Hopper kernel runs this call (kr_cu_prefill_splits decides) */
 } kr_cu_prefill_ws;
 
 int kr_cu_prefill_supported(const kr_cu_attention *a, char *why, size_t n);
-int64_t kr_cu_prefill_splits(const kr_cu_attention *a, int n_sm);
+/* The splits for this call, and which kernel runs it (*hopper: 1 for the
+ * Hopper kernel, which takes only calls it would not split; its split path
+ * is not exercised yet, so calls too small to fill the GPU keep the sm_80
+ * kernel and its tested split-KV). */
+int64_t kr_cu_prefill_splits(const kr_cu_attention *a, int n_sm, int *hopper);
 size_t kr_cu_prefill_ws_bytes(const kr_cu_attention *a, int64_t splits);
 kr_status kr_cu_prefill(const kr_cu_attention *a, const kr_cu_prefill_ws *ws, void *stream,
                         char *err, size_t n);
 
 /* The Hopper prefill kernel (attention_hopper.cu, sm_90a: wgmma, TMA, a
- * producer warpgroup and two consumers), which kr_cu_prefill and
- * kr_cu_prefill_splits pick on compute capability 9.0 for every case it
- * supports; the others stay on the sm_80 kernel (why: the reason). */
+ * producer warpgroup and two consumers), which kr_cu_prefill_splits picks on
+ * compute capability 9.0 for every case it supports and would not split;
+ * the others stay on the sm_80 kernel (why: the reason). */
 int kr_cu_hopper_supported(const kr_cu_attention *a, char *why, size_t n);
 int64_t kr_cu_hopper_splits(const kr_cu_attention *a, int n_sm);
 kr_status kr_cu_hopper_prefill(const kr_cu_attention *a, const kr_cu_prefill_ws *ws, void *stream,

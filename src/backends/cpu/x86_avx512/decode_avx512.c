@@ -144,8 +144,11 @@ KR_INLINE void pv_all(const float *P, int64_t j_lo, int64_t j_hi, const char *co
 
 #define KR_AVX512_CASES(X)                                                                         \
     X(KR_F32, 4)                                                                                   \
-    X(KR_F16, 4) X(KR_BF16, 4) X(KR_I8, 4) X(KR_F32, 6) X(KR_F16, 6) X(KR_BF16, 6) X(KR_I8, 6)     \
-        X(KR_F32, 1) X(KR_F16, 1) X(KR_BF16, 1) X(KR_I8, 1)
+    X(KR_F16, 4)                                                                                   \
+    X(KR_BF16, 4)                                                                                  \
+    X(KR_I8, 4)                                                                                    \
+    X(KR_F32, 6)                                                                                   \
+    X(KR_F16, 6) X(KR_BF16, 6) X(KR_I8, 6) X(KR_F32, 1) X(KR_F16, 1) X(KR_BF16, 1) X(KR_I8, 1)
 
 static void qk_direct(const float *q, int64_t D, const char *const *krow, const float *gk,
                       int64_t ng, int64_t n, float *S, kr_dtype dt, int R) {
