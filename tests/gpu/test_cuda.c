@@ -475,16 +475,29 @@ static void test_rope(void **state) {
 
 /* ---- KV cache on the device ------------------------------------------------------------- */
 
-/* Appends the same K/V to a host cache (ref) and a device cache (gpu). */
+/* A device copy of a host buffer one element past a 16-byte boundary
+ * (rows no longer 16-byte aligned); free *base. */
+static void *to_dev_shifted(kr_context *ctx, const kt_buf *b, void **base) {
+    const size_t es = kr_dtype_size(b->dt), bytes = (size_t)b->n * es;
+    if (kr_device_alloc(ctx, DEV, bytes + es, base) != KR_OK ||
+        kr_device_copy(ctx, (char *)*base + es, DEV, b->data, kr_device_cpu(), bytes) != KR_OK)
+        fail_msg("to_dev_shifted: %s", kr_context_last_error(ctx));
+    return (char *)*base + es;
+}
+
+/* Appends the same K/V to a host cache (ref) and a device cache (gpu);
+ * shifted: the device K/V rows are not 16-byte aligned (the kernels' element-wise path). */
 static void append_both(kr_kv_cache *ch, kr_kv_cache *cd, const kt_buf *k, const kt_buf *v,
                         int64_t B, int64_t S, int64_t Hkv, int64_t D, const int64_t *n_new,
-                        const kr_rope_params *rp) {
+                        const kr_rope_params *rp, bool shifted) {
     kr_tensor hk = kr_tensor_bshd(k->data, k->dt, B, S, Hkv, D);
     kr_tensor hv = kr_tensor_bshd(v->data, v->dt, B, S, Hkv, D);
     assert_int_equal(kr_kv_cache_append(ctx_ref, ch, 0, &hk, &hv, n_new, NULL, rp), KR_OK);
-    void *dk = to_dev(ctx_gpu, k), *dv = to_dev(ctx_gpu, v);
-    kr_tensor gk = kr_tensor_on(kr_tensor_bshd(dk, k->dt, B, S, Hkv, D), DEV);
-    kr_tensor gv = kr_tensor_on(kr_tensor_bshd(dv, v->dt, B, S, Hkv, D), DEV);
+    void *dk, *dv;
+    void *pk = shifted ? to_dev_shifted(ctx_gpu, k, &dk) : (dk = to_dev(ctx_gpu, k));
+    void *pv = shifted ? to_dev_shifted(ctx_gpu, v, &dv) : (dv = to_dev(ctx_gpu, v));
+    kr_tensor gk = kr_tensor_on(kr_tensor_bshd(pk, k->dt, B, S, Hkv, D), DEV);
+    kr_tensor gv = kr_tensor_on(kr_tensor_bshd(pv, v->dt, B, S, Hkv, D), DEV);
     if (kr_kv_cache_append(ctx_gpu, cd, 0, &gk, &gv, n_new, NULL, rp) != KR_OK)
         fail_msg("device append: %s", kr_context_last_error(ctx_gpu));
     assert_int_equal(kr_context_synchronize(ctx_gpu), KR_OK);
@@ -529,12 +542,24 @@ static void test_kv_cache(void **state) {
         for (int l = 0; l < 4; l++)
             for (int s = 0; s < 4; s++, id++) {
                 if (kt_quick() && lens[l] > 37) continue;
-                const int64_t B = 2, Hkv = 2, G = (l + s) % 3 == 0 ? 1 : (l + s) % 3 == 1 ? 4 : 8;
-                const int64_t H = Hkv * G, D = s % 2 ? 64 : 128, Sq = sqs[s], L = lens[l];
+                /* Hkv 24 at len 37: a token's 48 rows take two staging chunks of the append
+                 * kernel in f32; K/V given in f16, f32 or bf16, and (l == 2) unaligned */
+                const int64_t B = 2, Hkv = l == 1 ? 24 : 2,
+                              G = (l + s) % 3 == 0   ? 1
+                                  : (l + s) % 3 == 1 ? 4
+                                                     : 8;
+                const int64_t dims[] = {128, 256, 80, 64};
+                const int64_t H = Hkv * G, D = dims[s], Sq = sqs[s], L = lens[l];
+                const kr_dtype in_dt = (d + s) % 3 == 0   ? KR_F16
+                                       : (d + s) % 3 == 1 ? KR_F32
+                                                          : KR_BF16;
+                const bool shifted = l == 2;
                 char desc[200];
-                snprintf(desc, sizeof desc, "kv %s len %lld Sq %lld G %lld D %lld seed %llu",
+                snprintf(desc, sizeof desc,
+                         "kv %s len %lld Sq %lld G %lld Hkv %lld D %lld k/v %s%s seed %llu",
                          kr_dtype_name(dts[d]), (long long)L, (long long)Sq, (long long)G,
-                         (long long)D, (unsigned long long)id);
+                         (long long)Hkv, (long long)D, kr_dtype_name(in_dt),
+                         shifted ? " unaligned" : "", (unsigned long long)id);
                 kt_rng r = kt_rng_for(id ^ kt_base_seed());
                 kr_kv_cache_options o = {1, B, L + Sq, Hkv, D, dts[d], {KR_DEVICE_CPU, 0}};
                 kr_kv_cache *ch = NULL, *cd = NULL;
@@ -542,14 +567,14 @@ static void test_kv_cache(void **state) {
                 o.device = DEV;
                 if (kr_kv_cache_create(ctx_gpu, &o, &cd) != KR_OK)
                     fail_msg("%s: %s", desc, kr_context_last_error(ctx_gpu));
-                kt_buf k = kt_buf_new(KR_F16, B * L * Hkv * D), v = kt_buf_new(KR_F16, k.n);
+                kt_buf k = kt_buf_new(in_dt, B * L * Hkv * D), v = kt_buf_new(in_dt, k.n);
                 fill(&r, &k, NULL);
                 fill(&r, &v, NULL);
                 for (int64_t i = 0; i < k.n; i += D) kt_set(&k, i + 5, 20.0 * kt_get(&k, i + 5));
                 int64_t n_new[2] = {L, L > 1 ? L - L / 3 : 1}; /* ragged */
                 kr_rope_params rp = kr_rope_params_default();
                 rp.layout = (kr_rope_layout)(s % 2);
-                append_both(ch, cd, &k, &v, B, L, Hkv, D, n_new, &rp);
+                append_both(ch, cd, &k, &v, B, L, Hkv, D, n_new, &rp, shifted);
                 const double ea = read_back_err(ch, cd, B, Hkv, D);
                 /* bit-equal arithmetic; a last-bit cos/sin difference can move an int8 code */
                 if (!(ea <= (dts[d] == KR_I8 ? 2e-3 : 1e-6)))

@@ -483,12 +483,7 @@ static kr_status cuda_kv_append(const kr_kv_append_args *a, char *err, size_t n)
     c.half = half;
     c.layout = a->layout;
     c.attention_factor = a->attention_factor;
-    c.vec = c.D % 4 == 0;
-    for (int w = 0; w < 2; w++) {
-        const kr_tensor *t = w ? a->v : a->k;
-        c.vec = c.vec && t->stride[3] == 1 && (uintptr_t)t->data % 16 == 0;
-        for (int i = 0; i < 3; i++) c.vec = c.vec && t->stride[i] % 4 == 0;
-    }
+    c.vec = c.D % 4 == 0 && half % 4 == 0;
     st = lens_of(s, kc->len + a->layer * B, B, &c.len, err, n);
     if (!st) st = lens_of(s, a->n_new, B, &c.n_new, err, n);
     void *d = NULL;

@@ -137,7 +137,7 @@ typedef struct kr_cu_append {
     int64_t half;
     kr_rope_layout layout;
     double attention_factor;
-    bool vec; /* k and v rows: unit inner stride, 4-element aligned: 4-wide loads */
+    bool vec; /* D % 4 == 0 and half % 4 == 0: the staged rows are read 4 channels at a time */
 } kr_cu_append;
 
 /* Per-channel amax of the rows an append brings (K after RoPE): amax_k and

@@ -1,23 +1,24 @@
 /*
  * rope.cu — RoPE in place, and RoPE + conversion / int8 quantisation +
- * append into a cache layer in one pass.
+ * append into a cache layer in one pass over the data.
  *
- * Both work one block per token: the block first turns the token's
- * position into cos/sin for every rotated pair (in double, rounded to fp32
- * times the attention factor, exactly as ref_rope.c), then every head of
- * the token reuses them. Pairs, for rotary_dim 8:
+ * Both work one block per token: while the token's loads are in flight,
+ * threads < half turn its position into cos/sin for every rotated pair (in
+ * double, rounded to fp32 times the attention factor, exactly as
+ * ref_rope.c) in shared memory; then every head of the token reuses them.
+ * Pairs, for rotary_dim 8:
  *
  *   interleaved  [x0 y0 x1 y1 x2 y2 x3 y3]   pair i = (2i, 2i+1)
  *   half-split   [x0 x1 x2 x3 y0 y1 y2 y3]   pair i = (i, i + half)
  *
  * The rotation x' = x c - y s, y' = x s + y c is written with _rn
  * intrinsics so nvcc cannot contract it into FMAs: results match the
- * reference bit for bit. The vector path moves 4 pairs per thread (8 or 16
- * bytes of f16/bf16 per load); the scalar path takes any strides.
+ * reference bit for bit. The hot loops are instantiated per dtype (and
+ * layout) from one inlined body with compile-time arguments; vector paths
+ * move 4 channels per load (8 or 16 bytes), scalar paths take any strides.
  */
 #include "common.cuh"
-
-#define RP_THREADS 128
+#include "tc.cuh"
 
 __device__ __forceinline__ void rp_rotate(float x, float y, float c, float s, float *xo,
                                           float *yo) {
@@ -72,157 +73,224 @@ __device__ __forceinline__ void rp_store4(void *p, int dt, int64_t off, const fl
     }
 }
 
-__global__ void __launch_bounds__(RP_THREADS) rp_kernel(kr_cu_rope r, int vector_path) {
-    extern __shared__ float2 cs[];
+/* 4 channels [c0, c0 + 4) of a row at `row` (element offset of channel 0,
+ * unit stride, 4-aligned; half % 4 == 0), rotated with the token's table cs
+ * when rot. The 4 channels sit on one side of their pairs: interleaved,
+ * both pairs are inside the 4; half-split, the partners are 4 channels
+ * half away. */
+__device__ __forceinline__ void rp_chunk4(const void *p, int dt, int64_t row, int64_t c0, bool rot,
+                                          int64_t half, int layout, const float2 *cs, float *o) {
+    float x[4];
+    rp_load4(p, dt, row + c0, x);
+    if (!rot || c0 >= 2 * half) {
+        o[0] = x[0], o[1] = x[1], o[2] = x[2], o[3] = x[3];
+        return;
+    }
+    if (layout == KR_ROPE_INTERLEAVED) {
+        const float4 t = *(const float4 *)(cs + c0 / 2); /* pairs c0/2, c0/2 + 1 */
+        rp_rotate(x[0], x[1], t.x, t.y, &o[0], &o[1]);
+        rp_rotate(x[2], x[3], t.z, t.w, &o[2], &o[3]);
+        return;
+    }
+    const bool first = c0 < half;
+    const int64_t i0 = first ? c0 : c0 - half;
+    float y[4], dummy;
+    rp_load4(p, dt, row + (first ? c0 + half : c0 - half), y);
+    const float4 t0 = *(const float4 *)(cs + i0), t1 = *(const float4 *)(cs + i0 + 2);
+    const float cc[4] = {t0.x, t0.z, t1.x, t1.z}, ss[4] = {t0.y, t0.w, t1.y, t1.w};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        if (first)
+            rp_rotate(x[j], y[j], cc[j], ss[j], &o[j], &dummy);
+        else
+            rp_rotate(y[j], x[j], cc[j], ss[j], &dummy, &o[j]);
+    }
+}
+
+/* Channel c of a contiguous row (any D, any half), rotated when rot. */
+__device__ __forceinline__ float rp_elem(const void *row, int dt, int64_t c, bool rot, int64_t half,
+                                         int layout, const float2 *cs) {
+    const float v = cu_load(row, dt, c);
+    if (!rot || c >= 2 * half) return v;
+    int64_t i, partner;
+    bool first;
+    if (layout == KR_ROPE_INTERLEAVED)
+        i = c / 2, first = c % 2 == 0, partner = first ? c + 1 : c - 1;
+    else
+        first = c < half, i = first ? c : c - half, partner = first ? c + half : c - half;
+    const float w = cu_load(row, dt, partner);
+    float o, dummy;
+    if (first)
+        rp_rotate(v, w, cs[i].x, cs[i].y, &o, &dummy);
+    else
+        rp_rotate(w, v, cs[i].x, cs[i].y, &dummy, &o);
+    return o;
+}
+
+/* RoPE in place over one token, vector path (unit inner stride, 16-byte
+ * aligned, half % 4 == 0): an item is 4 pairs (8 channels) of one head,
+ * RP_BATCH items a thread loaded before any is stored. DT, SPLIT:
+ * compile-time at every call. */
+#define RP_BLOCK 128
+#define RP_BATCH 2
+__device__ __forceinline__ void rp_token(const kr_cu_rope &r, unsigned b, unsigned t,
+                                         const float2 *cs, const int DT, const bool SPLIT) {
     const kr_tensor &x = r.x;
-    const int64_t S = x.shape[1], H = x.shape[2];
-    const int64_t tok = blockIdx.x, b = tok / S, t = tok % S;
-    rp_table(cs, (double)r.positions[tok], r.inv_freq, r.half, r.attention_factor);
+    const unsigned half = (unsigned)r.half, groups = half / 4,
+                   items = (unsigned)x.shape[2] * groups;
+    const int64_t step = SPLIT ? 4 : 8, second = SPLIT ? half : 4;
+    /* item it = h groups + g, walked without divisions */
+    unsigned g = threadIdx.x % groups, h = threadIdx.x / groups;
+    const unsigned hstep = RP_BLOCK / groups, gstep = RP_BLOCK % groups;
+    for (unsigned i0 = threadIdx.x; i0 < items; i0 += RP_BLOCK * RP_BATCH) {
+        float f[RP_BATCH][8];
+        int64_t at[RP_BATCH];
+        unsigned gg[RP_BATCH];
+#pragma unroll
+        for (int u = 0; u < RP_BATCH; u++) {
+            gg[u] = g;
+            if (i0 + u * RP_BLOCK < items) {
+                at[u] = cu_off(x, b, t, h, 0) + step * g;
+                rp_load4(x.data, DT, at[u], f[u]);
+                rp_load4(x.data, DT, at[u] + second, f[u] + 4);
+            }
+            g += gstep, h += hstep;
+            if (g >= groups) g -= groups, h++;
+        }
+#pragma unroll
+        for (int u = 0; u < RP_BATCH; u++) {
+            if (i0 + u * RP_BLOCK >= items) continue;
+            float o[8];
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const float2 c = cs[4 * gg[u] + k];
+                if (SPLIT)
+                    rp_rotate(f[u][k], f[u][4 + k], c.x, c.y, &o[k], &o[4 + k]);
+                else
+                    rp_rotate(f[u][2 * k], f[u][2 * k + 1], c.x, c.y, &o[2 * k], &o[2 * k + 1]);
+            }
+            rp_store4(x.data, DT, at[u], o);
+            rp_store4(x.data, DT, at[u] + second, o + 4);
+        }
+    }
+}
+
+/* RoPE in place: a block per token (grid x); scalar path: a pair per item,
+ * any strides. */
+__global__ void __launch_bounds__(RP_BLOCK) rp_kernel(kr_cu_rope r, int vector_path) {
+    extern __shared__ float2 rp_cs[];
+    const kr_tensor &x = r.x;
+    const unsigned S = (unsigned)x.shape[1], tok = blockIdx.x, b = tok / S, t = tok - b * S;
+    rp_table(rp_cs, (double)r.positions[tok], r.inv_freq, r.half, r.attention_factor);
     __syncthreads();
     const int dt = x.dtype;
-    if (vector_path) { /* 4 pairs per item */
-        const int64_t groups = r.half / 4;
-        for (int64_t it = threadIdx.x; it < H * groups; it += RP_THREADS) {
-            const int64_t h = it / groups, g = it % groups;
-            const int64_t base = cu_off(x, b, t, h, 0);
-            float f[8], o[8];
-            if (r.layout == KR_ROPE_HALF_SPLIT) {
-                rp_load4(x.data, dt, base + 4 * g, f);
-                rp_load4(x.data, dt, base + r.half + 4 * g, f + 4);
-                for (int k = 0; k < 4; k++) {
-                    const float2 c = cs[4 * g + k];
-                    rp_rotate(f[k], f[4 + k], c.x, c.y, &o[k], &o[4 + k]);
-                }
-                rp_store4(x.data, dt, base + 4 * g, o);
-                rp_store4(x.data, dt, base + r.half + 4 * g, o + 4);
-            } else {
-                rp_load4(x.data, dt, base + 8 * g, f);
-                rp_load4(x.data, dt, base + 8 * g + 4, f + 4);
-                for (int k = 0; k < 4; k++) {
-                    const float2 c = cs[4 * g + k];
-                    rp_rotate(f[2 * k], f[2 * k + 1], c.x, c.y, &o[2 * k], &o[2 * k + 1]);
-                }
-                rp_store4(x.data, dt, base + 8 * g, o);
-                rp_store4(x.data, dt, base + 8 * g + 4, o + 4);
-            }
+    if (!vector_path) {
+        const unsigned half = (unsigned)r.half, H = (unsigned)x.shape[2];
+        for (unsigned it = threadIdx.x; it < H * half; it += RP_BLOCK) {
+            const unsigned h = it / half, i = it - h * half;
+            const int64_t ix = r.layout == KR_ROPE_INTERLEAVED ? 2 * i : i;
+            const int64_t iy = r.layout == KR_ROPE_INTERLEAVED ? 2 * i + 1 : i + half;
+            const int64_t ox = cu_off(x, b, t, h, ix), oy = cu_off(x, b, t, h, iy);
+            float xo, yo;
+            rp_rotate(cu_load(x.data, dt, ox), cu_load(x.data, dt, oy), rp_cs[i].x, rp_cs[i].y, &xo,
+                      &yo);
+            cu_store(x.data, dt, ox, xo);
+            cu_store(x.data, dt, oy, yo);
         }
         return;
     }
-    for (int64_t it = threadIdx.x; it < H * r.half; it += RP_THREADS) {
-        const int64_t h = it / r.half, i = it % r.half;
-        const int64_t ix = r.layout == KR_ROPE_INTERLEAVED ? 2 * i : i;
-        const int64_t iy = r.layout == KR_ROPE_INTERLEAVED ? 2 * i + 1 : i + r.half;
-        const int64_t ox = cu_off(x, b, t, h, ix), oy = cu_off(x, b, t, h, iy);
-        float xo, yo;
-        rp_rotate(cu_load(x.data, dt, ox), cu_load(x.data, dt, oy), cs[i].x, cs[i].y, &xo, &yo);
-        cu_store(x.data, dt, ox, xo);
-        cu_store(x.data, dt, oy, yo);
-    }
+    const bool split = r.layout == KR_ROPE_HALF_SPLIT;
+    if (dt == KR_F16)
+        split ? rp_token(r, b, t, rp_cs, KR_F16, true) : rp_token(r, b, t, rp_cs, KR_F16, false);
+    else if (dt == KR_BF16)
+        split ? rp_token(r, b, t, rp_cs, KR_BF16, true) : rp_token(r, b, t, rp_cs, KR_BF16, false);
+    else
+        split ? rp_token(r, b, t, rp_cs, KR_F32, true) : rp_token(r, b, t, rp_cs, KR_F32, false);
 }
 
 extern "C" kr_status kr_cu_rope_run(const kr_cu_rope *r, bool vector_path, void *stream, char *err,
                                     size_t n) {
     const int64_t tokens = r->x.shape[0] * r->x.shape[1];
-    if (tokens > 0x7fffffff) {
-        snprintf(err, n, "rope: %lld tokens is more than one launch takes", (long long)tokens);
+    if (tokens > 0x7fffffff || r->x.shape[2] * r->half > 0x7fffffff) {
+        snprintf(err, n, "rope: %lld tokens x %lld heads too many for one launch",
+                 (long long)tokens, (long long)r->x.shape[2]);
         return KR_ERR_UNSUPPORTED;
     }
+    if (tokens == 0) return KR_OK;
     const size_t smem = sizeof(float2) * (size_t)(r->half > 0 ? r->half : 1);
-    rp_kernel<<<(unsigned)tokens, RP_THREADS, smem, (cudaStream_t)stream>>>(*r, vector_path);
+    rp_kernel<<<(unsigned)tokens, RP_BLOCK, smem, (cudaStream_t)stream>>>(*r, vector_path);
     return cu_launched("rope", err, n);
 }
 
 /* ---- append --------------------------------------------------------------- */
 
-/* The grid of the append kernels: x = token t * AP_BLOCKS_PER_TOKEN(Hkv) + row
- * block, y = sequence b; each warp takes one of the token's 2 * Hkv rows
- * (K rows first, then V), so all rows of all tokens are in flight at once. */
-#define AP_WARPS (RP_THREADS / 32)
-#define AP_ROW_BLOCKS(hkv) ((2 * (hkv) + AP_WARPS - 1) / AP_WARPS)
+/* A block per token of a sequence (grid x = token x row chunk, y =
+ * sequence). The token's 2 Hkv rows (K rows first, then V) are staged raw
+ * in shared memory — by 16-byte cp.async copies when the rows allow, so all
+ * the block's bytes are in flight at once — while the table is built; then
+ * a warp per row: rotate (K), convert or quantise, store. A lane holds channels
+ * 4 lane + 128 k + j (j < 4): its stores are 4-wide and coalesced, and an
+ * int8 group (32 channels) is 8 lanes, its max 3 shuffles. A token whose
+ * rows do not fit AP_STAGE bytes is split into row chunks. */
+#define AP_THREADS 256
+#define AP_WARPS (AP_THREADS / 32)
+#define AP_STAGE 16384
+#define AP_MAX_PITCH (40 * 1024)
 
-/* Token t of sequence b, or false when it is past n_new[b]. */
-__device__ __forceinline__ bool ap_token(const kr_cu_append &a, int64_t *slot, double *pos) {
-    const int64_t t = blockIdx.x / AP_ROW_BLOCKS(a.Hkv), b = blockIdx.y;
-    if (t >= cu_len(a.n_new, b)) return false;
-    *slot = cu_len(a.len, b) + t;
-    *pos = a.positions ? (double)a.positions[b * a.S + t] : (double)*slot;
-    return true;
+/* Channels [c0, c0 + 4) of a staged row (raw, dtype dt), rotated when rot;
+ * 0 past D. vec: D % 4 == 0 and half % 4 == 0 (4-wide shared loads). */
+__device__ __forceinline__ void ap_chunk(const kr_cu_append &a, const unsigned char *row, int dt,
+                                         int64_t c0, bool rot, const float2 *cs, float *o) {
+    if (a.vec && c0 < a.D) {
+        rp_chunk4(row, dt, 0, c0, rot, a.half, a.layout, cs, o);
+        return;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+        o[j] = c0 + j < a.D ? rp_elem(row, dt, c0 + j, rot, a.half, a.layout, cs) : 0.0f;
 }
 
-/* Loads row (b, t, h) of src into this warp's row buffer, rotated when
- * asked (K with RoPE). Ends with the row visible to the whole warp. */
-__device__ __forceinline__ void ap_load_row(const kr_cu_append &a, const kr_tensor &src,
-                                            bool rotate, int64_t h, const float2 *cs, float *row) {
-    const int64_t t = blockIdx.x / AP_ROW_BLOCKS(a.Hkv), b = blockIdx.y;
+/* Quantises a staged row (rotated when rot) into q[D] and meta with
+ * kr_ref_quantize_row's arithmetic: y = x / chan, the row's amax (a NaN
+ * sticks) and each group's, the f16 row scale rounded up, the u8 group
+ * shares, codes rint(y / step) clamped to +-127. D <= 256: k < 2. */
+__device__ __forceinline__ void ap_quantize(const kr_cu_append &a, const unsigned char *row, int dt,
+                                            bool rot, const float2 *cs, const float *chan,
+                                            int8_t *q, uint8_t *meta) {
     const int lane = threadIdx.x % 32;
-    if (a.vec) { /* 4 channels per load */
-        const int64_t base = cu_off(src, b, t, h, 0);
-        for (int64_t c4 = lane; c4 < a.D / 4; c4 += 32)
-            rp_load4(src.data, src.dtype, base + 4 * c4, row + 4 * c4);
-    } else {
-        for (int64_t c = lane; c < a.D; c += 32)
-            row[c] = cu_load(src.data, src.dtype, cu_off(src, b, t, h, c));
+    const int64_t D = a.D, groups = (D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
+    float y[2][4], gmax[2] = {0.0f, 0.0f};
+    bool nan = false;
+#pragma unroll
+    for (int k = 0; k < 2; k++) {
+        const int64_t c0 = 4 * lane + 128 * k;
+        if (128 * k >= D) { /* warp-uniform */
+            y[k][0] = y[k][1] = y[k][2] = y[k][3] = 0.0f;
+            continue;
+        }
+        ap_chunk(a, row, dt, c0, rot, cs, y[k]);
+        float f[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+        if (D % 4 == 0 && c0 < D) {
+            const float4 v = *(const float4 *)(chan + c0);
+            f[0] = v.x, f[1] = v.y, f[2] = v.z, f[3] = v.w;
+        } else {
+            for (int j = 0; j < 4; j++)
+                if (c0 + j < D) f[j] = chan[c0 + j];
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            y[k][j] = y[k][j] / f[j];
+            const float m = fabsf(y[k][j]);
+            nan |= m != m;
+            gmax[k] = fmaxf(gmax[k], m); /* drops a NaN, as ref's group max does */
+        }
+        for (int o = 1; o < 8; o <<= 1)
+            gmax[k] = fmaxf(gmax[k], __shfl_xor_sync(0xffffffffu, gmax[k], o));
     }
-    __syncwarp();
-    if (!rotate) return;
-    float xo[8], yo[8]; /* half <= 256 pairs: 8 per lane */
-    int k = 0;
-    for (int64_t i = lane; i < a.half; i += 32, k++) {
-        const int64_t ix = a.layout == KR_ROPE_INTERLEAVED ? 2 * i : i;
-        const int64_t iy = a.layout == KR_ROPE_INTERLEAVED ? 2 * i + 1 : i + a.half;
-        rp_rotate(row[ix], row[iy], cs[i].x, cs[i].y, &xo[k], &yo[k]);
-    }
-    __syncwarp();
-    k = 0;
-    for (int64_t i = lane; i < a.half; i += 32, k++) {
-        const int64_t ix = a.layout == KR_ROPE_INTERLEAVED ? 2 * i : i;
-        const int64_t iy = a.layout == KR_ROPE_INTERLEAVED ? 2 * i + 1 : i + a.half;
-        row[ix] = xo[k];
-        row[iy] = yo[k];
-    }
-    __syncwarp();
-}
-
-__global__ void __launch_bounds__(RP_THREADS)
-    ap_amax_kernel(kr_cu_append a, float *amax_k, float *amax_v) {
-    extern __shared__ float sh[];
-    float2 *cs = (float2 *)sh;
-    float *row = sh + 2 * (a.half > 0 ? a.half : 1) + (threadIdx.x / 32) * a.D;
-    int64_t slot;
-    double pos;
-    if (!ap_token(a, &slot, &pos)) return;
-    if (a.inv_freq) rp_table(cs, pos, a.inv_freq, a.half, a.attention_factor);
-    __syncthreads();
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int64_t w = (blockIdx.x % AP_ROW_BLOCKS(a.Hkv)) * AP_WARPS + warp;
-    if (w >= 2 * a.Hkv) return;
-    const bool is_k = w < a.Hkv;
-    const int64_t h = is_k ? w : w - a.Hkv;
-    ap_load_row(a, is_k ? a.k : a.v, is_k && a.inv_freq, h, cs, row);
-    float *amax = (is_k ? amax_k : amax_v) + h * a.D;
-    for (int64_t c = lane; c < a.D; c += 32) {
-        const float v = fabsf(row[c]);
-        if (v == v) atomicMax((unsigned *)&amax[c], __float_as_uint(v));
-    }
-}
-
-/* Quantises this warp's row (kv_cache.h's layout, kr_ref_quantize_row's
- * arithmetic) into q[D] and meta. Channel c sits in lane c % 32, so group g
- * (channels 32g..32g+31) is one pass of the warp. */
-__device__ __forceinline__ void ap_quantize(const kr_cu_append &a, const float *row,
-                                            const float *chan, int8_t *q, uint8_t *meta) {
-    const int lane = threadIdx.x % 32;
-    const int64_t groups = (a.D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
-    float y[8], gmax[8], amax = 0.0f;
-    for (int g = 0; g < 8; g++) {
-        const int64_t c = lane + 32 * g;
-        y[g] = c < a.D ? row[c] / chan[c] : 0.0f;
-        float m = g < groups ? fabsf(y[g]) : 0.0f;
-        amax = cu_nanmax(amax, m);
-        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-        gmax[g] = m;
-    }
-    for (int o = 16; o > 0; o >>= 1) amax = cu_nanmax(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    float amax = fmaxf(gmax[0], gmax[1]);
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 8));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 16));
+    if (__any_sync(0xffffffffu, nan)) amax = __int_as_float(0x7fc00000);
     const bool fin = isfinite(amax);
     unsigned short rh =
         __half_as_ushort(__float2half_rn(fin ? amax / 127.0f : __int_as_float(0x7fc00000)));
@@ -232,77 +300,175 @@ __device__ __forceinline__ void ap_quantize(const kr_cu_append &a, const float *
         meta[0] = (uint8_t)(rh & 0xff);
         meta[1] = (uint8_t)(rh >> 8);
     }
-    for (int g = 0; g < groups; g++) {
+#pragma unroll
+    for (int k = 0; k < 2; k++) {
+        const int64_t c0 = 4 * lane + 128 * k, g = c0 / KR_KV_INT8_GROUP;
+        if (g >= groups) continue;
         float u = row_scale > 0.0f
-                      ? ceilf(__fdiv_rn(__fmul_rn(255.0f, gmax[g]), __fmul_rn(127.0f, row_scale)))
+                      ? ceilf(__fdiv_rn(__fmul_rn(255.0f, gmax[k]), __fmul_rn(127.0f, row_scale)))
                       : 0.0f;
         if (!(u <= 255.0f)) u = 255.0f;
         const uint8_t ub = (uint8_t)u;
-        if (lane == 0) meta[2 + g] = ub;
+        if (lane % 8 == 0) meta[2 + g] = ub;
         const float s = __fmul_rn(row_scale, __fmul_rn((float)ub, 1.0f / 255.0f));
         const float inv = s > 0.0f && isfinite(s) ? 1.0f / s : 0.0f;
-        const int64_t c = lane + 32 * g;
-        if (c >= a.D) continue;
-        float r = inv > 0.0f ? rintf(__fmul_rn(y[g], inv)) : 0.0f;
-        if (r > 127.0f) r = 127.0f;
-        if (r < -127.0f) r = -127.0f;
-        q[c] = r == r ? (int8_t)r : 0;
+        unsigned packed = 0;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            float r = inv > 0.0f ? rintf(__fmul_rn(y[k][j], inv)) : 0.0f;
+            if (r > 127.0f) r = 127.0f;
+            if (r < -127.0f) r = -127.0f;
+            const int8_t code = r == r ? (int8_t)r : 0;
+            packed |= (unsigned)(uint8_t)code << (8 * j);
+            if (D % 4 && c0 + j < D) q[c0 + j] = code;
+        }
+        if (D % 4 == 0 && c0 < D) *(unsigned *)(q + c0) = packed;
     }
 }
 
-__global__ void __launch_bounds__(RP_THREADS) ap_kernel(kr_cu_append a) {
-    extern __shared__ float sh[];
-    float2 *cs = (float2 *)sh;
-    float *row = sh + 2 * (a.half > 0 ? a.half : 1) + (threadIdx.x / 32) * a.D;
-    int64_t slot;
-    double pos;
-    if (!ap_token(a, &slot, &pos)) return;
-    if (a.inv_freq) rp_table(cs, pos, a.inv_freq, a.half, a.attention_factor);
+/* The rows of one staged token chunk, a warp per row; DT (the K/V dtype)
+ * compile-time at every call. With amax_k set (a layer's first int8
+ * append), the per-channel amax of the rows (K after RoPE) instead of the
+ * store. */
+__device__ __forceinline__ void ap_rows(const kr_cu_append &a, const unsigned char *stage,
+                                        unsigned pitch, unsigned r0, unsigned nr, unsigned b,
+                                        int64_t slot, const float2 *cs, float *amax_k,
+                                        float *amax_v, const int DT) {
+    const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (unsigned r = warp; r < nr; r += AP_WARPS) {
+        const bool is_k = r0 + r < a.Hkv, rot = is_k && a.inv_freq;
+        const unsigned h = is_k ? r0 + r : r0 + r - (unsigned)a.Hkv;
+        const unsigned char *row = stage + (size_t)r * pitch;
+        if (amax_k) {
+            float *am = (is_k ? amax_k : amax_v) + h * a.D;
+            for (int64_t c0 = 4 * lane; c0 < a.D; c0 += 128) {
+                float o[4];
+                ap_chunk(a, row, DT, c0, rot, cs, o);
+                for (int j = 0; j < 4 && c0 + j < a.D; j++) {
+                    const float v = fabsf(o[j]);
+                    if (v == v) atomicMax((unsigned *)&am[c0 + j], __float_as_uint(v));
+                }
+            }
+            continue;
+        }
+        const int64_t dr = (b * a.capacity + slot) * a.Hkv + h; /* the cache row */
+        void *dst = is_k ? a.k_dst : a.v_dst;
+        if (a.dtype == KR_I8) {
+            ap_quantize(a, row, DT, rot, cs, (is_k ? a.k_chan : a.v_chan) + h * a.D,
+                        (int8_t *)dst + dr * a.D,
+                        (is_k ? a.k_meta : a.v_meta) + dr * KR_KV_INT8_META_BYTES(a.D));
+            continue;
+        }
+        for (int64_t c0 = 4 * lane; c0 < a.D; c0 += 128) {
+            float o[4];
+            ap_chunk(a, row, DT, c0, rot, cs, o);
+            if (a.D % 4 == 0) /* cache rows are contiguous and 4-element aligned */
+                rp_store4(dst, a.dtype, dr * a.D + c0, o);
+            else
+                for (int j = 0; j < 4 && c0 + j < a.D; j++)
+                    cu_store(dst, a.dtype, dr * a.D + c0 + j, o[j]);
+        }
+    }
+}
+
+__global__ void __launch_bounds__(AP_THREADS, 4)
+    ap_kernel(kr_cu_append a, unsigned rows, unsigned pitch, bool cp16, float *amax_k,
+              float *amax_v) {
+    extern __shared__ __align__(16) unsigned char ap_sh[];
+    const unsigned R2 = (unsigned)(2 * a.Hkv), chunks = (R2 + rows - 1) / rows, b = blockIdx.y;
+    const unsigned t = blockIdx.x / chunks, r0 = (blockIdx.x - t * chunks) * rows;
+    if (t >= cu_len(a.n_new, b)) return;
+    const int64_t slot = cu_len(a.len, b) + t;
+    const unsigned nr = R2 - r0 < rows ? R2 - r0 : rows;
+    float2 *cs = (float2 *)(ap_sh + (size_t)rows * pitch);
+
+    /* 1: the rows, raw, into shared memory */
+    if (cp16) {
+        const unsigned per = pitch / 16;
+        for (unsigned x = threadIdx.x; x < nr * per; x += AP_THREADS) {
+            const unsigned r = x / per, c = x - r * per;
+            const bool is_k = r0 + r < a.Hkv;
+            const kr_tensor &src = is_k ? a.k : a.v;
+            const unsigned h = is_k ? r0 + r : r0 + r - (unsigned)a.Hkv;
+            const int es = src.dtype == KR_F32 ? 4 : 2;
+            tc_cp16(ap_sh + (size_t)r * pitch + 16 * c,
+                    (const char *)src.data + cu_off(src, b, t, h, 0) * es + 16 * c, true);
+        }
+        tc_commit();
+    } else {
+        for (unsigned x = threadIdx.x; x < nr * a.D; x += AP_THREADS) {
+            const unsigned r = x / (unsigned)a.D, c = x - r * (unsigned)a.D;
+            const bool is_k = r0 + r < a.Hkv;
+            const kr_tensor &src = is_k ? a.k : a.v;
+            const unsigned h = is_k ? r0 + r : r0 + r - (unsigned)a.Hkv;
+            const int64_t off = cu_off(src, b, t, h, c);
+            unsigned char *d = ap_sh + (size_t)r * pitch;
+            if (src.dtype == KR_F32)
+                ((float *)d)[c] = ((const float *)src.data)[off];
+            else
+                ((uint16_t *)d)[c] = ((const uint16_t *)src.data)[off];
+        }
+    }
+    /* 2: cos/sin of the token's position, while the copies fly */
+    if (a.inv_freq && r0 < a.Hkv) {
+        const double pos = a.positions ? (double)a.positions[b * a.S + t] : (double)slot;
+        rp_table(cs, pos, a.inv_freq, a.half, a.attention_factor);
+    }
+    if (cp16) tc_wait(0);
     __syncthreads();
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int64_t b = blockIdx.y;
-    const int64_t M = KR_KV_INT8_META_BYTES(a.D);
-    const int64_t w = (blockIdx.x % AP_ROW_BLOCKS(a.Hkv)) * AP_WARPS + warp;
-    if (w >= 2 * a.Hkv) return;
-    const bool is_k = w < a.Hkv;
-    const int64_t h = is_k ? w : w - a.Hkv;
-    ap_load_row(a, is_k ? a.k : a.v, is_k && a.inv_freq, h, cs, row);
-    const int64_t r = (b * a.capacity + slot) * a.Hkv + h;
-    void *dst = is_k ? a.k_dst : a.v_dst;
-    if (a.dtype == KR_I8)
-        ap_quantize(a, row, (is_k ? a.k_chan : a.v_chan) + h * a.D, (int8_t *)dst + r * a.D,
-                    (is_k ? a.k_meta : a.v_meta) + r * M);
-    else if (a.D % 4 == 0) /* cache rows are contiguous and aligned */
-        for (int64_t c4 = lane; c4 < a.D / 4; c4 += 32)
-            rp_store4(dst, a.dtype, r * a.D + 4 * c4, row + 4 * c4);
+
+    /* 3: a warp per row */
+    if (a.k.dtype == KR_F16)
+        ap_rows(a, ap_sh, pitch, r0, nr, b, slot, cs, amax_k, amax_v, KR_F16);
+    else if (a.k.dtype == KR_BF16)
+        ap_rows(a, ap_sh, pitch, r0, nr, b, slot, cs, amax_k, amax_v, KR_BF16);
     else
-        for (int64_t c = lane; c < a.D; c += 32) cu_store(dst, a.dtype, r * a.D + c, row[c]);
+        ap_rows(a, ap_sh, pitch, r0, nr, b, slot, cs, amax_k, amax_v, KR_F32);
 }
 
-static kr_status ap_launch(const kr_cu_append *a, bool amax, float *amax_k, float *amax_v,
-                           void *stream, char *err, size_t n) {
-    if (a->S > 0x7fffffff || a->B > 65535) {
-        snprintf(err, n, "kv append: S %lld or batch %lld too large for one launch",
-                 (long long)a->S, (long long)a->B);
+/* Rows of a K or V tensor (f32, f16 or bf16; K and V alike) 16-byte
+ * aligned and contiguous: 16-byte cp.async copies. */
+static int64_t ap_esize(const kr_tensor *t) { return t->dtype == KR_F32 ? 4 : 2; }
+static bool ap_rows16(const kr_tensor *t, int64_t D) {
+    const int64_t es = ap_esize(t);
+    if ((uintptr_t)t->data % 16 || t->stride[3] != 1 || D * es % 16) return false;
+    for (int i = 0; i < 3; i++)
+        if (t->stride[i] * es % 16) return false;
+    return true;
+}
+
+static kr_status ap_launch(const kr_cu_append *a, float *amax_k, float *amax_v, void *stream,
+                           char *err, size_t n) {
+    if (a->B > 65535) {
+        snprintf(err, n, "kv append: batch %lld too large for one launch", (long long)a->B);
         return KR_ERR_UNSUPPORTED;
     }
-    if (a->half > 256 || (a->dtype == KR_I8 && a->D > 256)) {
-        snprintf(err, n, "kv append: head_dim %lld too large", (long long)a->D);
+    if (a->dtype == KR_I8 && a->D > 256) {
+        snprintf(err, n, "kv append: head_dim %lld too large for the int8 cache", (long long)a->D);
         return KR_ERR_UNSUPPORTED;
     }
-    const size_t smem =
-        sizeof(float) * (size_t)(2 * (a->half > 0 ? a->half : 1) + (RP_THREADS / 32) * a->D);
-    if (a->S * AP_ROW_BLOCKS(a->Hkv) > 0x7fffffff) {
+    const int64_t pitch = (a->D * ap_esize(&a->k) + 15) / 16 * 16; /* K and V share a dtype */
+    if (pitch > AP_MAX_PITCH || a->half > 1024) {
+        snprintf(err, n, "kv append: head_dim %lld rows too large to stage", (long long)a->D);
+        return KR_ERR_UNSUPPORTED;
+    }
+    int64_t rows = AP_STAGE / pitch;
+    if (rows < 1) rows = 1;
+    if (rows > 2 * a->Hkv) rows = 2 * a->Hkv;
+    const int64_t chunks = (2 * a->Hkv + rows - 1) / rows;
+    if (a->S * chunks > 0x7fffffff || 2 * a->Hkv * a->D > 0x7fffffff) {
         snprintf(err, n, "kv append: S %lld x Hkv %lld too large for one launch", (long long)a->S,
                  (long long)a->Hkv);
         return KR_ERR_UNSUPPORTED;
     }
-    dim3 grid((unsigned)(a->S * AP_ROW_BLOCKS(a->Hkv)), (unsigned)a->B);
-    if (amax)
-        ap_amax_kernel<<<grid, RP_THREADS, smem, (cudaStream_t)stream>>>(*a, amax_k, amax_v);
-    else
-        ap_kernel<<<grid, RP_THREADS, smem, (cudaStream_t)stream>>>(*a);
-    return cu_launched(amax ? "kv append (channel amax)" : "kv append", err, n);
+    if (a->S * chunks == 0 || a->B == 0) return KR_OK;
+    const bool cp16 = ap_rows16(&a->k, a->D) && ap_rows16(&a->v, a->D);
+    const size_t smem =
+        (size_t)(rows * pitch) + sizeof(float2) * (size_t)(a->half > 0 ? a->half : 1);
+    dim3 grid((unsigned)(a->S * chunks), (unsigned)a->B);
+    ap_kernel<<<grid, AP_THREADS, smem, (cudaStream_t)stream>>>(*a, (unsigned)rows, (unsigned)pitch,
+                                                                cp16, amax_k, amax_v);
+    return cu_launched(amax_k ? "kv append (channel amax)" : "kv append", err, n);
 }
 
 extern "C" kr_status kr_cu_append_amax(const kr_cu_append *a, float *amax_k, float *amax_v,
@@ -314,9 +480,9 @@ extern "C" kr_status kr_cu_append_amax(const kr_cu_append *a, float *amax_k, flo
         snprintf(err, n, "kv append: %s", cudaGetErrorString(e));
         return KR_ERR_BACKEND;
     }
-    return ap_launch(a, true, amax_k, amax_v, stream, err, n);
+    return ap_launch(a, amax_k, amax_v, stream, err, n);
 }
 
 extern "C" kr_status kr_cu_append_run(const kr_cu_append *a, void *stream, char *err, size_t n) {
-    return ap_launch(a, false, NULL, NULL, stream, err, n);
+    return ap_launch(a, NULL, NULL, stream, err, n);
 }
