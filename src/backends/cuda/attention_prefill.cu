@@ -560,6 +560,77 @@ extern "C" int kr_cu_prefill_supported(const kr_cu_attention *a, char *why, size
     return 1;
 }
 
+/* ---- the int8 cache staged for the Hopper kernel ------------------------------
+ * Rows [0, len_b) of every sequence's K and V dequantised — code x group
+ * scale x channel factor, kr_ref's order, rounded once to q's type — into
+ * [B][Skv][Hkv][D] buffers; rows past len_b are zeros. A thread takes one
+ * 16-code chunk of a K row and of the V row beside it. */
+#define ST_THREADS 256
+
+__global__ void __launch_bounds__(ST_THREADS)
+    st_kernel(kr_cu_attention a, void *ks, void *vs, int dt) {
+    const int64_t b = blockIdx.y, per_row = a.D / 16;
+    const int64_t x = (int64_t)blockIdx.x * ST_THREADS + threadIdx.x;
+    const int64_t row = x / per_row, ch = x % per_row, j = row / a.Hkv, hk = row % a.Hkv;
+    if (j >= a.Skv) return;
+    const int64_t dst = ((b * a.Skv + j) * a.Hkv + hk) * a.D + 16 * ch;
+    const bool live = j < (a.has_lens ? cu_len(a.lens, b) : a.Skv);
+    const int64_t src = (b * a.k8.capacity + j) * a.Hkv + hk, M = KR_KV_INT8_META_BYTES(a.D);
+    for (int w = 0; w < 2; w++) {
+        const kr_cu_int8 &q8 = w ? a.v8 : a.k8;
+        unsigned o[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        if (live) {
+            const uint4 raw = *(const uint4 *)(q8.data + src * a.D + 16 * ch);
+            const unsigned wd[4] = {raw.x, raw.y, raw.z, raw.w};
+            const float gs = cu_int8_group_scale(q8.meta + src * M, 16 * ch / KR_KV_INT8_GROUP);
+            const float4 *cf = (const float4 *)(q8.chan + hk * a.D + 16 * ch);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float4 f = cf[e];
+                const float c[4] = {f.x, f.y, f.z, f.w};
+                float v[4];
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    v[i] = __fmul_rn(__fmul_rn((float)(int8_t)(wd[e] >> (8 * i)), gs), c[i]);
+                o[2 * e] = tc_pack(v[0], v[1], dt);
+                o[2 * e + 1] = tc_pack(v[2], v[3], dt);
+            }
+        }
+        uint4 *d = (uint4 *)((uint16_t *)(w ? vs : ks) + dst);
+        d[0] = make_uint4(o[0], o[1], o[2], o[3]);
+        d[1] = make_uint4(o[4], o[5], o[6], o[7]);
+    }
+}
+
+extern "C" size_t kr_cu_int8_stage_bytes(const kr_cu_attention *a) {
+    if (!a->int8 || a->D % 16 || (a->q.dtype != KR_F16 && a->q.dtype != KR_BF16)) return 0;
+    return 2 * 2 * (size_t)(a->B * a->Skv * a->Hkv * a->D);
+}
+
+extern "C" void kr_cu_int8_stage_view(const kr_cu_attention *a, void *buf, kr_cu_attention *out) {
+    *out = *a;
+    out->int8 = false;
+    const size_t half = kr_cu_int8_stage_bytes(a) / 2;
+    out->k = kr_tensor_bshd(buf, a->q.dtype, a->B, a->Skv, a->Hkv, a->D);
+    out->v = kr_tensor_bshd((char *)buf + half, a->q.dtype, a->B, a->Skv, a->Hkv, a->D);
+    out->k.device = out->v.device = a->q.device;
+}
+
+extern "C" kr_status kr_cu_int8_stage(const kr_cu_attention *a, const kr_cu_attention *view,
+                                      void *stream, char *err, size_t n) {
+    const int64_t chunks = a->Skv * a->Hkv * (a->D / 16);
+    const int64_t blocks = (chunks + ST_THREADS - 1) / ST_THREADS;
+    if (blocks > 0x7fffffff || a->B > 65535) {
+        snprintf(err, n, "int8 staging: kv length %lld x %lld heads too large for one launch",
+                 (long long)a->Skv, (long long)a->Hkv);
+        return KR_ERR_UNSUPPORTED;
+    }
+    if (blocks == 0 || a->B == 0) return KR_OK;
+    st_kernel<<<dim3((unsigned)blocks, (unsigned)a->B), ST_THREADS, 0, (cudaStream_t)stream>>>(
+        *a, view->k.data, view->v.data, a->q.dtype);
+    return cu_launched("int8 staging", err, n);
+}
+
 typedef void (*pf_fn)(kr_cu_attention, bool, kr_cu_prefill_ws);
 
 /* The kernel for this call, its rows per block and its shared memory. Two

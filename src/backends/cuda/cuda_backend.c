@@ -104,6 +104,8 @@ typedef struct cu_state {
     size_t ws_cap;
     uint32_t *counters; /* decode arrival counters, kept zero */
     size_t counters_cap;
+    void *stage; /* the int8 cache dequantised for the Hopper prefill kernel */
+    size_t stage_cap;
 } cu_state;
 
 static kr_status cu_fail(cudaError_t e, const char *what, char *err, size_t n) {
@@ -156,6 +158,7 @@ static void st_close(void *state) {
     cudaFree(s->scratch);
     cudaFree(s->ws);
     cudaFree(s->counters);
+    cudaFree(s->stage);
     cudaStreamDestroy(s->own);
     cudaGetLastError(); /* a failed close leaves nothing behind */
     free(s);
@@ -330,6 +333,37 @@ static kr_status grow(cu_state *s, void **buf, size_t *cap, size_t bytes, bool z
     return KR_OK;
 }
 
+/* Prefill over the int8 cache on Hopper: the sm_80 kernel dequantises every
+ * tile inside its loop (a quarter of its own f16 speed); the Hopper kernel
+ * reads f16/bf16 through TMA. So when q is f16/bf16 and the staged K/V fit
+ * KR_CU_INT8_STAGE_MAX, the rows are dequantised once into a buffer in q's
+ * type and the Hopper kernel runs over that (when it would take the call
+ * unsplit); anything else, or a failed allocation, keeps the sm_80 kernel. */
+#define KR_CU_INT8_STAGE_MAX ((size_t)512 << 20)
+
+static bool int8_staged(cu_state *s, kr_cu_attention *c, char *err, size_t n) {
+    const size_t bytes = kr_cu_int8_stage_bytes(c);
+    if (c->cc != 90 || bytes == 0 || bytes > KR_CU_INT8_STAGE_MAX) return false;
+    if (grow(s, &s->stage, &s->stage_cap, bytes, false, err, n) != KR_OK) {
+        (void)cudaGetLastError(); /* no room: the sm_80 kernel needs none */
+        err[0] = 0;
+        return false;
+    }
+    kr_cu_attention h;
+    kr_cu_int8_stage_view(c, s->stage, &h);
+    int hopper = 0;
+    (void)kr_cu_prefill_splits(&h, s->n_sm, &hopper);
+    return hopper;
+}
+
+static kr_status st_staged(cu_state *s, const kr_cu_attention *c, char *err, size_t n) {
+    kr_cu_attention h;
+    kr_cu_int8_stage_view(c, s->stage, &h);
+    kr_status st = kr_cu_int8_stage(c, &h, s->cur, err, n);
+    const kr_cu_prefill_ws pw = {1, NULL, NULL, 1};
+    return st ? st : kr_cu_prefill(&h, &pw, s->cur, err, n);
+}
+
 static kr_status cuda_attention(const kr_attention_args *a, char *err, size_t n) {
     cu_state *s = a->dev_state;
     kr_cu_attention c;
@@ -342,6 +376,7 @@ static kr_status cuda_attention(const kr_attention_args *a, char *err, size_t n)
     char why[160];
     if (c.Sq > 16 || !kr_cu_decode_supported(&c, why, sizeof why)) {
         kr_cu_prefill_ws pw = {1, NULL, NULL, 0};
+        if (int8_staged(s, &c, err, n)) return st_staged(s, &c, err, n);
         pw.splits = (int)kr_cu_prefill_splits(&c, s->n_sm, &pw.hopper);
         if (pw.splits > 1) {
             const size_t bytes = kr_cu_prefill_ws_bytes(&c, pw.splits);

@@ -105,6 +105,15 @@ kr_status kr_cu_hopper_prefill(const kr_cu_attention *a, const kr_cu_prefill_ws 
  * [0] sm_80 (mma.sync), [1] Hopper (wgmma). */
 void kr_cu_prefill_counts(int64_t counts[2]);
 
+/* The int8 cache for the Hopper kernel: bytes of the f16/bf16 staging
+ * buffers (0 when the call cannot be staged: not int8, head_dim not a
+ * multiple of 16, q not f16/bf16), the f16/bf16 view of a call over a
+ * buffer of that size, and the dequantisation into it. */
+size_t kr_cu_int8_stage_bytes(const kr_cu_attention *a);
+void kr_cu_int8_stage_view(const kr_cu_attention *a, void *buf, kr_cu_attention *out);
+kr_status kr_cu_int8_stage(const kr_cu_attention *a, const kr_cu_attention *view, void *stream,
+                           char *err, size_t n);
+
 /* The unfused path: one block per (query row, head, sequence), keys in
  * chunks with an online softmax. Serves every case, slowly. */
 kr_status kr_cu_attention_unfused(const kr_cu_attention *a, void *stream, char *err, size_t n);
