@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# bench/prefill_lab.sh — the prefill kernel lab. Builds the CUDA plugin once per
-# variant of src/backends/cuda/attention_prefill.cu (its PF_* macros
-# overridden: warps per block, 16-row tiles per warp, keys per tile, stages),
-# then runs the prefill part of tests/gpu/bench_sdpa.py with each plugin in
-# turn: every result is checked against torch's flash backend before it is
-# timed (a wrong variant prints WRONG, never a speed). The history of the
-# variants is in docs/PERFORMANCE.md.
+# bench/prefill_lab.sh — the kernel lab (prefill; decode with KR_LAB_PART=decode).
+# Builds the CUDA plugin once per variant (macros overridden: the prefill
+# kernels' PF_* / HP_* — warps per block, 16-row tiles per warp, keys per tile,
+# stages — or the decode kernels' DP_STAGES / DP_TILE_BYTES), then runs that
+# part of tests/gpu/bench_sdpa.py with each plugin in turn: every result is
+# checked against torch's flash backend before it is timed (a wrong variant
+# prints WRONG, never a speed). The history of the variants is in
+# docs/PERFORMANCE.md.
 #
 # Usage: bench/prefill_lab.sh [BUILD_DIR] [NAME:FLAGS ...]
 #   BUILD_DIR (default build): a CMake build with libkrserve.so (the plugin is
 #   rebuilt here; nvcc and the CUDA headers are all the build needs).
 #   NAME:FLAGS e.g. "mt2-nw4:-DPF_MT=2 -DPF_NW=4"; default: the list below.
-#   KR_LAB_FULL=1: the full prefill grid (else the quick one); KR_LAB_TORCH=1:
-#   time torch's backends as well (=first: with the first variant only).
+#   KR_LAB_FULL=1: the full grid (else the quick one); KR_LAB_TORCH=1:
+#   time torch's backends as well (=first: with the first variant only);
+#   KR_LAB_PART=decode: the decode kernels (table in microseconds).
 # Writes $OUT/<name>/{build.log,bench.log,bench_gpu.json} (OUT default
 # /tmp/krserve-lab) and prints one TFLOP/s table, a column per variant.
 set -euo pipefail
@@ -20,6 +22,7 @@ B=build
 if [ $# -gt 0 ] && [[ "$1" != *:* ]]; then B=$1; shift; fi
 OUT=${OUT:-/tmp/krserve-lab}
 ARCH=${KR_LAB_ARCH:-90a}
+PART=${KR_LAB_PART:-prefill}
 variants=("$@")
 if [ ${#variants[@]} = 0 ]; then
   variants=("v1-mt1:-DPF_MT=1" "v2-mt2:-DPF_MT=2" "mt2-st3:-DPF_MT=2 -DPF_STAGES=3"
@@ -52,21 +55,32 @@ for v in "${variants[@]}"; do
   fi
   first=0
   KRSERVE_PLUGIN_PATH="$OUT/$name/libkrserve-cuda.so" python3 -u "$here/tests/gpu/bench_sdpa.py" \
-    --lib "$here/$B/libkrserve.so" --out "$OUT/$name" --only prefill \
+    --lib "$here/$B/libkrserve.so" --out "$OUT/$name" --only "$PART" \
     $([ "${KR_LAB_FULL:-0}" = 1 ] || echo --quick) $torch \
     >"$OUT/$name/bench.log" 2>&1 || echo "bench failed: $name (see $OUT/$name/bench.log)"
 done
-python3 - "$OUT" "${variants[@]}" <<'PY'
+python3 - "$OUT" "$PART" "${variants[@]}" <<'PY'
 import json, os, sys
-out, names = sys.argv[1], [v.split(":")[0] for v in sys.argv[2:]]
+out, part, names = sys.argv[1], sys.argv[2], [v.split(":")[0] for v in sys.argv[3:]]
 res = {}
 for n in names:
     f = os.path.join(out, n, "bench_gpu.json")
     if os.path.exists(f):
-        res[n] = {(r["head_dim"], r["causal"], r["dtype"], r["seq"]): r
-                  for r in json.load(open(f))["prefill"]}
+        rows = json.load(open(f))[part]
+        res[n] = {((r["batch"], r["kv_len"]) if part == "decode" else
+                   (r["head_dim"], r["causal"], r["dtype"], r["seq"])): r for r in rows}
 if not res:
     sys.exit("no variant ran")
+if part == "decode":
+    first = next(iter(res.values()))
+    us = lambda r, k: "%.1f" % r[k] if r and r.get(k) else ("WRONG" if r and r.get("wrong") else "-")
+    print("| batch x kv_len | " + " | ".join(list(res) + ["flash", "cudnn"]) + " |")
+    print("|---" * (3 + len(res)) + "|")
+    for key, r0 in first.items():
+        cells = [us(res[n].get(key), "krserve_us") for n in res]
+        print("| %d x %d | %s | %s | %s |" % (key[0], key[1], " | ".join(cells), us(r0, "flash_us"),
+                                             us(r0, "cudnn_us")))
+    sys.exit(0)
 first = next(iter(res.values()))
 torch_cols = [c for c in ("flash", "cudnn") if any(r.get(c + "_ms") for r in first.values())]
 print("| head_dim | mask | dtype | seq | " + " | ".join(list(res) + torch_cols) + " |")

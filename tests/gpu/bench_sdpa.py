@@ -418,6 +418,9 @@ def decode(kr, quick):
             for name, be in (("flash", SDPBackend.FLASH_ATTENTION),
                              ("cudnn", SDPBackend.CUDNN_ATTENTION),
                              ("math", SDPBackend.MATH)):
+                if KR_ONLY:
+                    row[name + "_us"] = None
+                    continue
                 if name == "math" and kv_bytes * (H // Hkv) > 8 << 30:
                     row[name + "_us"] = None
                     row[name + "_note"] = "skipped: the math backend expands K/V 4x for GQA"

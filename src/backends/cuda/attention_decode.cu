@@ -373,9 +373,9 @@ DECODE_KERNEL(dc_i8_r8_d256, dc_body(a, splits, ws, 8, KR_I8, 256))
 
 /* ---- v3: f16 / bf16 K/V through a cp.async pipeline in shared memory ----
  *
- * The block streams its split's keys in tiles of DP_BT(D) keys (16 KiB of K
- * and 16 KiB of V), DP_STAGES tiles deep: while the warps compute on one tile
- * the next ones are in flight, so each SM keeps ~128 KiB of loads outstanding
+ * The block streams its split's keys in tiles of DP_BT(D) keys (32 KiB of K
+ * and 32 KiB of V at head_dim 128), DP_STAGES tiles deep: while the warps compute on one tile
+ * the next one is in flight, so each SM keeps ~64-128 KiB of loads outstanding
  * without holding them in registers. Rows are padded by 16 bytes in shared
  * memory so that 8 lanes reading 8 different key rows hit 8 different banks.
  *
@@ -383,8 +383,22 @@ DECODE_KERNEL(dc_i8_r8_d256, dc_body(a, splits, ws, 8, KR_I8, 256))
  * the scores each key is spread over D / 64 lanes of 64 channels each (one
  * shuffle step per extra lane), for p * V every lane takes D / 32 channels of
  * each of the warp's keys, as in v2. */
-#define DP_STAGES 3 /* dp_wait_ahead waits for DP_STAGES - 2 */
-#define DP_BT(D) (8192 / (D))
+/* The lab (KR_LAB_PART=decode bench/prefill_lab.sh) overrides these. H100,
+ * 32:8 heads, head_dim 128: 128-key tiles in 2 stages (one block of 139 KiB
+ * per SM) beat 64-key tiles in 3 (two blocks of 106 KiB) by 2-5 % from 256 MB
+ * of KV and lose 5-7 % at 1K keys (docs/PERFORMANCE.md, CUDA history). The
+ * tensor-core kernels take at most 128 keys a tile (a warp's scores live in
+ * registers: 32 keys); v3 (head_dim 256) keeps 32. */
+#ifndef DP_STAGES
+#define DP_STAGES 2 /* dp_wait_ahead waits for DP_STAGES - 2 (2 to 4 stages) */
+#endif
+#ifndef DP_TILE_KEYS
+#define DP_TILE_KEYS 128
+#endif
+#define DP_BT(D) ((D) >= 256 ? 32 : DP_TILE_KEYS)
+static_assert(DP_TILE_KEYS % (16 * KR_CU_DECODE_WARPS) == 0 &&
+                  DP_TILE_KEYS / KR_CU_DECODE_WARPS <= 32,
+              "a warp's share of a tensor-core tile: 16-key steps, at most 32 keys");
 #define DP_PITCH(D) (2 * (D) + 16)
 
 /* Wait until at most DP_STAGES - 2 groups (the tiles ahead) are in flight, or none. */
@@ -1068,15 +1082,22 @@ extern "C" int64_t kr_cu_decode_splits(const kr_cu_attention *a, int n_sm) {
     }
     if (!a->int8 || a->D != 256) {
         /* v3/v4: the fewest splits that fill the SMs' block slots to >= 90% over
-         * whole waves, each split at least two tiles (one round trip). */
+         * whole waves, each split at least two tiles (one round trip). Only
+         * counts that share the tiles out evenly are tried: 30 splits of 64
+         * tiles would give 3 tiles to 22 splits and none to 8 (and a third
+         * round trip to every block), where 32 splits of 2 tiles fill the same
+         * slots in two. */
         size_t smem = 0;
         const dc_kernel_fn fn = dp_kernel(a, &smem);
         const int64_t slots = (int64_t)n_sm * cu_blocks_per_sm((const void *)fn, DC_THREADS, smem);
-        int64_t max_s = (lmax + 2 * DP_BT(a->D) - 1) / (2 * DP_BT(a->D));
+        const int64_t tiles = (lmax + DP_BT(a->D) - 1) / DP_BT(a->D);
+        int64_t max_s = (tiles + 1) / 2;
         if (max_s > 1024) max_s = 1024;
         int64_t best = 1;
         double best_eff = 0;
-        for (int64_t s = 1; s <= max_s; s++) {
+        for (int64_t t = 1; t <= max_s; t++) {
+            const int64_t per = (tiles + t - 1) / t, s = (tiles + per - 1) / per;
+            if (s != t) continue; /* the same split as a smaller count */
             const int64_t blocks = units * s, waves = (blocks + slots - 1) / slots;
             const double eff = (double)blocks / (double)(waves * slots);
             if (eff > best_eff + 1e-9) best = s, best_eff = eff;
