@@ -2,7 +2,7 @@
 # bench/prefill_lab.sh — the kernel lab (prefill; decode with KR_LAB_PART=decode).
 # Builds the CUDA plugin once per variant (macros overridden: the prefill
 # kernels' PF_* / HP_* — warps per block, 16-row tiles per warp, keys per tile,
-# stages — or the decode kernels' DP_STAGES / DP_TILE_BYTES), then runs that
+# stages — or the decode kernels' DP_STAGES / DP_TILE_KEYS), then runs that
 # part of tests/gpu/bench_sdpa.py with each plugin in turn: every result is
 # checked against torch's flash backend before it is timed (a wrong variant
 # prints WRONG, never a speed). The history of the variants is in

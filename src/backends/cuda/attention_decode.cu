@@ -1082,7 +1082,8 @@ extern "C" int64_t kr_cu_decode_splits(const kr_cu_attention *a, int n_sm) {
     }
     if (!a->int8 || a->D != 256) {
         /* v3/v4: the fewest splits that fill the SMs' block slots to >= 90% over
-         * whole waves, each split at least two tiles (one round trip). Only
+         * whole waves, each split at least two tiles (one round trip) unless
+         * the keys are too few to fill the slots that way (1 x 1K). Only
          * counts that share the tiles out evenly are tried: 30 splits of 64
          * tiles would give 3 tiles to 22 splits and none to 8 (and a third
          * round trip to every block), where 32 splits of 2 tiles fill the same
@@ -1091,7 +1092,7 @@ extern "C" int64_t kr_cu_decode_splits(const kr_cu_attention *a, int n_sm) {
         const dc_kernel_fn fn = dp_kernel(a, &smem);
         const int64_t slots = (int64_t)n_sm * cu_blocks_per_sm((const void *)fn, DC_THREADS, smem);
         const int64_t tiles = (lmax + DP_BT(a->D) - 1) / DP_BT(a->D);
-        int64_t max_s = (tiles + 1) / 2;
+        int64_t max_s = units * ((tiles + 1) / 2) < slots ? tiles : (tiles + 1) / 2;
         if (max_s > 1024) max_s = 1024;
         int64_t best = 1;
         double best_eff = 0;

@@ -129,12 +129,12 @@ __device__ __forceinline__ float rp_elem(const void *row, int dt, int64_t c, boo
 
 /* RoPE in place over one token, vector path (unit inner stride, 16-byte
  * aligned, half % 4 == 0): an item is 4 pairs (8 channels) of one head,
- * RP_BATCH items a thread loaded before any is stored. DT, SPLIT:
- * compile-time at every call. */
+ * RP_BATCH items a thread loaded before any is stored, the table built while
+ * the first ones fly. DT, SPLIT: compile-time at every call. */
 #define RP_BLOCK 128
 #define RP_BATCH 2
-__device__ __forceinline__ void rp_token(const kr_cu_rope &r, unsigned b, unsigned t,
-                                         const float2 *cs, const int DT, const bool SPLIT) {
+__device__ __forceinline__ void rp_token(const kr_cu_rope &r, unsigned b, unsigned t, double pos,
+                                         float2 *cs, const int DT, const bool SPLIT) {
     const kr_tensor &x = r.x;
     const unsigned half = (unsigned)r.half, groups = half / 4,
                    items = (unsigned)x.shape[2] * groups;
@@ -142,7 +142,10 @@ __device__ __forceinline__ void rp_token(const kr_cu_rope &r, unsigned b, unsign
     /* item it = h groups + g, walked without divisions */
     unsigned g = threadIdx.x % groups, h = threadIdx.x / groups;
     const unsigned hstep = RP_BLOCK / groups, gstep = RP_BLOCK % groups;
-    for (unsigned i0 = threadIdx.x; i0 < items; i0 += RP_BLOCK * RP_BATCH) {
+    /* every thread takes the first round (its loads may be none), which builds
+     * the table once the first loads are in flight */
+    bool first = true;
+    for (unsigned i0 = threadIdx.x; first || i0 < items; i0 += RP_BLOCK * RP_BATCH) {
         float f[RP_BATCH][8];
         int64_t at[RP_BATCH];
         unsigned gg[RP_BATCH];
@@ -156,6 +159,11 @@ __device__ __forceinline__ void rp_token(const kr_cu_rope &r, unsigned b, unsign
             }
             g += gstep, h += hstep;
             if (g >= groups) g -= groups, h++;
+        }
+        if (first) {
+            rp_table(cs, pos, r.inv_freq, r.half, r.attention_factor);
+            __syncthreads();
+            first = false;
         }
 #pragma unroll
         for (int u = 0; u < RP_BATCH; u++) {
@@ -181,31 +189,35 @@ __global__ void __launch_bounds__(RP_BLOCK) rp_kernel(kr_cu_rope r, int vector_p
     extern __shared__ float2 rp_cs[];
     const kr_tensor &x = r.x;
     const unsigned S = (unsigned)x.shape[1], tok = blockIdx.x, b = tok / S, t = tok - b * S;
-    rp_table(rp_cs, (double)r.positions[tok], r.inv_freq, r.half, r.attention_factor);
-    __syncthreads();
+    const double pos = (double)r.positions[tok];
     const int dt = x.dtype;
-    if (!vector_path) {
-        const unsigned half = (unsigned)r.half, H = (unsigned)x.shape[2];
-        for (unsigned it = threadIdx.x; it < H * half; it += RP_BLOCK) {
-            const unsigned h = it / half, i = it - h * half;
-            const int64_t ix = r.layout == KR_ROPE_INTERLEAVED ? 2 * i : i;
-            const int64_t iy = r.layout == KR_ROPE_INTERLEAVED ? 2 * i + 1 : i + half;
-            const int64_t ox = cu_off(x, b, t, h, ix), oy = cu_off(x, b, t, h, iy);
-            float xo, yo;
-            rp_rotate(cu_load(x.data, dt, ox), cu_load(x.data, dt, oy), rp_cs[i].x, rp_cs[i].y, &xo,
-                      &yo);
-            cu_store(x.data, dt, ox, xo);
-            cu_store(x.data, dt, oy, yo);
-        }
+    const bool split = r.layout == KR_ROPE_HALF_SPLIT;
+    if (vector_path) {
+        if (dt == KR_F16)
+            split ? rp_token(r, b, t, pos, rp_cs, KR_F16, true)
+                  : rp_token(r, b, t, pos, rp_cs, KR_F16, false);
+        else if (dt == KR_BF16)
+            split ? rp_token(r, b, t, pos, rp_cs, KR_BF16, true)
+                  : rp_token(r, b, t, pos, rp_cs, KR_BF16, false);
+        else
+            split ? rp_token(r, b, t, pos, rp_cs, KR_F32, true)
+                  : rp_token(r, b, t, pos, rp_cs, KR_F32, false);
         return;
     }
-    const bool split = r.layout == KR_ROPE_HALF_SPLIT;
-    if (dt == KR_F16)
-        split ? rp_token(r, b, t, rp_cs, KR_F16, true) : rp_token(r, b, t, rp_cs, KR_F16, false);
-    else if (dt == KR_BF16)
-        split ? rp_token(r, b, t, rp_cs, KR_BF16, true) : rp_token(r, b, t, rp_cs, KR_BF16, false);
-    else
-        split ? rp_token(r, b, t, rp_cs, KR_F32, true) : rp_token(r, b, t, rp_cs, KR_F32, false);
+    rp_table(rp_cs, pos, r.inv_freq, r.half, r.attention_factor);
+    __syncthreads();
+    const unsigned half = (unsigned)r.half, H = (unsigned)x.shape[2];
+    for (unsigned it = threadIdx.x; it < H * half; it += RP_BLOCK) {
+        const unsigned h = it / half, i = it - h * half;
+        const int64_t ix = r.layout == KR_ROPE_INTERLEAVED ? 2 * i : i;
+        const int64_t iy = r.layout == KR_ROPE_INTERLEAVED ? 2 * i + 1 : i + half;
+        const int64_t ox = cu_off(x, b, t, h, ix), oy = cu_off(x, b, t, h, iy);
+        float xo, yo;
+        rp_rotate(cu_load(x.data, dt, ox), cu_load(x.data, dt, oy), rp_cs[i].x, rp_cs[i].y, &xo,
+                  &yo);
+        cu_store(x.data, dt, ox, xo);
+        cu_store(x.data, dt, oy, yo);
+    }
 }
 
 extern "C" kr_status kr_cu_rope_run(const kr_cu_rope *r, bool vector_path, void *stream, char *err,
@@ -258,12 +270,12 @@ __device__ __forceinline__ void ap_quantize(const kr_cu_append &a, const unsigne
                                             bool rot, const float2 *cs, const float *chan,
                                             int8_t *q, uint8_t *meta) {
     const int lane = threadIdx.x % 32;
-    const int64_t D = a.D, groups = (D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
+    const int D = (int)a.D, groups = (D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP; /* D <= 256 */
     float y[2][4], gmax[2] = {0.0f, 0.0f};
     bool nan = false;
 #pragma unroll
     for (int k = 0; k < 2; k++) {
-        const int64_t c0 = 4 * lane + 128 * k;
+        const int c0 = 4 * lane + 128 * k;
         if (128 * k >= D) { /* warp-uniform */
             y[k][0] = y[k][1] = y[k][2] = y[k][3] = 0.0f;
             continue;
@@ -279,7 +291,9 @@ __device__ __forceinline__ void ap_quantize(const kr_cu_append &a, const unsigne
         }
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-            y[k][j] = y[k][j] / f[j];
+            /* most factors are 1 (kv_cache.h: only outlier channels get one), and
+             * dividing by 1 is exact: the division runs only where a lane needs it */
+            if (f[j] != 1.0f) y[k][j] = y[k][j] / f[j];
             const float m = fabsf(y[k][j]);
             nan |= m != m;
             gmax[k] = fmaxf(gmax[k], m); /* drops a NaN, as ref's group max does */
@@ -302,7 +316,7 @@ __device__ __forceinline__ void ap_quantize(const kr_cu_append &a, const unsigne
     }
 #pragma unroll
     for (int k = 0; k < 2; k++) {
-        const int64_t c0 = 4 * lane + 128 * k, g = c0 / KR_KV_INT8_GROUP;
+        const int c0 = 4 * lane + 128 * k, g = c0 / KR_KV_INT8_GROUP;
         if (g >= groups) continue;
         float u = row_scale > 0.0f
                       ? ceilf(__fdiv_rn(__fmul_rn(255.0f, gmax[k]), __fmul_rn(127.0f, row_scale)))
@@ -327,19 +341,19 @@ __device__ __forceinline__ void ap_quantize(const kr_cu_append &a, const unsigne
 }
 
 /* The rows of one staged token chunk, a warp per row; DT (the K/V dtype)
- * compile-time at every call. With amax_k set (a layer's first int8
- * append), the per-channel amax of the rows (K after RoPE) instead of the
- * store. */
+ * and I8 (an int8 cache) compile-time at every call. With amax_k set (a
+ * layer's first int8 append), the per-channel amax of the rows (K after
+ * RoPE) instead of the store. */
 __device__ __forceinline__ void ap_rows(const kr_cu_append &a, const unsigned char *stage,
                                         unsigned pitch, unsigned r0, unsigned nr, unsigned b,
                                         int64_t slot, const float2 *cs, float *amax_k,
-                                        float *amax_v, const int DT) {
+                                        float *amax_v, const int DT, const bool I8) {
     const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     for (unsigned r = warp; r < nr; r += AP_WARPS) {
         const bool is_k = r0 + r < a.Hkv, rot = is_k && a.inv_freq;
         const unsigned h = is_k ? r0 + r : r0 + r - (unsigned)a.Hkv;
         const unsigned char *row = stage + (size_t)r * pitch;
-        if (amax_k) {
+        if (I8 && amax_k) {
             float *am = (is_k ? amax_k : amax_v) + h * a.D;
             for (int64_t c0 = 4 * lane; c0 < a.D; c0 += 128) {
                 float o[4];
@@ -353,7 +367,7 @@ __device__ __forceinline__ void ap_rows(const kr_cu_append &a, const unsigned ch
         }
         const int64_t dr = (b * a.capacity + slot) * a.Hkv + h; /* the cache row */
         void *dst = is_k ? a.k_dst : a.v_dst;
-        if (a.dtype == KR_I8) {
+        if (I8) {
             ap_quantize(a, row, DT, rot, cs, (is_k ? a.k_chan : a.v_chan) + h * a.D,
                         (int8_t *)dst + dr * a.D,
                         (is_k ? a.k_meta : a.v_meta) + dr * KR_KV_INT8_META_BYTES(a.D));
@@ -371,9 +385,10 @@ __device__ __forceinline__ void ap_rows(const kr_cu_append &a, const unsigned ch
     }
 }
 
-__global__ void __launch_bounds__(AP_THREADS, 4)
-    ap_kernel(kr_cu_append a, unsigned rows, unsigned pitch, bool cp16, float *amax_k,
-              float *amax_v) {
+/* One token chunk: stage, table, rows. I8 compile-time (the int8 cache's
+ * quantisation and amax take registers the conversions do not need). */
+__device__ __forceinline__ void ap_body(const kr_cu_append &a, unsigned rows, unsigned pitch,
+                                        bool cp16, float *amax_k, float *amax_v, const bool I8) {
     extern __shared__ __align__(16) unsigned char ap_sh[];
     const unsigned R2 = (unsigned)(2 * a.Hkv), chunks = (R2 + rows - 1) / rows, b = blockIdx.y;
     const unsigned t = blockIdx.x / chunks, r0 = (blockIdx.x - t * chunks) * rows;
@@ -419,11 +434,22 @@ __global__ void __launch_bounds__(AP_THREADS, 4)
 
     /* 3: a warp per row */
     if (a.k.dtype == KR_F16)
-        ap_rows(a, ap_sh, pitch, r0, nr, b, slot, cs, amax_k, amax_v, KR_F16);
+        ap_rows(a, ap_sh, pitch, r0, nr, b, slot, cs, amax_k, amax_v, KR_F16, I8);
     else if (a.k.dtype == KR_BF16)
-        ap_rows(a, ap_sh, pitch, r0, nr, b, slot, cs, amax_k, amax_v, KR_BF16);
+        ap_rows(a, ap_sh, pitch, r0, nr, b, slot, cs, amax_k, amax_v, KR_BF16, I8);
     else
-        ap_rows(a, ap_sh, pitch, r0, nr, b, slot, cs, amax_k, amax_v, KR_F32);
+        ap_rows(a, ap_sh, pitch, r0, nr, b, slot, cs, amax_k, amax_v, KR_F32, I8);
+}
+
+__global__ void __launch_bounds__(AP_THREADS, 6)
+    ap_kernel(kr_cu_append a, unsigned rows, unsigned pitch, bool cp16) {
+    ap_body(a, rows, pitch, cp16, NULL, NULL, false);
+}
+
+__global__ void __launch_bounds__(AP_THREADS, 4)
+    ap_kernel_i8(kr_cu_append a, unsigned rows, unsigned pitch, bool cp16, float *amax_k,
+                 float *amax_v) {
+    ap_body(a, rows, pitch, cp16, amax_k, amax_v, true);
 }
 
 /* Rows of a K or V tensor (f32, f16 or bf16; K and V alike) 16-byte
@@ -466,8 +492,12 @@ static kr_status ap_launch(const kr_cu_append *a, float *amax_k, float *amax_v, 
     const size_t smem =
         (size_t)(rows * pitch) + sizeof(float2) * (size_t)(a->half > 0 ? a->half : 1);
     dim3 grid((unsigned)(a->S * chunks), (unsigned)a->B);
-    ap_kernel<<<grid, AP_THREADS, smem, (cudaStream_t)stream>>>(*a, (unsigned)rows, (unsigned)pitch,
-                                                                cp16, amax_k, amax_v);
+    if (a->dtype == KR_I8)
+        ap_kernel_i8<<<grid, AP_THREADS, smem, (cudaStream_t)stream>>>(
+            *a, (unsigned)rows, (unsigned)pitch, cp16, amax_k, amax_v);
+    else
+        ap_kernel<<<grid, AP_THREADS, smem, (cudaStream_t)stream>>>(*a, (unsigned)rows,
+                                                                    (unsigned)pitch, cp16);
     return cu_launched(amax_k ? "kv append (channel amax)" : "kv append", err, n);
 }
 
