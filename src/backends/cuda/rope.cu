@@ -265,32 +265,39 @@ __device__ __forceinline__ void ap_chunk(const kr_cu_append &a, const unsigned c
 /* Quantises a staged row (rotated when rot) into q[D] and meta with
  * kr_ref_quantize_row's arithmetic: y = x / chan, the row's amax (a NaN
  * sticks) and each group's, the f16 row scale rounded up, the u8 group
- * shares, codes rint(y / step) clamped to +-127. D <= 256: k < 2. */
+ * shares, codes rint(y / step) clamped to +-127. Two rows a warp: lanes
+ * 0-15 take one, 16-31 the other (the per-row scale chain is paid once for
+ * both), a lane channels 8 hl + 128 k + j (hl = lane % 16, j < 8, k < KB:
+ * D <= 128 KB, KB compile-time), so a 32-channel group is 4 lanes. live:
+ * this half's row exists (else it computes on a copy and stores nothing). */
 __device__ __forceinline__ void ap_quantize(const kr_cu_append &a, const unsigned char *row, int dt,
                                             bool rot, const float2 *cs, const float *chan,
-                                            int8_t *q, uint8_t *meta) {
-    const int lane = threadIdx.x % 32;
-    const int D = (int)a.D, groups = (D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP; /* D <= 256 */
-    float y[2][4], gmax[2] = {0.0f, 0.0f};
+                                            int8_t *q, uint8_t *meta, bool live, const int KB) {
+    const int lane = threadIdx.x % 32, hl = lane % 16;
+    const int D = (int)a.D, groups = (D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
+    float y[2][8], gmax[2] = {0.0f, 0.0f};
     bool nan = false;
 #pragma unroll
-    for (int k = 0; k < 2; k++) {
-        const int c0 = 4 * lane + 128 * k;
+    for (int k = 0; k < KB; k++) {
+        const int c0 = 8 * hl + 128 * k;
         if (128 * k >= D) { /* warp-uniform */
-            y[k][0] = y[k][1] = y[k][2] = y[k][3] = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 8; j++) y[k][j] = 0.0f;
             continue;
         }
         ap_chunk(a, row, dt, c0, rot, cs, y[k]);
-        float f[4] = {1.0f, 1.0f, 1.0f, 1.0f};
-        if (D % 4 == 0 && c0 < D) {
-            const float4 v = *(const float4 *)(chan + c0);
-            f[0] = v.x, f[1] = v.y, f[2] = v.z, f[3] = v.w;
+        ap_chunk(a, row, dt, c0 + 4, rot, cs, y[k] + 4);
+        float f[8];
+        if (D % 8 == 0 && c0 < D) {
+            const float4 v0 = *(const float4 *)(chan + c0), v1 = *(const float4 *)(chan + c0 + 4);
+            f[0] = v0.x, f[1] = v0.y, f[2] = v0.z, f[3] = v0.w;
+            f[4] = v1.x, f[5] = v1.y, f[6] = v1.z, f[7] = v1.w;
         } else {
-            for (int j = 0; j < 4; j++)
-                if (c0 + j < D) f[j] = chan[c0 + j];
+#pragma unroll
+            for (int j = 0; j < 8; j++) f[j] = c0 + j < D ? chan[c0 + j] : 1.0f;
         }
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
+        for (int j = 0; j < 8; j++) {
             /* most factors are 1 (kv_cache.h: only outlier channels get one), and
              * dividing by 1 is exact: the division runs only where a lane needs it */
             if (f[j] != 1.0f) y[k][j] = y[k][j] / f[j];
@@ -298,45 +305,50 @@ __device__ __forceinline__ void ap_quantize(const kr_cu_append &a, const unsigne
             nan |= m != m;
             gmax[k] = fmaxf(gmax[k], m); /* drops a NaN, as ref's group max does */
         }
-        for (int o = 1; o < 8; o <<= 1)
-            gmax[k] = fmaxf(gmax[k], __shfl_xor_sync(0xffffffffu, gmax[k], o));
+        gmax[k] = fmaxf(gmax[k], __shfl_xor_sync(0xffffffffu, gmax[k], 1));
+        gmax[k] = fmaxf(gmax[k], __shfl_xor_sync(0xffffffffu, gmax[k], 2));
     }
-    float amax = fmaxf(gmax[0], gmax[1]);
+    float amax = KB > 1 ? fmaxf(gmax[0], gmax[1]) : gmax[0];
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 4));
     amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 8));
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 16));
-    if (__any_sync(0xffffffffu, nan)) amax = __int_as_float(0x7fc00000);
+    if ((__ballot_sync(0xffffffffu, nan) >> (lane & 16)) & 0xffffu)
+        amax = __int_as_float(0x7fc00000);
     const bool fin = isfinite(amax);
     unsigned short rh =
         __half_as_ushort(__float2half_rn(fin ? amax / 127.0f : __int_as_float(0x7fc00000)));
     if (fin && __fmul_rn(__half2float(__ushort_as_half(rh)), 127.0f) < amax) rh++;
     const float row_scale = __half2float(__ushort_as_half(rh));
-    if (lane == 0) {
+    if (live && hl == 0) {
         meta[0] = (uint8_t)(rh & 0xff);
         meta[1] = (uint8_t)(rh >> 8);
     }
 #pragma unroll
-    for (int k = 0; k < 2; k++) {
-        const int c0 = 4 * lane + 128 * k, g = c0 / KR_KV_INT8_GROUP;
+    for (int k = 0; k < KB; k++) {
+        const int c0 = 8 * hl + 128 * k, g = c0 / KR_KV_INT8_GROUP;
         if (g >= groups) continue;
         float u = row_scale > 0.0f
                       ? ceilf(__fdiv_rn(__fmul_rn(255.0f, gmax[k]), __fmul_rn(127.0f, row_scale)))
                       : 0.0f;
         if (!(u <= 255.0f)) u = 255.0f;
         const uint8_t ub = (uint8_t)u;
-        if (lane % 8 == 0) meta[2 + g] = ub;
+        if (live && hl % 4 == 0) meta[2 + g] = ub;
         const float s = __fmul_rn(row_scale, __fmul_rn((float)ub, 1.0f / 255.0f));
         const float inv = s > 0.0f && isfinite(s) ? 1.0f / s : 0.0f;
-        unsigned packed = 0;
+        unsigned packed[2] = {0u, 0u};
+        int8_t code[8];
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
+        for (int j = 0; j < 8; j++) {
             float r = inv > 0.0f ? rintf(__fmul_rn(y[k][j], inv)) : 0.0f;
             if (r > 127.0f) r = 127.0f;
             if (r < -127.0f) r = -127.0f;
-            const int8_t code = r == r ? (int8_t)r : 0;
-            packed |= (unsigned)(uint8_t)code << (8 * j);
-            if (D % 4 && c0 + j < D) q[c0 + j] = code;
+            code[j] = r == r ? (int8_t)r : 0;
+            packed[j / 4] |= (unsigned)(uint8_t)code[j] << (8 * (j % 4));
         }
-        if (D % 4 == 0 && c0 < D) *(unsigned *)(q + c0) = packed;
+        if (!live || c0 >= D) continue;
+        if (D % 8 == 0)
+            *(uint2 *)(q + c0) = make_uint2(packed[0], packed[1]);
+        else
+            for (int j = 0; j < 8 && c0 + j < D; j++) q[c0 + j] = code[j];
     }
 }
 
@@ -347,8 +359,22 @@ __device__ __forceinline__ void ap_quantize(const kr_cu_append &a, const unsigne
 __device__ __forceinline__ void ap_rows(const kr_cu_append &a, const unsigned char *stage,
                                         unsigned pitch, unsigned r0, unsigned nr, unsigned b,
                                         int64_t slot, const float2 *cs, float *amax_k,
-                                        float *amax_v, const int DT, const bool I8) {
+                                        float *amax_v, const int DT, const bool I8, const int KB) {
     const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (I8 && !amax_k) { /* rows 2p and 2p + 1 to a warp */
+        for (unsigned p = warp; 2 * p < nr; p += AP_WARPS) {
+            const bool live = 2 * p + lane / 16 < nr;
+            const unsigned r = live ? 2 * p + lane / 16 : 2 * p;
+            const bool is_k = r0 + r < a.Hkv, rot = is_k && a.inv_freq;
+            const unsigned h = is_k ? r0 + r : r0 + r - (unsigned)a.Hkv;
+            const int64_t dr = (b * a.capacity + slot) * a.Hkv + h; /* the cache row */
+            ap_quantize(a, stage + (size_t)r * pitch, DT, rot, cs,
+                        (is_k ? a.k_chan : a.v_chan) + h * a.D,
+                        (int8_t *)(is_k ? a.k_dst : a.v_dst) + dr * a.D,
+                        (is_k ? a.k_meta : a.v_meta) + dr * KR_KV_INT8_META_BYTES(a.D), live, KB);
+        }
+        return;
+    }
     for (unsigned r = warp; r < nr; r += AP_WARPS) {
         const bool is_k = r0 + r < a.Hkv, rot = is_k && a.inv_freq;
         const unsigned h = is_k ? r0 + r : r0 + r - (unsigned)a.Hkv;
@@ -367,12 +393,6 @@ __device__ __forceinline__ void ap_rows(const kr_cu_append &a, const unsigned ch
         }
         const int64_t dr = (b * a.capacity + slot) * a.Hkv + h; /* the cache row */
         void *dst = is_k ? a.k_dst : a.v_dst;
-        if (I8) {
-            ap_quantize(a, row, DT, rot, cs, (is_k ? a.k_chan : a.v_chan) + h * a.D,
-                        (int8_t *)dst + dr * a.D,
-                        (is_k ? a.k_meta : a.v_meta) + dr * KR_KV_INT8_META_BYTES(a.D));
-            continue;
-        }
         for (int64_t c0 = 4 * lane; c0 < a.D; c0 += 128) {
             float o[4];
             ap_chunk(a, row, DT, c0, rot, cs, o);
@@ -388,7 +408,8 @@ __device__ __forceinline__ void ap_rows(const kr_cu_append &a, const unsigned ch
 /* One token chunk: stage, table, rows. I8 compile-time (the int8 cache's
  * quantisation and amax take registers the conversions do not need). */
 __device__ __forceinline__ void ap_body(const kr_cu_append &a, unsigned rows, unsigned pitch,
-                                        bool cp16, float *amax_k, float *amax_v, const bool I8) {
+                                        bool cp16, float *amax_k, float *amax_v, const bool I8,
+                                        const int KB) {
     extern __shared__ __align__(16) unsigned char ap_sh[];
     const unsigned R2 = (unsigned)(2 * a.Hkv), chunks = (R2 + rows - 1) / rows, b = blockIdx.y;
     const unsigned t = blockIdx.x / chunks, r0 = (blockIdx.x - t * chunks) * rows;
@@ -434,22 +455,29 @@ __device__ __forceinline__ void ap_body(const kr_cu_append &a, unsigned rows, un
 
     /* 3: a warp per row */
     if (a.k.dtype == KR_F16)
-        ap_rows(a, ap_sh, pitch, r0, nr, b, slot, cs, amax_k, amax_v, KR_F16, I8);
+        ap_rows(a, ap_sh, pitch, r0, nr, b, slot, cs, amax_k, amax_v, KR_F16, I8, KB);
     else if (a.k.dtype == KR_BF16)
-        ap_rows(a, ap_sh, pitch, r0, nr, b, slot, cs, amax_k, amax_v, KR_BF16, I8);
+        ap_rows(a, ap_sh, pitch, r0, nr, b, slot, cs, amax_k, amax_v, KR_BF16, I8, KB);
     else
-        ap_rows(a, ap_sh, pitch, r0, nr, b, slot, cs, amax_k, amax_v, KR_F32, I8);
+        ap_rows(a, ap_sh, pitch, r0, nr, b, slot, cs, amax_k, amax_v, KR_F32, I8, KB);
 }
 
 __global__ void __launch_bounds__(AP_THREADS, 6)
     ap_kernel(kr_cu_append a, unsigned rows, unsigned pitch, bool cp16) {
-    ap_body(a, rows, pitch, cp16, NULL, NULL, false);
+    ap_body(a, rows, pitch, cp16, NULL, NULL, false, 1);
 }
 
+/* The int8 cache: head_dim <= 128 (one 128-channel block a lane) and up to 256. */
 __global__ void __launch_bounds__(AP_THREADS, 4)
     ap_kernel_i8(kr_cu_append a, unsigned rows, unsigned pitch, bool cp16, float *amax_k,
                  float *amax_v) {
-    ap_body(a, rows, pitch, cp16, amax_k, amax_v, true);
+    ap_body(a, rows, pitch, cp16, amax_k, amax_v, true, 1);
+}
+
+__global__ void __launch_bounds__(AP_THREADS, 2)
+    ap_kernel_i8_wide(kr_cu_append a, unsigned rows, unsigned pitch, bool cp16, float *amax_k,
+                      float *amax_v) {
+    ap_body(a, rows, pitch, cp16, amax_k, amax_v, true, 2);
 }
 
 /* Rows of a K or V tensor (f32, f16 or bf16; K and V alike) 16-byte
@@ -493,7 +521,8 @@ static kr_status ap_launch(const kr_cu_append *a, float *amax_k, float *amax_v, 
         (size_t)(rows * pitch) + sizeof(float2) * (size_t)(a->half > 0 ? a->half : 1);
     dim3 grid((unsigned)(a->S * chunks), (unsigned)a->B);
     if (a->dtype == KR_I8)
-        ap_kernel_i8<<<grid, AP_THREADS, smem, (cudaStream_t)stream>>>(
+        (a->D <= 128 ? ap_kernel_i8
+                     : ap_kernel_i8_wide)<<<grid, AP_THREADS, smem, (cudaStream_t)stream>>>(
             *a, (unsigned)rows, (unsigned)pitch, cp16, amax_k, amax_v);
     else
         ap_kernel<<<grid, AP_THREADS, smem, (cudaStream_t)stream>>>(*a, (unsigned)rows,
