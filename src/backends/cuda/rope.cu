@@ -240,10 +240,10 @@ extern "C" kr_status kr_cu_rope_run(const kr_cu_rope *r, bool vector_path, void 
  * sequence). The token's 2 Hkv rows (K rows first, then V) are staged raw
  * in shared memory — by 16-byte cp.async copies when the rows allow, so all
  * the block's bytes are in flight at once — while the table is built; then
- * a warp per row: rotate (K), convert or quantise, store. A lane holds channels
- * 4 lane + 128 k + j (j < 4): its stores are 4-wide and coalesced, and an
- * int8 group (32 channels) is 8 lanes, its max 3 shuffles. A token whose
- * rows do not fit AP_STAGE bytes is split into row chunks. */
+ * a warp per row: rotate (K), convert, store, a lane holding channels
+ * 4 lane + 128 k + j (j < 4) so its stores are 4-wide and coalesced; the
+ * int8 cache takes two rows a warp (ap_quantize). A token whose rows do not
+ * fit AP_STAGE bytes is split into row chunks. */
 #define AP_THREADS 256
 #define AP_WARPS (AP_THREADS / 32)
 #define AP_STAGE 16384
