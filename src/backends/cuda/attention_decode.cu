@@ -642,7 +642,8 @@ __device__ __forceinline__ dm_unit dm_unit_of(const kr_cu_attention &a, int64_t 
  * 8..15 of the MMAs are zero). */
 __device__ __forceinline__ void dm_q_frags(const kr_cu_attention &a, const dm_unit &u,
                                            const float *chan, float *qs, unsigned (*qa)[2],
-                                           const int ROWS, const int DT, const int D) {
+                                           const int ROWS, const int DT, const int D,
+                                           const bool PERM = false) {
     for (int r = 0; r < ROWS; r++) {
         const int64_t row = u.chunk * ROWS + r;
         const int64_t h = u.hk * u.G + row / a.Sq, i = row % a.Sq;
@@ -655,9 +656,13 @@ __device__ __forceinline__ void dm_q_frags(const kr_cu_attention &a, const dm_un
     const int lane = threadIdx.x % 32, myr = lane / 4, q4 = lane % 4;
 #pragma unroll
     for (int k = 0; k < D / 16; k++) {
-        const float *qr = qs + myr * D + 16 * k + 2 * q4;
+        /* PERM (the int8 cache): MMA channels 2 q4 + e and 2 q4 + 8 + e are the
+         * step's channels 4 q4 + e and 4 q4 + 2 + e, the order in which a lane
+         * holds its four K codes (dq_body) */
+        const float *qr = qs + myr * D + 16 * k + (PERM ? 4 : 2) * q4;
+        const int hi = PERM ? 2 : 8;
         qa[k][0] = myr < ROWS ? tc_pack(qr[0], qr[1], DT) : 0u;
-        qa[k][1] = myr < ROWS ? tc_pack(qr[8], qr[9], DT) : 0u;
+        qa[k][1] = myr < ROWS ? tc_pack(qr[hi], qr[hi + 1], DT) : 0u;
     }
 }
 
@@ -685,7 +690,8 @@ __device__ __forceinline__ float dm_mask_max(float (*sc)[2], const int NT, int64
 __device__ __forceinline__ void dm_finish(const kr_cu_attention &a, int64_t splits,
                                           const kr_cu_decode_ws &ws, const dm_unit &u, float *ml,
                                           float m, float l, float (*o)[2], float oscale,
-                                          const int ROWS, const int DT, const int D) {
+                                          const int ROWS, const int DT, const int D,
+                                          const bool PERM = false) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, myr = lane / 4, q4 = lane % 4;
     float *accs = ml + KR_CU_DECODE_WARPS * ROWS * 2;
     l += __shfl_xor_sync(0xffffffffu, l, 1);
@@ -697,10 +703,14 @@ __device__ __forceinline__ void dm_finish(const kr_cu_attention &a, int64_t spli
             ml[(warp * ROWS + myr) * 2 + 1] = l;
         }
 #pragma unroll
-        for (int n = 0; n < D / 8; n++) {
-            accs[(warp * ROWS + myr) * D + 8 * n + 2 * q4] = o[n][0] * oscale;
-            accs[(warp * ROWS + myr) * D + 8 * n + 2 * q4 + 1] = o[n][1] * oscale;
-        }
+        for (int n = 0; n < D / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                /* PERM (the int8 cache): block n = 2 x (16-channel half) + parity,
+                 * column 2 q4 + e is channel 2 (2 q4 + e) + parity of that half */
+                const int c = PERM ? (n / 2) * 16 + 4 * q4 + 2 * e + n % 2 : 8 * n + 2 * q4 + e;
+                accs[(warp * ROWS + myr) * D + c] = o[n][e] * oscale;
+            }
     }
     dc_merge(a, splits, ws, ml, accs, u.unit, u.chunk, u.hk, u.b, ROWS, DT, D);
 }
@@ -807,8 +817,14 @@ DM_KERNELS(128)
 /* ---- v4 over the int8 cache: the same pipeline and MMAs, codes in f16 ----
  *
  * Codes (-127..127) are exact in f16, so K and V codes feed m16n8k16 f16
- * MMAs directly, converted in registers (byte permute, xor, one half2
- * subtract). The scales stay out of the MMAs: K's channel factors are
+ * MMAs directly, converted in registers (xor, byte permute, one half2
+ * subtract). ldmatrix reads the codes from shared memory as 16-bit pairs,
+ * 16 keys x 32 channels (one group) per x4: for K a lane gets four
+ * consecutive codes of one key per matrix, so the MMA's channels are
+ * permuted within each 16 (q's fragments likewise); for V (.trans) a lane
+ * gets one channel pair of two keys, so the even and odd channels of each
+ * 16-channel half are two output blocks, put back in order by dm_finish.
+ * The scales stay out of the MMAs: K's channel factors are
  * folded into q; K's group scales multiply the per-group partial scores in
  * fp32; V's group scales multiply P before it is rounded to f16 (one P per
  * 32-channel group), with a power-of-two factor per warp and tile that keeps
@@ -819,9 +835,12 @@ DM_KERNELS(128)
  * cp.async) and kept in shared memory as fp32 group scales. */
 #define DQ_PITCH(D) ((D) + 16)
 
-__device__ __forceinline__ unsigned dq_h2(unsigned two_bytes_lo_hi) {
-    /* bytes b0 (bits 0-7) and b1 (bits 16-23) -> half2(b0, b1) as signed ints */
-    const unsigned w = two_bytes_lo_hi ^ 0x64806480u; /* 1024 + 128 + code, in each half */
+/* Two of the four codes in x (each already xor 0x80, i.e. 128 + code as an
+ * unsigned byte) as a half2 of exact integers: the bytes that sel picks
+ * (a __byte_perm selector whose other nibbles pick the 0x64 bytes) become
+ * the low bytes of two halves 0x64xx = 1024 + 128 + code, less 1152. */
+__device__ __forceinline__ unsigned dq_pick(unsigned x, unsigned sel) {
+    const unsigned w = __byte_perm(x, 0x64646464u, sel);
     const __half2 h =
         __hsub2(*(const __half2 *)&w, __halves2half2(__float2half(1152.0f), __float2half(1152.0f)));
     return *(const unsigned *)&h;
@@ -902,7 +921,7 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
         tc_commit();
     }
     unsigned qa[8][2]; /* D / 16 <= 8 used */
-    dm_q_frags(a, u, a.k8.chan + hk * a.D, qs, qa, ROWS, KR_F16, D);
+    dm_q_frags(a, u, a.k8.chan + hk * a.D, qs, qa, ROWS, KR_F16, D, true);
     const float qscale = a.scale * DC_LOG2E;
 
     float m = -INFINITY, l = 0.0f, o[16][2], cf = 1.0f; /* o is in units of 1 / cf */
@@ -923,24 +942,36 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
         const float *gk = (const float *)(st + 2 * BT * P) + warp * KPW * NG;
         const float *gv = gk + BT * NG;
         const int64_t j0 = ks + t * BT + warp * KPW;
-        /* S: per 32-channel group two MMA steps, times the keys' group scales */
+        /* S: per 16 keys and 32-channel group one ldmatrix.x4 of the codes as
+         * 16-bit pairs (a lane gets four consecutive codes of a key per
+         * matrix: MMA channels permuted as in q's fragments), four MMAs,
+         * times the keys' group scales */
         float sc[4][2]; /* NT <= 4 used */
 #pragma unroll
-        for (int n = 0; n < NT; n++) {
-            sc[n][0] = sc[n][1] = 0.0f;
-            const char *kr = kt + (8 * n + lane / 4) * P + 2 * q4;
+        for (int n = 0; n < NT; n++) sc[n][0] = sc[n][1] = 0.0f;
+#pragma unroll
+        for (int n = 0; n < NT; n += 2) {
+            /* matrix lane / 8: (key block n + lane / 16, channel half (lane / 8) % 2) */
+            const char *kr = kt + (8 * (n + lane / 16) + lane % 8) * P + ((lane / 8) % 2) * 16;
 #pragma unroll
             for (int g = 0; g < NG; g++) {
-                float part[2] = {0.0f, 0.0f};
+                unsigned f[4];
+                tc_ldsm4(kr + 32 * g, f);
 #pragma unroll
-                for (int k = 2 * g; k < 2 * g + 2; k++) {
-                    const unsigned k0 = *(const unsigned short *)(kr + 16 * k);
-                    const unsigned k1 = *(const unsigned short *)(kr + 16 * k + 8);
-                    dm_mma(part, qa[k][0], qa[k][1], dq_h2(__byte_perm(k0, 0u, 0x4140)),
-                           dq_h2(__byte_perm(k1, 0u, 0x4140)), KR_F16);
+                for (int i = 0; i < 4; i++) f[i] ^= 0x80808080u;
+                float p0[2] = {0.0f, 0.0f}, p1[2] = {0.0f, 0.0f};
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    dm_mma(p0, qa[2 * g + h][0], qa[2 * g + h][1], dq_pick(f[h], 0x4140),
+                           dq_pick(f[h], 0x4342), KR_F16);
+                    dm_mma(p1, qa[2 * g + h][0], qa[2 * g + h][1], dq_pick(f[2 + h], 0x4140),
+                           dq_pick(f[2 + h], 0x4342), KR_F16);
                 }
-                sc[n][0] = fmaf(gk[(8 * n + 2 * q4) * NG + g], part[0], sc[n][0]);
-                sc[n][1] = fmaf(gk[(8 * n + 2 * q4 + 1) * NG + g], part[1], sc[n][1]);
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    sc[n][e] = fmaf(gk[(8 * n + 2 * q4 + e) * NG + g], p0[e], sc[n][e]);
+                    sc[n + 1][e] = fmaf(gk[(8 * n + 8 + 2 * q4 + e) * NG + g], p1[e], sc[n + 1][e]);
+                }
             }
         }
         const float tmax = dm_mask_max(sc, NT, j0, u, qscale);
@@ -972,23 +1003,31 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
                 p[n][e] = mn == -INFINITY ? 0.0f : exp2f(sc[n][e] - mn);
                 l += p[n][e];
             }
-            /* O += (P gs_V cf) V: per 16 keys and group, one P, four 8-channel blocks */
+        /* O += (P gs_V cf) V: per 16 keys and group, one P and one
+         * ldmatrix.x4.trans of the codes as 16-bit pairs (a lane gets a
+         * channel pair of two keys per matrix); the even and odd channels of
+         * each 16-channel half are two MMA blocks (dm_finish puts them back) */
 #pragma unroll
         for (int k = 0; k < NT / 2; k++) {
             const int ka = 16 * k + 2 * q4, kb = ka + 8;
-            const char *vr = vt + ka * P + lane / 4;
+            const char *vr = vt + (16 * k + lane % 8 + 8 * ((lane / 8) % 2)) * P + (lane / 16) * 16;
 #pragma unroll
             for (int g = 0; g < NG; g++) {
                 const unsigned pa0 = tc_pack(p[2 * k][0] * gv[ka * NG + g] * cf,
                                              p[2 * k][1] * gv[(ka + 1) * NG + g] * cf, KR_F16);
                 const unsigned pa2 = tc_pack(p[2 * k + 1][0] * gv[kb * NG + g] * cf,
                                              p[2 * k + 1][1] * gv[(kb + 1) * NG + g] * cf, KR_F16);
+                unsigned f[4];
+                tc_ldsm4_t(vr + 32 * g, f);
 #pragma unroll
-                for (int n = 4 * g; n < 4 * g + 4; n++) {
-                    const unsigned char *c0 = (const unsigned char *)vr + 8 * n;
-                    const unsigned lo0 = c0[0], hi0 = c0[P], lo1 = c0[8 * P], hi1 = c0[9 * P];
-                    dm_mma(o[n], pa0, pa2, dq_h2(lo0 | (hi0 << 16)), dq_h2(lo1 | (hi1 << 16)),
-                           KR_F16);
+                for (int i = 0; i < 4; i++) f[i] ^= 0x80808080u;
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    /* f[2h]: keys ka, ka + 1; f[2h + 1]: keys kb, kb + 1 */
+                    dm_mma(o[4 * g + 2 * h], pa0, pa2, dq_pick(f[2 * h], 0x4240),
+                           dq_pick(f[2 * h + 1], 0x4240), KR_F16);
+                    dm_mma(o[4 * g + 2 * h + 1], pa0, pa2, dq_pick(f[2 * h], 0x4341),
+                           dq_pick(f[2 * h + 1], 0x4341), KR_F16);
                 }
             }
         }
@@ -996,7 +1035,7 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
         if (tn < nt) dq_store_meta((float *)(stn + 2 * BT * P), mw, D);
     }
     tc_wait(0);
-    dm_finish(a, splits, ws, u, (float *)stages, m, l, o, 1.0f / cf, ROWS, KR_I8, D);
+    dm_finish(a, splits, ws, u, (float *)stages, m, l, o, 1.0f / cf, ROWS, KR_I8, D, true);
 }
 
 DECODE_KERNEL(dq_r4_d64, dq_body(a, splits, ws, 4, 64))
