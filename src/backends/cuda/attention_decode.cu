@@ -1003,10 +1003,10 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
                 p[n][e] = mn == -INFINITY ? 0.0f : exp2f(sc[n][e] - mn);
                 l += p[n][e];
             }
-        /* O += (P gs_V cf) V: per 16 keys and group, one P and one
-         * ldmatrix.x4.trans of the codes as 16-bit pairs (a lane gets a
-         * channel pair of two keys per matrix); the even and odd channels of
-         * each 16-channel half are two MMA blocks (dm_finish puts them back) */
+            /* O += (P gs_V cf) V: per 16 keys and group, one P and one
+             * ldmatrix.x4.trans of the codes as 16-bit pairs (a lane gets a
+             * channel pair of two keys per matrix); the even and odd channels of
+             * each 16-channel half are two MMA blocks (dm_finish puts them back) */
 #pragma unroll
         for (int k = 0; k < NT / 2; k++) {
             const int ka = 16 * k + 2 * q4, kb = ka + 8;
