@@ -2,7 +2,8 @@
 # bench/prefill_lab.sh — the kernel lab (prefill; decode with KR_LAB_PART=decode).
 # Builds the CUDA plugin once per variant (macros overridden: the prefill
 # kernels' PF_* / HP_* — warps per block, 16-row tiles per warp, keys per tile,
-# stages — or the decode kernels' DP_STAGES / DP_TILE_KEYS), then runs that
+# stages — or the decode kernels' DP_STAGES / DP_TILE_KEYS, the int8 decode's
+# DQ_STAGES), then runs that
 # part of tests/gpu/bench_sdpa.py with each plugin in turn: every result is
 # checked against torch's flash backend before it is timed (a wrong variant
 # prints WRONG, never a speed). The history of the variants is in
@@ -14,7 +15,9 @@
 #   NAME:FLAGS e.g. "mt2-nw4:-DPF_MT=2 -DPF_NW=4"; default: the list below.
 #   KR_LAB_FULL=1: the full grid (else the quick one); KR_LAB_TORCH=1:
 #   time torch's backends as well (=first: with the first variant only);
-#   KR_LAB_PART=decode: the decode kernels (table in microseconds).
+#   KR_LAB_PART=decode: the decode kernels (table in microseconds); =int8: the
+#   decode over the int8 cache (its error against the fp16 cache is in each
+#   variant's bench.log; cuDNN over fp16 is timed with every variant).
 # Writes $OUT/<name>/{build.log,bench.log,bench_gpu.json} (OUT default
 # /tmp/krserve-lab) and prints one TFLOP/s table, a column per variant.
 set -euo pipefail
@@ -67,7 +70,7 @@ for n in names:
     f = os.path.join(out, n, "bench_gpu.json")
     if os.path.exists(f):
         rows = json.load(open(f))[part]
-        res[n] = {((r["batch"], r["kv_len"]) if part == "decode" else
+        res[n] = {((r["batch"], r["kv_len"]) if part in ("decode", "int8") else
                    (r["head_dim"], r["causal"], r["dtype"], r["seq"])): r for r in rows}
 if not res:
     sys.exit("no variant ran")
@@ -80,6 +83,15 @@ if part == "decode":
         cells = [us(res[n].get(key), "krserve_us") for n in res]
         print("| %d x %d | %s | %s | %s |" % (key[0], key[1], " | ".join(cells), us(r0, "flash_us"),
                                              us(r0, "cudnn_us")))
+    sys.exit(0)
+if part == "int8":
+    first = next(iter(res.values()))
+    us = lambda r, k: "%.1f" % r[k] if r and r.get(k) else "-"
+    print("| batch x kv_len | " + " | ".join(list(res) + ["cudnn fp16"]) + " |")
+    print("|---" * (2 + len(res)) + "|")
+    for key, r0 in first.items():
+        cells = [us(res[n].get(key), "int8_us") for n in res]
+        print("| %d x %d | %s | %s |" % (key[0], key[1], " | ".join(cells), us(r0, "cudnn_fp16_us")))
     sys.exit(0)
 first = next(iter(res.values()))
 torch_cols = [c for c in ("flash", "cudnn") if any(r.get(c + "_ms") for r in first.values())]

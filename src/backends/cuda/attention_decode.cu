@@ -834,6 +834,18 @@ DM_KERNELS(128)
  * with plain loads one tile ahead (its rows are not 4-byte aligned for
  * cp.async) and kept in shared memory as fp32 group scales. */
 #define DQ_PITCH(D) ((D) + 16)
+/* Tiles in flight and keys a tile for the int8 kernel; the lab
+ * (KR_LAB_PART=int8) overrides them. */
+#ifndef DQ_STAGES
+#define DQ_STAGES DP_STAGES
+#endif
+#ifndef DQ_TILE_KEYS
+#define DQ_TILE_KEYS DP_TILE_KEYS
+#endif
+#define DQ_BT(D) DQ_TILE_KEYS
+static_assert(DQ_TILE_KEYS % (16 * KR_CU_DECODE_WARPS) == 0 &&
+                  DQ_TILE_KEYS / KR_CU_DECODE_WARPS <= 32,
+              "a warp's share of an int8 tile: 16-key steps, at most 32 keys");
 
 /* Two of the four codes in x (each already xor 0x80, i.e. 128 + code as an
  * unsigned byte) as a half2 of exact integers: the bytes that sel picks
@@ -850,7 +862,7 @@ __device__ __forceinline__ unsigned dq_pick(unsigned x, unsigned sel) {
 __device__ __forceinline__ void dq_load_tile(const kr_cu_attention &a, char *ks_, char *vs_,
                                              int64_t b, int64_t hk, int64_t j0, int64_t ke,
                                              const int D) {
-    const int BT = DP_BT(D), CH = D / 16, P = DQ_PITCH(D), RPP = DC_THREADS / CH;
+    const int BT = DQ_BT(D), CH = D / 16, P = DQ_PITCH(D), RPP = DC_THREADS / CH;
     const int r0 = threadIdx.x / CH, c = threadIdx.x % CH;
     const int64_t step = (int64_t)RPP * a.Hkv * D;
     const int8_t *kp = a.k8.data + ((b * a.k8.capacity + j0 + r0) * a.Hkv + hk) * D + 16 * c;
@@ -866,7 +878,7 @@ __device__ __forceinline__ void dq_load_tile(const kr_cu_attention &a, char *ks_
 __device__ __forceinline__ void dq_load_meta(const kr_cu_attention &a, int64_t b, int64_t hk,
                                              int64_t j0, int64_t ke, unsigned short *w,
                                              const int D) {
-    const int BT = DP_BT(D), MW = KR_KV_INT8_META_BYTES(D) / 2;
+    const int BT = DQ_BT(D), MW = KR_KV_INT8_META_BYTES(D) / 2;
 #pragma unroll
     for (int n = 0; n < 2 * BT / DC_THREADS; n++) {
         const int i = threadIdx.x + n * DC_THREADS;
@@ -882,7 +894,7 @@ __device__ __forceinline__ void dq_load_meta(const kr_cu_attention &a, int64_t b
 
 /* ... and as fp32 group scales into the stage: gs[0..BT) K rows, [BT..2BT) V. */
 __device__ __forceinline__ void dq_store_meta(float *gs, const unsigned short *w, const int D) {
-    const int BT = DP_BT(D), MW = KR_KV_INT8_META_BYTES(D) / 2, NG = D / 32;
+    const int BT = DQ_BT(D), MW = KR_KV_INT8_META_BYTES(D) / 2, NG = D / 32;
 #pragma unroll
     for (int n = 0; n < 2 * BT / DC_THREADS; n++) {
         const int i = threadIdx.x + n * DC_THREADS;
@@ -900,7 +912,7 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
                                         const kr_cu_decode_ws &ws, const int ROWS, const int D) {
     extern __shared__ __align__(16) float sh[];
     const int NW = KR_CU_DECODE_WARPS, NG = D / 32;
-    const int BT = DP_BT(D), P = DQ_PITCH(D), KPW = BT / NW;
+    const int BT = DQ_BT(D), P = DQ_PITCH(D), KPW = BT / NW;
     const int NT = KPW / 8, NC = D / 8;
     float *qs = sh;                         /* [ROWS][D] */
     char *stages = (char *)(sh + ROWS * D); /* [STAGES][K codes, V codes, K gs, V gs] */
@@ -911,7 +923,7 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
     const int64_t nt = (ke - ks + BT - 1) / BT;
 
     unsigned short mw[2 * 3]; /* metadata words in flight: <= 2 rows x 3 words */
-    for (int t = 0; t < DP_STAGES - 1; t++) {
+    for (int t = 0; t < DQ_STAGES - 1; t++) {
         char *st = stages + t * STB;
         if (t < nt) {
             dq_load_tile(a, st, st + BT * P, b, hk, ks + (int64_t)t * BT, ke, D);
@@ -928,16 +940,16 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
 #pragma unroll
     for (int n = 0; n < NC; n++) o[n][0] = o[n][1] = 0.0f;
     for (int64_t t = 0; t < nt; t++) {
-        dp_wait_ahead();
+        tc_wait(DQ_STAGES - 2);
         __syncthreads();
-        const int64_t tn = t + DP_STAGES - 1;
-        char *stn = stages + (tn % DP_STAGES) * STB;
+        const int64_t tn = t + DQ_STAGES - 1;
+        char *stn = stages + (tn % DQ_STAGES) * STB;
         if (tn < nt) {
             dq_load_tile(a, stn, stn + BT * P, b, hk, ks + tn * BT, ke, D);
             dq_load_meta(a, b, hk, ks + tn * BT, ke, mw, D);
         }
         tc_commit();
-        const char *st = stages + (t % DP_STAGES) * STB;
+        const char *st = stages + (t % DQ_STAGES) * STB;
         const char *kt = st + warp * KPW * P, *vt = st + BT * P + warp * KPW * P;
         const float *gk = (const float *)(st + 2 * BT * P) + warp * KPW * NG;
         const float *gv = gk + BT * NG;
@@ -1038,10 +1050,20 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
     dm_finish(a, splits, ws, u, (float *)stages, m, l, o, 1.0f / cf, ROWS, KR_I8, D, true);
 }
 
-DECODE_KERNEL(dq_r4_d64, dq_body(a, splits, ws, 4, 64))
-DECODE_KERNEL(dq_r8_d64, dq_body(a, splits, ws, 8, 64))
-DECODE_KERNEL(dq_r4_d128, dq_body(a, splits, ws, 4, 128))
-DECODE_KERNEL(dq_r8_d128, dq_body(a, splits, ws, 8, 128))
+/* Blocks per SM the int8 kernels are compiled for (registers permitting
+ * it); the lab (KR_LAB_PART=int8) overrides it. */
+#ifndef DQ_MIN_BLOCKS
+#define DQ_MIN_BLOCKS 1
+#endif
+#define DQ_KERNEL(name, body)                                                                      \
+    __global__ void __launch_bounds__(DC_THREADS, DQ_MIN_BLOCKS)                                   \
+        name(kr_cu_attention a, int64_t splits, kr_cu_decode_ws ws) {                              \
+        body;                                                                                      \
+    }
+DQ_KERNEL(dq_r4_d64, dq_body(a, splits, ws, 4, 64))
+DQ_KERNEL(dq_r8_d64, dq_body(a, splits, ws, 8, 64))
+DQ_KERNEL(dq_r4_d128, dq_body(a, splits, ws, 4, 128))
+DQ_KERNEL(dq_r8_d128, dq_body(a, splits, ws, 8, 128))
 
 typedef void (*dc_kernel_fn)(kr_cu_attention, int64_t, kr_cu_decode_ws);
 
@@ -1094,8 +1116,9 @@ static dc_kernel_fn dp_kernel(const kr_cu_attention *a, size_t *smem) {
     const int r8 = rows == 8;
     if (a->int8) {
         if (D != 256) {
+            const int64_t QT = DQ_BT(D);
             *smem = sizeof(float) * (size_t)(rows * D) +
-                    (size_t)(DP_STAGES * (2 * BT * DQ_PITCH(D) + 2 * BT * (D / 32) * 4));
+                    (size_t)(DQ_STAGES * (2 * QT * DQ_PITCH(D) + 2 * QT * (D / 32) * 4));
             return quant[D == 128][r8];
         }
         *smem = sizeof(float) * (size_t)(rows * D + nw * rows * 32 + nw * rows * 2 + nw * rows * D);
@@ -1130,7 +1153,8 @@ extern "C" int64_t kr_cu_decode_splits(const kr_cu_attention *a, int n_sm) {
         size_t smem = 0;
         const dc_kernel_fn fn = dp_kernel(a, &smem);
         const int64_t slots = (int64_t)n_sm * cu_blocks_per_sm((const void *)fn, DC_THREADS, smem);
-        const int64_t tiles = (lmax + DP_BT(a->D) - 1) / DP_BT(a->D);
+        const int64_t bt = a->int8 ? DQ_BT(a->D) : DP_BT(a->D);
+        const int64_t tiles = (lmax + bt - 1) / bt;
         int64_t max_s = units * ((tiles + 1) / 2) < slots ? tiles : (tiles + 1) / 2;
         if (max_s > 1024) max_s = 1024;
         int64_t best = 1;
