@@ -341,7 +341,10 @@ static kr_status grow(cu_state *s, void **buf, size_t *cap, size_t bytes, bool z
  * unsplit); anything else, or a failed allocation, keeps the sm_80 kernel. */
 #define KR_CU_INT8_STAGE_MAX ((size_t)512 << 20)
 
-static bool int8_staged(cu_state *s, kr_cu_attention *c, char *err, size_t n) {
+/* Whether the call goes that way; then *h is the Hopper kernel's call over
+ * the buffer (built once, used by st_staged). */
+static bool int8_staged(cu_state *s, const kr_cu_attention *c, kr_cu_attention *h, char *err,
+                        size_t n) {
     const size_t bytes = kr_cu_int8_stage_bytes(c);
     if (c->cc != 90 || bytes == 0 || bytes > KR_CU_INT8_STAGE_MAX) return false;
     if (grow(s, &s->stage, &s->stage_cap, bytes, false, err, n) != KR_OK) {
@@ -349,19 +352,19 @@ static bool int8_staged(cu_state *s, kr_cu_attention *c, char *err, size_t n) {
         err[0] = 0;
         return false;
     }
-    kr_cu_attention h;
-    kr_cu_int8_stage_view(c, s->stage, &h);
+    kr_cu_int8_stage_view(c, s->stage, h);
     int hopper = 0;
-    (void)kr_cu_prefill_splits(&h, s->n_sm, &hopper);
+    (void)kr_cu_prefill_splits(h, s->n_sm, &hopper);
     return hopper;
 }
 
-static kr_status st_staged(cu_state *s, const kr_cu_attention *c, char *err, size_t n) {
-    kr_cu_attention h;
-    kr_cu_int8_stage_view(c, s->stage, &h);
-    kr_status st = kr_cu_int8_stage(c, &h, s->cur, err, n);
+/* Dequantises the call's cache rows into the staging buffer, then runs the
+ * Hopper kernel over them (h: int8_staged's view of the buffer). */
+static kr_status st_staged(cu_state *s, const kr_cu_attention *c, const kr_cu_attention *h,
+                           char *err, size_t n) {
+    kr_status st = kr_cu_int8_stage(c, h, s->cur, err, n);
     const kr_cu_prefill_ws pw = {1, NULL, NULL, 1};
-    return st ? st : kr_cu_prefill(&h, &pw, s->cur, err, n);
+    return st ? st : kr_cu_prefill(h, &pw, s->cur, err, n);
 }
 
 static kr_status cuda_attention(const kr_attention_args *a, char *err, size_t n) {
@@ -376,7 +379,8 @@ static kr_status cuda_attention(const kr_attention_args *a, char *err, size_t n)
     char why[160];
     if (c.Sq > 16 || !kr_cu_decode_supported(&c, why, sizeof why)) {
         kr_cu_prefill_ws pw = {1, NULL, NULL, 0};
-        if (int8_staged(s, &c, err, n)) return st_staged(s, &c, err, n);
+        kr_cu_attention h;
+        if (int8_staged(s, &c, &h, err, n)) return st_staged(s, &c, &h, err, n);
         pw.splits = (int)kr_cu_prefill_splits(&c, s->n_sm, &pw.hopper);
         if (pw.splits > 1) {
             const size_t bytes = kr_cu_prefill_ws_bytes(&c, pw.splits);
