@@ -111,7 +111,7 @@ typedef struct kb_ceilings {
     double fma_gflops;   /* fp32 FMA peak, all threads, GFLOP/s */
     double read_gbps;    /* streaming read bandwidth, GB/s (1e9 bytes) */
     double stream_bytes; /* size of the buffer read */
-    char fma_kernel[32]; /* "avx2-fma" or "scalar" */
+    char fma_kernel[32]; /* "avx512f", "avx2-fma" or "scalar" */
     int threads;
 } kb_ceilings;
 
