@@ -36,6 +36,11 @@ typedef struct kr_cpu_decode_kernels {
                int64_t n, float *S, kr_dtype dt, int R);
     void (*pv)(const float *P, int64_t j_lo, int64_t j_hi, const char *const *vrow, const float *gv,
                int64_t ng, int64_t D, float *O, const float *corr, kr_dtype dt, int R);
+    /* The tiled (prefill) path's register kernel at 32 columns, or NULL:
+     * C[r][0..32) = (scale ? C[r][0..32) * scale[r] : 0) + sum_{k < K} A[r][k] B[k][0..32)
+     * for 6 rows (the driver's block). */
+    void (*gemm6x32)(const float *A, int64_t lda, const float *B, int64_t ldb, int64_t K, float *C,
+                     int64_t ldc, const float *scale);
 } kr_cpu_decode_kernels;
 
 /* The tiled attention driver (x86_avx2/) with its own decode kernels (dk

@@ -642,7 +642,11 @@ static void unit_run(const att_plan *p, int64_t b, int64_t hk0, int64_t k_lo, in
                     transpose_tile(Kt, n, D, w->KT);
                     transposed = true;
                 }
-                for (int64_t j = 0; j < n; j += 16)
+                int64_t j = 0;
+                if (p->dk && p->dk->gemm6x32) /* KT is zero-padded to 16 keys */
+                    for (; j + 32 <= ((n + 15) & ~(int64_t)15); j += 32)
+                        p->dk->gemm6x32(w->Qp + rb * D, D, w->KT + j, TK, D, S + j, TK, NULL);
+                for (; j < n; j += 16)
                     gemm_rx16(w->Qp + rb * D, D, w->KT + j, TK, D, S + j, TK, NULL, MR);
                 for (int r = 0; r < R; r++)
                     softmax_row(a, b, w, rb + r, S + r * TK, j0, n, full, &w->corr[r]);
@@ -658,7 +662,11 @@ static void unit_run(const att_plan *p, int64_t b, int64_t hk0, int64_t k_lo, in
                                       w->Op + row * D + c, D, w->corr + r, 1);
                     }
                 } else {
-                    for (int64_t c = 0; c < D; c += 16)
+                    int64_t c = 0;
+                    if (p->dk && p->dk->gemm6x32)
+                        for (; c + 32 <= D; c += 32)
+                            p->dk->gemm6x32(S, TK, Vt + c, D, n, w->Op + rb * D + c, D, w->corr);
+                    for (; c < D; c += 16)
                         gemm_rx16(S, TK, Vt + c, D, n, w->Op + rb * D + c, D, w->corr, MR);
                 }
             }

@@ -173,7 +173,38 @@ static void pv_direct(const float *P, int64_t j_lo, int64_t j_hi, const char *co
 #undef X
 }
 
-static const kr_cpu_decode_kernels avx512_decode = {qk_direct, pv_direct};
+/* kr_cpu_decode_kernels.gemm6x32: the driver's gemm_rx16 at 16 lanes, two
+ * vectors a row: 12 accumulators, A broadcast, two B vectors per k. */
+static void gemm6x32(const float *A, int64_t lda, const float *B, int64_t ldb, int64_t K, float *C,
+                     int64_t ldc, const float *scale) {
+    __m512 acc[MR][2];
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; r++) {
+        if (scale) {
+            const __m512 sc = _mm512_set1_ps(scale[r]);
+            acc[r][0] = _mm512_mul_ps(_mm512_loadu_ps(C + r * ldc), sc);
+            acc[r][1] = _mm512_mul_ps(_mm512_loadu_ps(C + r * ldc + 16), sc);
+        } else {
+            acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        }
+    }
+    for (int64_t k = 0; k < K; k++) {
+        const __m512 b0 = _mm512_loadu_ps(B + k * ldb), b1 = _mm512_loadu_ps(B + k * ldb + 16);
+#pragma GCC unroll 6
+        for (int r = 0; r < MR; r++) {
+            const __m512 a = _mm512_set1_ps(A[r * lda + k]);
+            acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; r++) {
+        _mm512_storeu_ps(C + r * ldc, acc[r][0]);
+        _mm512_storeu_ps(C + r * ldc + 16, acc[r][1]);
+    }
+}
+
+static const kr_cpu_decode_kernels avx512_decode = {qk_direct, pv_direct, gemm6x32};
 
 static kr_status attention(const kr_attention_args *a, char *err, size_t err_len) {
     return kr_cpu_tiled_attention(a, &avx512_decode, err, err_len);
