@@ -41,6 +41,9 @@ typedef struct kr_cpu_decode_kernels {
      * for 6 rows (the driver's block). */
     void (*gemm6x32)(const float *A, int64_t lda, const float *B, int64_t ldb, int64_t K, float *C,
                      int64_t ldc, const float *scale);
+    /* The same at 64 columns (24 accumulators), or NULL. */
+    void (*gemm6x64)(const float *A, int64_t lda, const float *B, int64_t ldb, int64_t K, float *C,
+                     int64_t ldc, const float *scale);
 } kr_cpu_decode_kernels;
 
 /* The tiled attention driver (x86_avx2/) with its own decode kernels (dk

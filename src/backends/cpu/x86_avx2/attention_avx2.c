@@ -643,8 +643,12 @@ static void unit_run(const att_plan *p, int64_t b, int64_t hk0, int64_t k_lo, in
                     transposed = true;
                 }
                 int64_t j = 0;
-                if (p->dk && p->dk->gemm6x32) /* KT is zero-padded to 16 keys */
-                    for (; j + 32 <= ((n + 15) & ~(int64_t)15); j += 32)
+                const int64_t n16 = (n + 15) & ~(int64_t)15; /* KT is zero-padded to 16 keys */
+                if (p->dk && p->dk->gemm6x64 && n16 == 64)
+                    for (; j + 64 <= n16; j += 64)
+                        p->dk->gemm6x64(w->Qp + rb * D, D, w->KT + j, TK, D, S + j, TK, NULL);
+                if (p->dk && p->dk->gemm6x32)
+                    for (; j + 32 <= n16; j += 32)
                         p->dk->gemm6x32(w->Qp + rb * D, D, w->KT + j, TK, D, S + j, TK, NULL);
                 for (; j < n; j += 16)
                     gemm_rx16(w->Qp + rb * D, D, w->KT + j, TK, D, S + j, TK, NULL, MR);
@@ -663,6 +667,9 @@ static void unit_run(const att_plan *p, int64_t b, int64_t hk0, int64_t k_lo, in
                     }
                 } else {
                     int64_t c = 0;
+                    if (p->dk && p->dk->gemm6x64)
+                        for (; c + 64 <= D; c += 64)
+                            p->dk->gemm6x64(S, TK, Vt + c, D, n, w->Op + rb * D + c, D, w->corr);
                     if (p->dk && p->dk->gemm6x32)
                         for (; c + 32 <= D; c += 32)
                             p->dk->gemm6x32(S, TK, Vt + c, D, n, w->Op + rb * D + c, D, w->corr);

@@ -173,38 +173,49 @@ static void pv_direct(const float *P, int64_t j_lo, int64_t j_hi, const char *co
 #undef X
 }
 
-/* kr_cpu_decode_kernels.gemm6x32: the driver's gemm_rx16 at 16 lanes, two
- * vectors a row: 12 accumulators, A broadcast, two B vectors per k. */
-static void gemm6x32(const float *A, int64_t lda, const float *B, int64_t ldb, int64_t K, float *C,
-                     int64_t ldc, const float *scale) {
-    __m512 acc[MR][2];
+/* C[r][0 .. 16 NV) = (scale ? C[r] * scale[r] : 0) + sum_k A[r][k] B[k][0 .. 16 NV)
+ * for the driver's 6 rows: the driver's gemm_rx16 at 16 lanes, NV vectors a
+ * row (6 NV accumulators), A broadcast, NV B vectors per k. */
+KR_INLINE void gemm6xv(const float *A, int64_t lda, const float *B, int64_t ldb, int64_t K,
+                       float *C, int64_t ldc, const float *scale, const int NV) {
+    __m512 acc[MR][4];
 #pragma GCC unroll 6
     for (int r = 0; r < MR; r++) {
-        if (scale) {
-            const __m512 sc = _mm512_set1_ps(scale[r]);
-            acc[r][0] = _mm512_mul_ps(_mm512_loadu_ps(C + r * ldc), sc);
-            acc[r][1] = _mm512_mul_ps(_mm512_loadu_ps(C + r * ldc + 16), sc);
-        } else {
-            acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-        }
+        const __m512 sc = _mm512_set1_ps(scale ? scale[r] : 0.0f);
+#pragma GCC unroll 4
+        for (int x = 0; x < NV; x++)
+            acc[r][x] = scale ? _mm512_mul_ps(_mm512_loadu_ps(C + r * ldc + 16 * x), sc)
+                              : _mm512_setzero_ps();
     }
     for (int64_t k = 0; k < K; k++) {
-        const __m512 b0 = _mm512_loadu_ps(B + k * ldb), b1 = _mm512_loadu_ps(B + k * ldb + 16);
+        __m512 b[4];
+#pragma GCC unroll 4
+        for (int x = 0; x < NV; x++) b[x] = _mm512_loadu_ps(B + k * ldb + 16 * x);
 #pragma GCC unroll 6
         for (int r = 0; r < MR; r++) {
             const __m512 a = _mm512_set1_ps(A[r * lda + k]);
-            acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
+#pragma GCC unroll 4
+            for (int x = 0; x < NV; x++) acc[r][x] = _mm512_fmadd_ps(a, b[x], acc[r][x]);
         }
     }
 #pragma GCC unroll 6
-    for (int r = 0; r < MR; r++) {
-        _mm512_storeu_ps(C + r * ldc, acc[r][0]);
-        _mm512_storeu_ps(C + r * ldc + 16, acc[r][1]);
-    }
+    for (int r = 0; r < MR; r++)
+#pragma GCC unroll 4
+        for (int x = 0; x < NV; x++) _mm512_storeu_ps(C + r * ldc + 16 * x, acc[r][x]);
 }
 
-static const kr_cpu_decode_kernels avx512_decode = {qk_direct, pv_direct, gemm6x32};
+/* kr_cpu_decode_kernels.gemm6x32 and gemm6x64. */
+static void gemm6x32(const float *A, int64_t lda, const float *B, int64_t ldb, int64_t K, float *C,
+                     int64_t ldc, const float *scale) {
+    gemm6xv(A, lda, B, ldb, K, C, ldc, scale, 2);
+}
+
+static void gemm6x64(const float *A, int64_t lda, const float *B, int64_t ldb, int64_t K, float *C,
+                     int64_t ldc, const float *scale) {
+    gemm6xv(A, lda, B, ldb, K, C, ldc, scale, 4);
+}
+
+static const kr_cpu_decode_kernels avx512_decode = {qk_direct, pv_direct, gemm6x32, gemm6x64};
 
 static kr_status attention(const kr_attention_args *a, char *err, size_t err_len) {
     return kr_cpu_tiled_attention(a, &avx512_decode, err, err_len);
