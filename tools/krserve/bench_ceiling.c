@@ -44,21 +44,21 @@ typedef struct worker {
 #if KB_X86
 /* 12 independent chains held in named registers (an array of vectors was
  * compiled with a loop and memory traffic around it, and measured ~65 % of
- * the AVX2 peak on a Zen 5 host), one FMA each per iteration. */
-#define KB_FMA12(T, FMA, X, Y)                                                                     \
-    T a0 = X, a1 = Y, a2 = X, a3 = Y, a4 = X, a5 = Y, a6 = X, a7 = Y, a8 = X, a9 = Y, a10 = X,     \
-      a11 = Y;                                                                                     \
-    for (int64_t it = 0; it < w->iters; it++) {                                                    \
-        a0 = FMA(a0, X, Y), a1 = FMA(a1, X, Y), a2 = FMA(a2, X, Y), a3 = FMA(a3, X, Y);            \
-        a4 = FMA(a4, X, Y), a5 = FMA(a5, X, Y), a6 = FMA(a6, X, Y), a7 = FMA(a7, X, Y);            \
-        a8 = FMA(a8, X, Y), a9 = FMA(a9, X, Y), a10 = FMA(a10, X, Y), a11 = FMA(a11, X, Y);        \
-    }
-
-/* 12 chains x 8 lanes x 2 FLOP per iteration. */
+ * the AVX2 peak on a Zen 5 host), one FMA each per iteration:
+ * 12 chains x 8 lanes x 2 FLOP per iteration. */
 __attribute__((target("avx2,fma"))) static void *fma_avx2(void *p) {
     worker *w = p;
     const __m256 x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
-    KB_FMA12(__m256, _mm256_fmadd_ps, x, y)
+    __m256 a0 = x, a1 = y, a2 = x, a3 = y, a4 = x, a5 = y, a6 = x, a7 = y, a8 = x, a9 = y, a10 = x,
+           a11 = y;
+    for (int64_t it = 0; it < w->iters; it++) {
+        a0 = _mm256_fmadd_ps(a0, x, y), a1 = _mm256_fmadd_ps(a1, x, y);
+        a2 = _mm256_fmadd_ps(a2, x, y), a3 = _mm256_fmadd_ps(a3, x, y);
+        a4 = _mm256_fmadd_ps(a4, x, y), a5 = _mm256_fmadd_ps(a5, x, y);
+        a6 = _mm256_fmadd_ps(a6, x, y), a7 = _mm256_fmadd_ps(a7, x, y);
+        a8 = _mm256_fmadd_ps(a8, x, y), a9 = _mm256_fmadd_ps(a9, x, y);
+        a10 = _mm256_fmadd_ps(a10, x, y), a11 = _mm256_fmadd_ps(a11, x, y);
+    }
     const __m256 s =
         _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
                                     _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7))),
@@ -75,7 +75,16 @@ __attribute__((target("avx2,fma"))) static void *fma_avx2(void *p) {
 __attribute__((target("avx512f"))) static void *fma_avx512(void *p) {
     worker *w = p;
     const __m512 x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
-    KB_FMA12(__m512, _mm512_fmadd_ps, x, y)
+    __m512 a0 = x, a1 = y, a2 = x, a3 = y, a4 = x, a5 = y, a6 = x, a7 = y, a8 = x, a9 = y, a10 = x,
+           a11 = y;
+    for (int64_t it = 0; it < w->iters; it++) {
+        a0 = _mm512_fmadd_ps(a0, x, y), a1 = _mm512_fmadd_ps(a1, x, y);
+        a2 = _mm512_fmadd_ps(a2, x, y), a3 = _mm512_fmadd_ps(a3, x, y);
+        a4 = _mm512_fmadd_ps(a4, x, y), a5 = _mm512_fmadd_ps(a5, x, y);
+        a6 = _mm512_fmadd_ps(a6, x, y), a7 = _mm512_fmadd_ps(a7, x, y);
+        a8 = _mm512_fmadd_ps(a8, x, y), a9 = _mm512_fmadd_ps(a9, x, y);
+        a10 = _mm512_fmadd_ps(a10, x, y), a11 = _mm512_fmadd_ps(a11, x, y);
+    }
     const __m512 s =
         _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
                                     _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7))),

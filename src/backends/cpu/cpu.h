@@ -25,7 +25,8 @@ typedef struct kr_cpu_kernels {
  * such variant (not x86-64). Call only when the CPU has the features. */
 const kr_cpu_kernels *kr_cpu_avx2_kernels(void);
 
-/* Decode micro-kernels a wider ISA can give the tiled driver (x86_avx2/):
+/* Micro-kernels a wider ISA can give the tiled driver (x86_avx2/); the
+ * decode ones:
  * qk: S[r * 64 + j] = q[r] . K[j] for R rows and the n cache rows krow[j]
  *     (int8: codes times the group scales gk[j * ng + g]);
  * pv: O[r] = O[r] * corr[r] + sum_{j_lo <= j < j_hi} P[r * 64 + j] V[j]
@@ -44,6 +45,11 @@ typedef struct kr_cpu_decode_kernels {
     /* The same at 64 columns (24 accumulators), or NULL. */
     void (*gemm6x64)(const float *A, int64_t lda, const float *B, int64_t ldb, int64_t K, float *C,
                      int64_t ldc, const float *scale);
+    /* The online-softmax step of one row over a tile it sees whole (n <= 64
+     * scores in s, log2 units, no mask): folds them into (*m, *l), leaves
+     * P = 2^(s - m) in s, returns the factor for the row's earlier output;
+     * a NaN score makes the row NaN. NULL: the driver's own. */
+    float (*softmax)(float *s, int64_t n, float *m, float *l);
 } kr_cpu_decode_kernels;
 
 /* The tiled attention driver (x86_avx2/) with its own decode kernels (dk

@@ -427,7 +427,12 @@ static void unit_rows(const att_plan *p, int64_t b, int64_t hk0, int64_t qt, att
 /* Online softmax of one block row over a tile: masks, then folds the tile's
  * scores into (m, l) and leaves P = 2^(s - m) in s. */
 static void softmax_row(const kr_attention_args *a, int64_t b, att_scratch *w, int64_t row,
-                        float *s, int64_t j0, int64_t n, bool full, float *corr_out) {
+                        float *s, int64_t j0, int64_t n, bool full, float *corr_out,
+                        const kr_cpu_decode_kernels *dk) {
+    if (full && dk && dk->softmax) { /* a wider variant's, for a tile the row sees whole */
+        *corr_out = dk->softmax(s, n, &w->m[row], &w->l[row]);
+        return;
+    }
     const int64_t n8 = (n + 7) & ~(int64_t)7;
     if (!full) {
         const int64_t rl = w->lo[row], rh = w->hi[row];
@@ -551,7 +556,7 @@ static void unit_run_direct(const att_plan *p, int64_t b, int64_t hk0, int64_t l
             else
                 qk_direct_dispatch(w->Qp + rb * D, D, w, n, S, p->kv_dt, R);
             for (int r = 0; r < R; r++)
-                softmax_row(a, b, w, rb + r, S + r * TK, j0, n, full, &w->corr[r]);
+                softmax_row(a, b, w, rb + r, S + r * TK, j0, n, full, &w->corr[r], p->dk);
             if (full && p->dk) {
                 p->dk->pv(S, 0, n, w->vrow, w->gv, ng, D, w->Op + rb * D, w->corr, p->kv_dt, R);
             } else if (full) {
@@ -653,7 +658,7 @@ static void unit_run(const att_plan *p, int64_t b, int64_t hk0, int64_t k_lo, in
                 for (; j < n; j += 16)
                     gemm_rx16(w->Qp + rb * D, D, w->KT + j, TK, D, S + j, TK, NULL, MR);
                 for (int r = 0; r < R; r++)
-                    softmax_row(a, b, w, rb + r, S + r * TK, j0, n, full, &w->corr[r]);
+                    softmax_row(a, b, w, rb + r, S + r * TK, j0, n, full, &w->corr[r], p->dk);
                 if (v_bad && !full) {
                     for (int r = 0; r < R; r++) {
                         const int64_t row = rb + r;

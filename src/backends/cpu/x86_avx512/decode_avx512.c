@@ -1,16 +1,18 @@
 /*
- * decode_avx512.c — the decode micro-kernels on AVX-512 (F, BW, VL), which
- * the tiled driver (x86_avx2/attention_avx2.c) calls when this variant is
- * chosen: scores of R query rows against cache rows read in place, and the
- * output update O = O * corr + P V from cache rows. Everything else (tiles,
- * softmax, splits, prefill) is the AVX2 driver's.
+ * decode_avx512.c — the AVX-512 (F, BW, VL) kernels the tiled driver
+ * (x86_avx2/attention_avx2.c) calls when this variant is chosen, through
+ * kr_cpu_decode_kernels: for decode, scores of R query rows against cache
+ * rows read in place and the output update O = O * corr + P V from cache
+ * rows; for the tiled (prefill, chunked) path, 6 x 32 and 6 x 64 register
+ * kernels and the softmax step of a tile a row sees whole. Everything else
+ * (tiles, masks, splits, conversions) is the AVX2 driver's.
  *
- * Why a variant for two kernels: in decode each cached K/V element meets R
- * = 4 query rows (32 query heads over 8 kv heads), so a key and kv head cost
- * 4 D multiply-adds for q.k and as many for p.v. At 8 lanes (AVX2) that is
- * 128 FMA instructions per key and head at head_dim 128, which on two cores
- * only just keeps pace with memory when every cycle issues two FMAs; at 16
- * lanes, half, so the kernels can be memory-bound with slack.
+ * Why a variant: in decode each cached K/V element meets R = 4 query rows
+ * (32 query heads over 8 kv heads), so a key and kv head cost 4 D
+ * multiply-adds for q.k and as many for p.v — 128 FMA instructions per key
+ * and head at head_dim 128 and 8 lanes, half at 16; in prefill the tile
+ * products are the work, and 16 lanes double what each instruction does
+ * (this VM's 512-bit FMA peak is twice its 256-bit one).
  *
  *   q.k: keys four at a time, R x 4 accumulators of 16 channels over
  *        head_dim, then a transposing reduction (4 accumulators -> 4 sums);
@@ -22,6 +24,7 @@
 #include "../cpu.h"
 
 #include <immintrin.h>
+#include <math.h>
 
 #define KR_INLINE static inline __attribute__((always_inline))
 #define MR 6  /* at most this many rows (the driver's register block) */
@@ -215,7 +218,61 @@ static void gemm6x64(const float *A, int64_t lda, const float *B, int64_t ldb, i
     gemm6xv(A, lda, B, ldb, K, C, ldc, scale, 4);
 }
 
-static const kr_cpu_decode_kernels avx512_decode = {qk_direct, pv_direct, gemm6x32, gemm6x64};
+/* 2^x, 16 lanes: kr_avx2_exp2's method and coefficients (x <= -127 gives
+ * 0, NaN stays NaN). */
+KR_INLINE __m512 exp2_16(__m512 x) {
+    x = _mm512_max_ps(_mm512_set1_ps(-127.0f), x);
+    const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.525273380405984e-05f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.5403530393381606e-04f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-03f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618129107628477e-03f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550410866482158e-02f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402265069591007e-01f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471805599453e-01f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    const __m512i e =
+        _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+/* kr_cpu_decode_kernels.softmax: the driver's softmax_row for a tile the row
+ * sees whole, 16 lanes (the last vector masked to n). */
+static float softmax_full(float *s, int64_t n, float *m, float *l) {
+    const int nv = (int)((n + 15) / 16);
+    const __mmask16 tail = (__mmask16)(n % 16 ? (1u << (n % 16)) - 1 : 0xffffu);
+    __m512 x[TK / 16];
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    __mmask16 bad = 0;
+    for (int v = 0; v < nv; v++) {
+        x[v] = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), v == nv - 1 ? tail : 0xffff,
+                                    s + 16 * v);
+        mx = _mm512_max_ps(mx, x[v]);
+        bad |= _mm512_cmp_ps_mask(x[v], x[v], _CMP_UNORD_Q);
+    }
+    const float m_tile = bad ? NAN : _mm512_reduce_max_ps(mx);
+    const float m_old = *m;
+    const float m_new = (m_tile != m_tile || m_tile > m_old) ? m_tile : m_old;
+    if (m_new == -INFINITY) { /* nothing visible yet */
+        for (int64_t j = 0; j < n; j++) s[j] = 0.0f;
+        return 1.0f;
+    }
+    const __m512 mv = _mm512_set1_ps(m_new);
+    __m512 sum = _mm512_setzero_ps();
+    for (int v = 0; v < nv; v++) {
+        const __m512 e = exp2_16(_mm512_sub_ps(x[v], mv)); /* masked lanes: 2^-inf = 0 */
+        _mm512_mask_storeu_ps(s + 16 * v, v == nv - 1 ? tail : 0xffff, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    const float corr = m_old == -INFINITY ? 0.0f : exp2f(m_old - m_new);
+    *l = *l * corr + _mm512_reduce_add_ps(sum);
+    *m = m_new;
+    return corr;
+}
+
+static const kr_cpu_decode_kernels avx512_decode = {qk_direct, pv_direct, gemm6x32, gemm6x64,
+                                                    softmax_full};
 
 static kr_status attention(const kr_attention_args *a, char *err, size_t err_len) {
     return kr_cpu_tiled_attention(a, &avx512_decode, err, err_len);
