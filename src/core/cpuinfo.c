@@ -43,6 +43,23 @@ kr_status kr_cpu_info_get(kr_cpu_info *out) {
     out->amx = -1; /* libcpuid 0.6 has no AMX flag */
     out->neon = 0;
     snprintf(out->detail, sizeof out->detail, "libcpuid %s", cpuid_lib_version());
+#if defined(__x86_64__) || defined(__i386__)
+    /* On the development VM (AMD EPYC, Zen 5) libcpuid 0.6 reports no
+     * AVX-512 while the CPU runs it; the compiler's runtime check, which the
+     * CPU backend's dispatch uses, sees it. Report what the dispatch sees. */
+    __builtin_cpu_init();
+    const int f = __builtin_cpu_supports("avx512f") != 0,
+              bw = __builtin_cpu_supports("avx512bw") != 0,
+              vnni = __builtin_cpu_supports("avx512vnni") != 0;
+    if ((f && !out->avx512f) || (bw && !out->avx512bw) || (vnni && !out->avx512_vnni)) {
+        out->avx512f |= f;
+        out->avx512bw |= bw;
+        out->avx512_vnni |= vnni;
+        snprintf(out->detail, sizeof out->detail,
+                 "libcpuid %s; AVX-512 flags from the compiler's runtime check",
+                 cpuid_lib_version());
+    }
+#endif
 #else
     snprintf(out->model, sizeof out->model, "unknown");
     snprintf(out->detail, sizeof out->detail, "no CPU feature library for this architecture");

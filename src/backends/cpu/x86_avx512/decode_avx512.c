@@ -284,7 +284,8 @@ const kr_cpu_kernels *kr_cpu_avx512_kernels(void) {
     const kr_cpu_kernels *base = kr_cpu_avx2_kernels();
     if (!base) return NULL;
     avx512_kernels = *base;
-    avx512_kernels.isa = "avx512f+avx512bw+avx512vl (decode) / avx2+fma+f16c";
+    avx512_kernels.isa =
+        "avx512f+avx512bw+avx512vl (decode, tile products, softmax) / avx2+fma+f16c";
     avx512_kernels.attention = attention;
     return &avx512_kernels;
 }
