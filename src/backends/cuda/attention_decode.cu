@@ -643,7 +643,7 @@ __device__ __forceinline__ dm_unit dm_unit_of(const kr_cu_attention &a, int64_t 
 __device__ __forceinline__ void dm_q_frags(const kr_cu_attention &a, const dm_unit &u,
                                            const float *chan, float *qs, unsigned (*qa)[2],
                                            const int ROWS, const int DT, const int D,
-                                           const bool PERM = false) {
+                                           const bool PERM) {
     for (int r = 0; r < ROWS; r++) {
         const int64_t row = u.chunk * ROWS + r;
         const int64_t h = u.hk * u.G + row / a.Sq, i = row % a.Sq;
@@ -691,7 +691,7 @@ __device__ __forceinline__ void dm_finish(const kr_cu_attention &a, int64_t spli
                                           const kr_cu_decode_ws &ws, const dm_unit &u, float *ml,
                                           float m, float l, float (*o)[2], float oscale,
                                           const int ROWS, const int DT, const int D,
-                                          const bool PERM = false) {
+                                          const bool PERM) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, myr = lane / 4, q4 = lane % 4;
     float *accs = ml + KR_CU_DECODE_WARPS * ROWS * 2;
     l += __shfl_xor_sync(0xffffffffu, l, 1);
@@ -738,7 +738,7 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
         tc_commit();
     }
     unsigned qa[8][2]; /* D / 16 <= 8 used */
-    dm_q_frags(a, u, NULL, qs, qa, ROWS, DT, D);
+    dm_q_frags(a, u, NULL, qs, qa, ROWS, DT, D, false);
     const float qscale = a.scale * DC_LOG2E;
 
     float m = -INFINITY, l = 0.0f, o[16][2]; /* NC <= 16 used */
@@ -803,7 +803,7 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
         }
     }
     tc_wait(0);
-    dm_finish(a, splits, ws, u, (float *)stages, m, l, o, 1.0f, ROWS, DT, D);
+    dm_finish(a, splits, ws, u, (float *)stages, m, l, o, 1.0f, ROWS, DT, D, false);
 }
 
 #define DM_KERNELS(D)                                                                              \
