@@ -27,7 +27,7 @@ def main():
     ap.add_argument("--lib", required=True)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--kv-len", type=int, default=32768)
-    ap.add_argument("--op", choices=("decode", "prefill"), default="decode")
+    ap.add_argument("--op", choices=("decode", "prefill", "append"), default="decode")
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--causal", action="store_true")
@@ -40,6 +40,8 @@ def main():
     kr = bs.Krserve(a.lib)
     if a.op == "prefill":
         return prefill(kr, a)
+    if a.op == "append":
+        return append(kr, a)
     B, H, Hkv, D, L = a.batch, 32, 8, 128, a.kv_len
     q = torch.randn(B, H, 1, D, dtype=torch.float16, device="cuda")
     k = torch.randn(B, Hkv, L, D, dtype=torch.float16, device="cuda")
@@ -83,6 +85,40 @@ def prefill(kr, a):
     torch.cuda.nvtx.range_pop()
     torch.cuda.synchronize()
     print("profiled prefill B=%d S=%d D=%d causal=%d" % (B, S, D, a.causal))
+    return 0
+
+
+def append(kr, a):
+    """RoPE in place, RoPE + append into an fp16 cache and RoPE + quantise + append into an
+    int8 cache: --seq tokens x 32 heads x 128, fp16 (bench_sdpa.py's rope part)."""
+    T, H, D = a.seq, 32, 128
+    x, k, v = (torch.randn(1, T, H, D, dtype=torch.float16, device="cuda") for _ in range(3))
+    pos = torch.arange(T, dtype=torch.int64, device="cuda")
+    p = kr.lib.kr_rope_params_default()
+    tx, tk, tv = kr.bshd(x), kr.bshd(k), kr.bshd(v)
+    k1 = kr.view(k, (1, 1, H, D), k.stride())
+    v1 = kr.view(v, (1, 1, H, D), v.stride())
+    caches = []
+    for dt in (bs.KR_F16, bs.KR_I8):
+        c = bs.make_cache(kr, 1, 2 * T + 1, H, D, dt)
+        kr.check(kr.lib.kr_kv_cache_append(kr.ctx, c, 0, C.byref(k1), C.byref(v1), None, None,
+                                           C.byref(p)))  # the int8 factors, outside the range
+        caches.append(c)
+    rope = lambda: kr.check(kr.lib.kr_rope(kr.ctx, C.byref(tx), C.c_void_p(pos.data_ptr()),
+                                           C.byref(p)))
+    app = lambda c: kr.check(kr.lib.kr_kv_cache_append(kr.ctx, c, 0, C.byref(tk), C.byref(tv),
+                                                       None, None, C.byref(p)))
+    rope()
+    torch.cuda.synchronize()
+    torch.cuda.nvtx.range_push("prof")
+    rope()
+    for c in caches:
+        app(c)
+    torch.cuda.nvtx.range_pop()
+    torch.cuda.synchronize()
+    for c in caches:
+        kr.lib.kr_kv_cache_free(c)
+    print("profiled rope / append T=%d" % T)
     return 0
 
 

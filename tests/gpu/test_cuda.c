@@ -633,6 +633,89 @@ static void test_kv_cache(void **state) {
 }
 
 /* INT8 cache decode against the fp16 cache, both on the device: within 1 %. */
+/* Non-finite K/V into the int8 cache: a row with a NaN, +inf or -inf gets
+ * a NaN row scale on the device as in ref (kr_ref_quantize_row), so the
+ * whole row reads back NaN, and every other row of the same tokens reads
+ * back as ref's. The first append (clean, outlier channel 5) fixes the
+ * channel factors; the second carries the non-finite values. */
+static void test_int8_nonfinite(void **state) {
+    (void)state;
+    NEED_GPU();
+    const int64_t B = 2, S = 6, Hkv = 3, dims[] = {128, 80, 256};
+    for (int di = 0; di < 3; di++) {
+        const int64_t D = dims[di];
+        const uint64_t id = 705000 + (uint64_t)di;
+        kt_rng r = kt_rng_for(id ^ kt_base_seed());
+        kr_kv_cache_options o = {1, B, 2 * S, Hkv, D, KR_I8, {KR_DEVICE_CPU, 0}};
+        kr_kv_cache *ch = NULL, *cd = NULL;
+        assert_int_equal(kr_kv_cache_create(ctx_ref, &o, &ch), KR_OK);
+        o.device = DEV;
+        if (kr_kv_cache_create(ctx_gpu, &o, &cd) != KR_OK)
+            fail_msg("D %lld: %s", (long long)D, kr_context_last_error(ctx_gpu));
+        kr_rope_params rp = kr_rope_params_default();
+        for (int round = 0; round < 2; round++) {
+            kt_buf k = kt_buf_new(KR_F16, B * S * Hkv * D), v = kt_buf_new(KR_F16, k.n);
+            fill(&r, &k, NULL);
+            fill(&r, &v, NULL);
+            for (int64_t i = 0; i < k.n; i += D) kt_set(&k, i + 5, 20.0 * kt_get(&k, i + 5));
+            if (round == 1) {
+                /* rows (b, s, h): K (0,1,0) NaN at 7; V (0,3,2) +inf at 40; K (1,4,1)
+                 * -inf at D-1 and +inf at 0; V (1,0,0) NaN at 0 and -inf at 33 */
+                kt_set(&k, ((0 * S + 1) * Hkv + 0) * D + 7, NAN);
+                kt_set(&v, ((0 * S + 3) * Hkv + 2) * D + 40, INFINITY);
+                kt_set(&k, ((1 * S + 4) * Hkv + 1) * D + D - 1, -INFINITY);
+                kt_set(&k, ((1 * S + 4) * Hkv + 1) * D + 0, INFINITY);
+                kt_set(&v, ((1 * S + 0) * Hkv + 0) * D + 0, NAN);
+                kt_set(&v, ((1 * S + 0) * Hkv + 0) * D + 33, -INFINITY);
+            }
+            append_both(ch, cd, &k, &v, B, S, Hkv, D, NULL, &rp, false);
+            kt_buf_free(&k);
+            kt_buf_free(&v);
+        }
+        int64_t nan_rows = 0;
+        for (int64_t b = 0; b < B; b++) {
+            kt_buf k1, v1, k2, v2;
+            assert_int_equal(kt_read_seq(ctx_ref, ch, 0, b, 2 * S, Hkv, D, &k1, &v1), KR_OK);
+            if (kt_read_seq(ctx_gpu, cd, 0, b, 2 * S, Hkv, D, &k2, &v2) != KR_OK)
+                fail_msg("device read: %s", kr_context_last_error(ctx_gpu));
+            for (int w = 0; w < 2; w++) {
+                const kt_buf *x = w ? &v2 : &k2, *y = w ? &v1 : &k1;
+                double num = 0, den = 0;
+                for (int64_t row = 0; row < 2 * S * Hkv; row++) {
+                    const bool ref_nan = isnan(kt_get(y, row * D));
+                    nan_rows += ref_nan;
+                    for (int64_t c = 0; c < D; c++) {
+                        const double a = kt_get(x, row * D + c), e = kt_get(y, row * D + c);
+                        if (isnan(e) != ref_nan)
+                            fail_msg("D %lld b %lld %s row %lld: ref's row is not all NaN "
+                                     "or all finite (seed %llu)",
+                                     (long long)D, (long long)b, w ? "V" : "K", (long long)row,
+                                     (unsigned long long)id);
+                        if (isnan(a) != isnan(e))
+                            fail_msg("D %lld b %lld %s row %lld ch %lld: device %g, ref %g "
+                                     "(seed %llu)",
+                                     (long long)D, (long long)b, w ? "V" : "K", (long long)row,
+                                     (long long)c, a, e, (unsigned long long)id);
+                        if (!isnan(e)) num += (a - e) * (a - e), den += e * e;
+                    }
+                }
+                const double err = den > 0 ? sqrt(num / den) : sqrt(num);
+                if (!(err <= 2e-3))
+                    fail_msg("D %lld b %lld %s: finite rows vs ref %.3g (seed %llu)", (long long)D,
+                             (long long)b, w ? "V" : "K", err, (unsigned long long)id);
+            }
+            kt_buf_free(&k1);
+            kt_buf_free(&v1);
+            kt_buf_free(&k2);
+            kt_buf_free(&v2);
+        }
+        if (nan_rows != 4) fail_msg("D %lld: %lld NaN rows in ref, 4 expected", (long long)D,
+                                    (long long)nan_rows);
+        kr_kv_cache_free(ch);
+        kr_kv_cache_free(cd);
+    }
+}
+
 static void test_int8_vs_f16(void **state) {
     (void)state;
     NEED_GPU();
@@ -767,7 +850,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_device_api),  cmocka_unit_test(test_attention_grid),
         cmocka_unit_test(test_rope),        cmocka_unit_test(test_kv_cache),
-        cmocka_unit_test(test_int8_vs_f16), cmocka_unit_test(test_fault_fallback),
+        cmocka_unit_test(test_int8_nonfinite), cmocka_unit_test(test_int8_vs_f16),
+        cmocka_unit_test(test_fault_fallback),
         cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

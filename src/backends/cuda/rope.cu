@@ -262,6 +262,13 @@ __device__ __forceinline__ void ap_chunk(const kr_cu_append &a, const unsigned c
         o[j] = c0 + j < a.D ? rp_elem(row, dt, c0 + j, rot, a.half, a.layout, cs) : 0.0f;
 }
 
+/* max(a, b) that keeps a NaN (PTX max.NaN, sm_80+): fmaxf drops one. */
+__device__ __forceinline__ float ap_max_nan(float a, float b) {
+    float d;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(d) : "f"(a), "f"(b));
+    return d;
+}
+
 /* Quantises a staged row (rotated when rot) into q[D] and meta with
  * kr_ref_quantize_row's arithmetic: y = x / chan, the row's amax (a NaN
  * sticks) and each group's, the f16 row scale rounded up, the u8 group
@@ -269,14 +276,19 @@ __device__ __forceinline__ void ap_chunk(const kr_cu_append &a, const unsigned c
  * 0-15 take one, 16-31 the other (the per-row scale chain is paid once for
  * both), a lane channels 8 hl + 128 k + j (hl = lane % 16, j < 8, k < KB:
  * D <= 128 KB, KB compile-time), so a 32-channel group is 4 lanes. live:
- * this half's row exists (else it computes on a copy and stores nothing). */
+ * this half's row exists (else it computes on a copy and stores nothing).
+ *
+ * Where ref differs in form, the result is the same: ref's group maxima
+ * drop a NaN while its row amax keeps it; here one NaN-keeping chain serves
+ * both, because a row with a NaN has a NaN row scale, and then every group
+ * share is 0 whatever its maximum. A code is cvt.rni of y times the step's
+ * reciprocal (ref's rintf), 0 where the reciprocal is 0 (ref's test). */
 __device__ __forceinline__ void ap_quantize(const kr_cu_append &a, const unsigned char *row, int dt,
                                             bool rot, const float2 *cs, const float *chan,
                                             int8_t *q, uint8_t *meta, bool live, const int KB) {
     const int lane = threadIdx.x % 32, hl = lane % 16;
     const int D = (int)a.D, groups = (D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
     float y[2][8], gmax[2] = {0.0f, 0.0f};
-    bool nan = false;
 #pragma unroll
     for (int k = 0; k < KB; k++) {
         const int c0 = 8 * hl + 128 * k;
@@ -296,23 +308,24 @@ __device__ __forceinline__ void ap_quantize(const kr_cu_append &a, const unsigne
 #pragma unroll
             for (int j = 0; j < 8; j++) f[j] = c0 + j < D ? chan[c0 + j] : 1.0f;
         }
+        /* most factors are 1 (kv_cache.h: only outlier channels get one), and
+         * dividing by 1 is exact: the divisions run only where a warp needs one */
+        bool scaled = false;
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            /* most factors are 1 (kv_cache.h: only outlier channels get one), and
-             * dividing by 1 is exact: the division runs only where a lane needs it */
-            if (f[j] != 1.0f) y[k][j] = y[k][j] / f[j];
-            const float m = fabsf(y[k][j]);
-            nan |= m != m;
-            gmax[k] = fmaxf(gmax[k], m); /* drops a NaN, as ref's group max does */
+        for (int j = 0; j < 8; j++) scaled |= f[j] != 1.0f;
+        if (__any_sync(0xffffffffu, scaled)) {
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+                if (f[j] != 1.0f) y[k][j] = y[k][j] / f[j];
         }
-        gmax[k] = fmaxf(gmax[k], __shfl_xor_sync(0xffffffffu, gmax[k], 1));
-        gmax[k] = fmaxf(gmax[k], __shfl_xor_sync(0xffffffffu, gmax[k], 2));
+#pragma unroll
+        for (int j = 0; j < 8; j++) gmax[k] = ap_max_nan(gmax[k], fabsf(y[k][j]));
+        gmax[k] = ap_max_nan(gmax[k], __shfl_xor_sync(0xffffffffu, gmax[k], 1));
+        gmax[k] = ap_max_nan(gmax[k], __shfl_xor_sync(0xffffffffu, gmax[k], 2));
     }
-    float amax = KB > 1 ? fmaxf(gmax[0], gmax[1]) : gmax[0];
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 4));
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 8));
-    if ((__ballot_sync(0xffffffffu, nan) >> (lane & 16)) & 0xffffu)
-        amax = __int_as_float(0x7fc00000);
+    float amax = KB > 1 ? ap_max_nan(gmax[0], gmax[1]) : gmax[0];
+    amax = ap_max_nan(amax, __shfl_xor_sync(0xffffffffu, amax, 4));
+    amax = ap_max_nan(amax, __shfl_xor_sync(0xffffffffu, amax, 8));
     const bool fin = isfinite(amax);
     unsigned short rh =
         __half_as_ushort(__float2half_rn(fin ? amax / 127.0f : __int_as_float(0x7fc00000)));
@@ -334,21 +347,22 @@ __device__ __forceinline__ void ap_quantize(const kr_cu_append &a, const unsigne
         if (live && hl % 4 == 0) meta[2 + g] = ub;
         const float s = __fmul_rn(row_scale, __fmul_rn((float)ub, 1.0f / 255.0f));
         const float inv = s > 0.0f && isfinite(s) ? 1.0f / s : 0.0f;
-        unsigned packed[2] = {0u, 0u};
-        int8_t code[8];
+        int code[8];
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-            float r = inv > 0.0f ? rintf(__fmul_rn(y[k][j], inv)) : 0.0f;
-            if (r > 127.0f) r = 127.0f;
-            if (r < -127.0f) r = -127.0f;
-            code[j] = r == r ? (int8_t)r : 0;
-            packed[j / 4] |= (unsigned)(uint8_t)code[j] << (8 * (j % 4));
+            const int r = inv > 0.0f ? __float2int_rn(__fmul_rn(y[k][j], inv)) : 0;
+            code[j] = min(max(r, -127), 127);
         }
         if (!live || c0 >= D) continue;
-        if (D % 8 == 0)
-            *(uint2 *)(q + c0) = make_uint2(packed[0], packed[1]);
-        else
-            for (int j = 0; j < 8 && c0 + j < D; j++) q[c0 + j] = code[j];
+        if (D % 8 == 0) {
+            const unsigned lo = __byte_perm(__byte_perm(code[0], code[1], 0x0040),
+                                            __byte_perm(code[2], code[3], 0x0040), 0x5410);
+            const unsigned hi = __byte_perm(__byte_perm(code[4], code[5], 0x0040),
+                                            __byte_perm(code[6], code[7], 0x0040), 0x5410);
+            *(uint2 *)(q + c0) = make_uint2(lo, hi);
+        } else {
+            for (int j = 0; j < 8 && c0 + j < D; j++) q[c0 + j] = (int8_t)code[j];
+        }
     }
 }
 
@@ -381,7 +395,7 @@ __device__ __forceinline__ void ap_rows(const kr_cu_append &a, const unsigned ch
         const unsigned char *row = stage + (size_t)r * pitch;
         if (I8 && amax_k) {
             float *am = (is_k ? amax_k : amax_v) + h * a.D;
-            for (int64_t c0 = 4 * lane; c0 < a.D; c0 += 128) {
+            for (int c0 = 4 * (int)lane; c0 < (int)a.D; c0 += 128) {
                 float o[4];
                 ap_chunk(a, row, DT, c0, rot, cs, o);
                 for (int j = 0; j < 4 && c0 + j < a.D; j++) {
@@ -393,7 +407,7 @@ __device__ __forceinline__ void ap_rows(const kr_cu_append &a, const unsigned ch
         }
         const int64_t dr = (b * a.capacity + slot) * a.Hkv + h; /* the cache row */
         void *dst = is_k ? a.k_dst : a.v_dst;
-        for (int64_t c0 = 4 * lane; c0 < a.D; c0 += 128) {
+        for (int c0 = 4 * (int)lane; c0 < (int)a.D; c0 += 128) {
             float o[4];
             ap_chunk(a, row, DT, c0, rot, cs, o);
             if (a.D % 4 == 0) /* cache rows are contiguous and 4-element aligned */
@@ -411,8 +425,12 @@ __device__ __forceinline__ void ap_body(const kr_cu_append &a, unsigned rows, un
                                         bool cp16, float *amax_k, float *amax_v, const bool I8,
                                         const int KB) {
     extern __shared__ __align__(16) unsigned char ap_sh[];
-    const unsigned R2 = (unsigned)(2 * a.Hkv), chunks = (R2 + rows - 1) / rows, b = blockIdx.y;
-    const unsigned t = blockIdx.x / chunks, r0 = (blockIdx.x - t * chunks) * rows;
+    const unsigned R2 = (unsigned)(2 * a.Hkv), b = blockIdx.y;
+    unsigned t = blockIdx.x, r0 = 0;
+    if (rows < R2) { /* row chunks (a token's rows larger than the stage) */
+        const unsigned chunks = (R2 + rows - 1) / rows;
+        t = blockIdx.x / chunks, r0 = (blockIdx.x - t * chunks) * rows;
+    }
     if (t >= cu_len(a.n_new, b)) return;
     const int64_t slot = cu_len(a.len, b) + t;
     const unsigned nr = R2 - r0 < rows ? R2 - r0 : rows;
@@ -420,15 +438,28 @@ __device__ __forceinline__ void ap_body(const kr_cu_append &a, unsigned rows, un
 
     /* 1: the rows, raw, into shared memory */
     if (cp16) {
-        const unsigned per = pitch / 16;
-        for (unsigned x = threadIdx.x; x < nr * per; x += AP_THREADS) {
-            const unsigned r = x / per, c = x - r * per;
-            const bool is_k = r0 + r < a.Hkv;
-            const kr_tensor &src = is_k ? a.k : a.v;
-            const unsigned h = is_k ? r0 + r : r0 + r - (unsigned)a.Hkv;
-            const int es = src.dtype == KR_F32 ? 4 : 2;
-            tc_cp16(ap_sh + (size_t)r * pitch + 16 * c,
-                    (const char *)src.data + cu_off(src, b, t, h, 0) * es + 16 * c, true);
+        /* a thread keeps its 16-byte column; rows advance by AP_THREADS / per
+         * where per divides AP_THREADS (head_dim 128 and 64 in 16 bits: 16
+         * and 8), else by the general walk; addresses from each tensor's
+         * token row, no 64-bit index products in the loop */
+        const unsigned per = pitch / 16, Hkv = (unsigned)a.Hkv;
+        const int es = a.k.dtype == KR_F32 ? 4 : 2; /* K and V share a dtype */
+        const char *kt = (const char *)a.k.data + cu_off(a.k, b, t, 0, 0) * es,
+                   *vt = (const char *)a.v.data + cu_off(a.v, b, t, 0, 0) * es;
+        const int64_t ks = a.k.stride[2] * es, vs = a.v.stride[2] * es;
+        if (AP_THREADS % per == 0) {
+            const unsigned c = threadIdx.x % per, rstep = AP_THREADS / per;
+            for (unsigned r = threadIdx.x / per; r < nr; r += rstep) {
+                const unsigned h = r0 + r;
+                const char *src = h < Hkv ? kt + (int64_t)h * ks : vt + (int64_t)(h - Hkv) * vs;
+                tc_cp16(ap_sh + (size_t)r * pitch + 16 * c, src + 16 * c, true);
+            }
+        } else {
+            for (unsigned x = threadIdx.x; x < nr * per; x += AP_THREADS) {
+                const unsigned r = x / per, c = x - r * per, h = r0 + r;
+                const char *src = h < Hkv ? kt + (int64_t)h * ks : vt + (int64_t)(h - Hkv) * vs;
+                tc_cp16(ap_sh + (size_t)r * pitch + 16 * c, src + 16 * c, true);
+            }
         }
         tc_commit();
     } else {
