@@ -26,6 +26,14 @@ __device__ __forceinline__ void rp_rotate(float x, float y, float c, float s, fl
     *yo = __fadd_rn(__fmul_rn(x, s), __fmul_rn(y, c));
 }
 
+/* One side of a rotated pair, x the channel's value and y its partner's:
+ * x' = x c - y s = x c + (-y) s on the first side, y' = x s + y c = y c + x s
+ * on the second, each rounding as rp_rotate's. One form for both sides, the
+ * partner negated on the first, so lanes on either side do not diverge. */
+__device__ __forceinline__ float rp_rotate_side(float x, float y, float c, float s, bool first) {
+    return __fadd_rn(__fmul_rn(x, c), __fmul_rn(first ? -y : y, s));
+}
+
 /* cos/sin of every pair of one position into cs[half] (float2: c, s). */
 __device__ __forceinline__ void rp_table(float2 *cs, double pos, const double *inv_freq,
                                          int64_t half, double af) {
@@ -94,17 +102,12 @@ __device__ __forceinline__ void rp_chunk4(const void *p, int dt, int64_t row, in
     }
     const bool first = c0 < half;
     const int64_t i0 = first ? c0 : c0 - half;
-    float y[4], dummy;
+    float y[4];
     rp_load4(p, dt, row + (first ? c0 + half : c0 - half), y);
     const float4 t0 = *(const float4 *)(cs + i0), t1 = *(const float4 *)(cs + i0 + 2);
     const float cc[4] = {t0.x, t0.z, t1.x, t1.z}, ss[4] = {t0.y, t0.w, t1.y, t1.w};
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
-        if (first)
-            rp_rotate(x[j], y[j], cc[j], ss[j], &o[j], &dummy);
-        else
-            rp_rotate(y[j], x[j], cc[j], ss[j], &dummy, &o[j]);
-    }
+    for (int j = 0; j < 4; j++) o[j] = rp_rotate_side(x[j], y[j], cc[j], ss[j], first);
 }
 
 /* Channel c of a contiguous row (any D, any half), rotated when rot. */
@@ -269,36 +272,40 @@ __device__ __forceinline__ float ap_max_nan(float a, float b) {
     return d;
 }
 
-/* Quantises a staged row (rotated when rot) into q[D] and meta with
- * kr_ref_quantize_row's arithmetic: y = x / chan, the row's amax (a NaN
- * sticks) and each group's, the f16 row scale rounded up, the u8 group
- * shares, codes rint(y / step) clamped to +-127. Two rows a warp: lanes
- * 0-15 take one, 16-31 the other (the per-row scale chain is paid once for
- * both), a lane channels 8 hl + 128 k + j (hl = lane % 16, j < 8, k < KB:
- * D <= 128 KB, KB compile-time), so a 32-channel group is 4 lanes. live:
- * this half's row exists (else it computes on a copy and stores nothing).
+/* rint(v) clamped to +-127, 0 for a NaN (cvt.rni.sat.s8: round to nearest
+ * even, saturate to [-128, 127], NaN to 0; then the lower clamp). With the
+ * reciprocal 0 (a zero group, or a row whose scale is NaN), v is 0 or NaN:
+ * code 0, as ref's test of the reciprocal gives. */
+__device__ __forceinline__ int ap_code(float v) {
+    int r;
+    asm("cvt.rni.sat.s8.f32 %0, %1;" : "=r"(r) : "f"(v));
+    return max(r, -127);
+}
+
+/* Quantises a row, given as a lane's values y[k][j] of channels
+ * 8 hl + 128 k + j (hl = lane % 16, j < 8, k < KB: D <= 128 KB, KB
+ * compile-time; 0 past D), into q[D] and meta with kr_ref_quantize_row's
+ * arithmetic: y = x / chan, the row's amax (a NaN sticks) and each group's,
+ * the f16 row scale rounded up, the u8 group shares, codes rint(y / step)
+ * clamped to +-127. Two rows a warp: lanes 0-15 take one, 16-31 the other
+ * (the per-row scale chain is paid once for both), so a 32-channel group is
+ * 4 lanes. live: this half's row exists (else it computes on a copy and
+ * stores nothing).
  *
  * Where ref differs in form, the result is the same: ref's group maxima
  * drop a NaN while its row amax keeps it; here one NaN-keeping chain serves
  * both, because a row with a NaN has a NaN row scale, and then every group
- * share is 0 whatever its maximum. A code is cvt.rni of y times the step's
- * reciprocal (ref's rintf), 0 where the reciprocal is 0 (ref's test). */
-__device__ __forceinline__ void ap_quantize(const kr_cu_append &a, const unsigned char *row, int dt,
-                                            bool rot, const float2 *cs, const float *chan,
-                                            int8_t *q, uint8_t *meta, bool live, const int KB) {
+ * share is 0 whatever its maximum. A code is ap_code of y times the step's
+ * reciprocal (ref's rintf and clamp), 0 where the reciprocal is 0. */
+__device__ __forceinline__ void ap_quantize_y(int D, float (*y)[8], const float *chan, int8_t *q,
+                                              uint8_t *meta, bool live, const int KB) {
     const int lane = threadIdx.x % 32, hl = lane % 16;
-    const int D = (int)a.D, groups = (D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
-    float y[2][8], gmax[2] = {0.0f, 0.0f};
+    const int groups = (D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
+    float gmax[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int k = 0; k < KB; k++) {
         const int c0 = 8 * hl + 128 * k;
-        if (128 * k >= D) { /* warp-uniform */
-#pragma unroll
-            for (int j = 0; j < 8; j++) y[k][j] = 0.0f;
-            continue;
-        }
-        ap_chunk(a, row, dt, c0, rot, cs, y[k]);
-        ap_chunk(a, row, dt, c0 + 4, rot, cs, y[k] + 4);
+        if (128 * k >= D) continue; /* warp-uniform */
         float f[8];
         if (D % 8 == 0 && c0 < D) {
             const float4 v0 = *(const float4 *)(chan + c0), v1 = *(const float4 *)(chan + c0 + 4);
@@ -349,10 +356,7 @@ __device__ __forceinline__ void ap_quantize(const kr_cu_append &a, const unsigne
         const float inv = s > 0.0f && isfinite(s) ? 1.0f / s : 0.0f;
         int code[8];
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            const int r = inv > 0.0f ? __float2int_rn(__fmul_rn(y[k][j], inv)) : 0;
-            code[j] = min(max(r, -127), 127);
-        }
+        for (int j = 0; j < 8; j++) code[j] = ap_code(__fmul_rn(y[k][j], inv));
         if (!live || c0 >= D) continue;
         if (D % 8 == 0) {
             const unsigned lo = __byte_perm(__byte_perm(code[0], code[1], 0x0040),
@@ -364,6 +368,26 @@ __device__ __forceinline__ void ap_quantize(const kr_cu_append &a, const unsigne
             for (int j = 0; j < 8 && c0 + j < D; j++) q[c0 + j] = (int8_t)code[j];
         }
     }
+}
+
+/* ap_quantize_y over a staged row (raw, dtype dt), rotated when rot. */
+__device__ __forceinline__ void ap_quantize(const kr_cu_append &a, const unsigned char *row, int dt,
+                                            bool rot, const float2 *cs, const float *chan,
+                                            int8_t *q, uint8_t *meta, bool live, const int KB) {
+    const int hl = threadIdx.x % 16, D = (int)a.D;
+    float y[2][8];
+#pragma unroll
+    for (int k = 0; k < KB; k++) {
+        const int c0 = 8 * hl + 128 * k;
+        if (128 * k >= D) { /* warp-uniform */
+#pragma unroll
+            for (int j = 0; j < 8; j++) y[k][j] = 0.0f;
+            continue;
+        }
+        ap_chunk(a, row, dt, c0, rot, cs, y[k]);
+        ap_chunk(a, row, dt, c0 + 4, rot, cs, y[k] + 4);
+    }
+    ap_quantize_y(D, y, chan, q, meta, live, KB);
 }
 
 /* The rows of one staged token chunk, a warp per row; DT (the K/V dtype)
@@ -511,6 +535,114 @@ __global__ void __launch_bounds__(AP_THREADS, 2)
     ap_body(a, rows, pitch, cp16, amax_k, amax_v, true, 2);
 }
 
+/* ---- the int8 cache at head_dim 128 from f16/bf16 K and V: a warp a token
+ *
+ * The common case of the int8 append without shared staging or block
+ * barriers: a warp takes one token, two rows an iteration (lanes 0-15 row
+ * 2p, 16-31 row 2p + 1; K rows first, then V), a lane 8 channels of its row
+ * read from global memory by one 16-byte load, the rows of the next two
+ * iterations in flight while one is quantised. The token's cos/sin are
+ * built by the warp into its own slice of shared memory. Half-split
+ * partners (channel c +- half) are the lane half / 8 away: a shuffle. Needs
+ * D == 128, 16-byte aligned unit-stride rows, half % 8 == 0 (RoPE) —
+ * aq_fits; everything else takes ap_kernel_i8. */
+#define AQ_WARPS 8
+
+__device__ __forceinline__ uint4 aq_load(const char *kt, const char *vt, int64_t ks, int64_t vs,
+                                         unsigned Hkv, unsigned r) {
+    const char *row = r < Hkv ? kt + (int64_t)r * ks : vt + (int64_t)(r - Hkv) * vs;
+    return *(const uint4 *)(row + 16 * (threadIdx.x % 16));
+}
+
+__device__ __forceinline__ void aq_unpack(uint4 raw, const int DT, float *f) {
+    const unsigned w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float2 p = DT == KR_F16 ? __half22float2(*(const __half2 *)&w[i])
+                                      : __bfloat1622float2(*(const __nv_bfloat162 *)&w[i]);
+        f[2 * i] = p.x, f[2 * i + 1] = p.y;
+    }
+}
+
+__device__ __forceinline__ void aq_body(const kr_cu_append &a, const int DT, const bool SPLIT) {
+    __shared__ __align__(16) float2 aq_cs[AQ_WARPS][64];
+    const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32, hl = lane % 16, b = blockIdx.y,
+                   t = blockIdx.x * AQ_WARPS + warp;
+    if (t >= cu_len(a.n_new, b)) return; /* warp-uniform; no block barrier below */
+    const unsigned Hkv = (unsigned)a.Hkv, half = (unsigned)a.half;
+    const int64_t slot = cu_len(a.len, b) + t;
+    const char *kt = (const char *)a.k.data + cu_off(a.k, b, t, 0, 0) * 2,
+               *vt = (const char *)a.v.data + cu_off(a.v, b, t, 0, 0) * 2;
+    const int64_t ks = a.k.stride[2] * 2, vs = a.v.stride[2] * 2;
+    const unsigned side = lane / 16; /* which row of the pair */
+    uint4 c0 = aq_load(kt, vt, ks, vs, Hkv, side), c1 = c0;
+    if (Hkv > 1) c1 = aq_load(kt, vt, ks, vs, Hkv, 2 + side);
+    float2 *cs = aq_cs[warp];
+    if (a.inv_freq) {
+        const double pos = a.positions ? (double)a.positions[b * a.S + t] : (double)slot;
+        for (unsigned i = lane; i < half; i += 32) {
+            double sn, c;
+            sincos(pos * a.inv_freq[i], &sn, &c);
+            cs[i] = make_float2((float)(c * a.attention_factor), (float)(sn * a.attention_factor));
+        }
+        __syncwarp();
+    }
+    /* this lane's channels [8 hl, 8 hl + 8): rotated when below 2 half; the
+     * half-split side and the lane holding the partners */
+    const unsigned c8 = 8 * hl;
+    const bool in_rot = c8 < 2 * half, first = c8 < half;
+    const unsigned i0 = SPLIT ? (first ? c8 : c8 - half) : c8 / 2;
+    const int partner =
+        (int)(lane & 16) + (int)(in_rot ? (first ? hl + half / 8 : hl - half / 8) : hl);
+    const int64_t row0 = ((int64_t)b * a.capacity + slot) * Hkv; /* the token's cache rows */
+    for (unsigned p = 0; p < Hkv; p++) {
+        const uint4 raw = c0;
+        c0 = c1;
+        if (p + 2 < Hkv) c1 = aq_load(kt, vt, ks, vs, Hkv, 2 * (p + 2) + side);
+        const unsigned r = 2 * p + side;
+        const bool is_k = r < Hkv;
+        const unsigned h = is_k ? r : r - Hkv;
+        float y[1][8];
+        aq_unpack(raw, DT, y[0]);
+        if (SPLIT && a.inv_freq) { /* the shuffles by every lane, before any branch */
+            uint4 pr;
+            pr.x = __shfl_sync(0xffffffffu, raw.x, partner);
+            pr.y = __shfl_sync(0xffffffffu, raw.y, partner);
+            pr.z = __shfl_sync(0xffffffffu, raw.z, partner);
+            pr.w = __shfl_sync(0xffffffffu, raw.w, partner);
+            if (is_k && in_rot) {
+                float w[8];
+                aq_unpack(pr, DT, w);
+#pragma unroll
+                for (int j = 0; j < 8; j += 2) {
+                    const float4 cc = *(const float4 *)(cs + i0 + j); /* pairs i0+j, i0+j+1 */
+                    y[0][j] = rp_rotate_side(y[0][j], w[j], cc.x, cc.y, first);
+                    y[0][j + 1] = rp_rotate_side(y[0][j + 1], w[j + 1], cc.z, cc.w, first);
+                }
+            }
+        } else if (!SPLIT && a.inv_freq && is_k && in_rot) {
+#pragma unroll
+            for (int j = 0; j < 8; j += 4) {
+                const float4 cc = *(const float4 *)(cs + i0 + j / 2); /* pairs of j, j + 2 */
+                rp_rotate(y[0][j], y[0][j + 1], cc.x, cc.y, &y[0][j], &y[0][j + 1]);
+                rp_rotate(y[0][j + 2], y[0][j + 3], cc.z, cc.w, &y[0][j + 2], &y[0][j + 3]);
+            }
+        }
+        const int64_t dr = row0 + h;
+        ap_quantize_y(128, y, (is_k ? a.k_chan : a.v_chan) + h * 128,
+                      (int8_t *)(is_k ? a.k_dst : a.v_dst) + dr * 128,
+                      (is_k ? a.k_meta : a.v_meta) + dr * KR_KV_INT8_META_BYTES(128), true, 1);
+    }
+}
+
+__global__ void __launch_bounds__(AQ_WARPS * 32) aq_kernel(kr_cu_append a) {
+    const bool split = a.layout == KR_ROPE_HALF_SPLIT;
+    if (a.k.dtype == KR_F16)
+        split ? aq_body(a, KR_F16, true) : aq_body(a, KR_F16, false);
+    else
+        split ? aq_body(a, KR_BF16, true) : aq_body(a, KR_BF16, false);
+}
+
 /* Rows of a K or V tensor (f32, f16 or bf16; K and V alike) 16-byte
  * aligned and contiguous: 16-byte cp.async copies. */
 static int64_t ap_esize(const kr_tensor *t) { return t->dtype == KR_F32 ? 4 : 2; }
@@ -520,6 +652,14 @@ static bool ap_rows16(const kr_tensor *t, int64_t D) {
     for (int i = 0; i < 3; i++)
         if (t->stride[i] * es % 16) return false;
     return true;
+}
+
+/* aq_kernel's case: the int8 cache, head_dim 128, 16-bit K and V in
+ * 16-byte aligned unit-stride rows, RoPE pairs in whole 8-channel chunks. */
+static bool aq_fits(const kr_cu_append *a, bool rows16) {
+    return a->dtype == KR_I8 && a->D == 128 && rows16 && a->k.dtype == a->v.dtype &&
+           (a->k.dtype == KR_F16 || a->k.dtype == KR_BF16) &&
+           (!a->inv_freq || (a->half % 8 == 0 && a->half <= 64));
 }
 
 static kr_status ap_launch(const kr_cu_append *a, float *amax_k, float *amax_v, void *stream,
@@ -548,6 +688,11 @@ static kr_status ap_launch(const kr_cu_append *a, float *amax_k, float *amax_v, 
     }
     if (a->S * chunks == 0 || a->B == 0) return KR_OK;
     const bool cp16 = ap_rows16(&a->k, a->D) && ap_rows16(&a->v, a->D);
+    if (!amax_k && aq_fits(a, cp16)) {
+        dim3 g((unsigned)((a->S + AQ_WARPS - 1) / AQ_WARPS), (unsigned)a->B);
+        aq_kernel<<<g, AQ_WARPS * 32, 0, (cudaStream_t)stream>>>(*a);
+        return cu_launched("kv append", err, n);
+    }
     const size_t smem =
         (size_t)(rows * pitch) + sizeof(float2) * (size_t)(a->half > 0 ? a->half : 1);
     dim3 grid((unsigned)(a->S * chunks), (unsigned)a->B);
