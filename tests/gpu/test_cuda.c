@@ -637,14 +637,28 @@ static void test_kv_cache(void **state) {
  * a NaN row scale on the device as in ref (kr_ref_quantize_row), so the
  * whole row reads back NaN, and every other row of the same tokens reads
  * back as ref's. The first append (clean, outlier channel 5) fixes the
- * channel factors; the second carries the non-finite values. */
+ * channel factors; the second carries the non-finite values. Cases: the
+ * warp-per-token kernel (head_dim 128, f16/bf16, both layouts, full and
+ * partial rotary, no RoPE) and the staged one (80, 256, f32 input). */
 static void test_int8_nonfinite(void **state) {
     (void)state;
     NEED_GPU();
-    const int64_t B = 2, S = 6, Hkv = 3, dims[] = {128, 80, 256};
-    for (int di = 0; di < 3; di++) {
-        const int64_t D = dims[di];
-        const uint64_t id = 705000 + (uint64_t)di;
+    const int64_t B = 2, S = 6, Hkv = 3;
+    const struct {
+        int64_t D;
+        kr_dtype dt;
+        kr_rope_layout layout;
+        int64_t rotary; /* 0: all of D; -1: no RoPE */
+    } cases[] = {
+        {128, KR_F16, KR_ROPE_HALF_SPLIT, 0},   {128, KR_BF16, KR_ROPE_INTERLEAVED, 0},
+        {128, KR_F16, KR_ROPE_HALF_SPLIT, 64},  {128, KR_BF16, KR_ROPE_HALF_SPLIT, 96},
+        {128, KR_F16, KR_ROPE_INTERLEAVED, 32}, {128, KR_BF16, KR_ROPE_HALF_SPLIT, -1},
+        {80, KR_F16, KR_ROPE_HALF_SPLIT, 0},    {256, KR_F32, KR_ROPE_INTERLEAVED, 0},
+    };
+    double worst = 0;
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int64_t D = cases[ci].D;
+        const uint64_t id = 705000 + (uint64_t)ci;
         kt_rng r = kt_rng_for(id ^ kt_base_seed());
         kr_kv_cache_options o = {1, B, 2 * S, Hkv, D, KR_I8, {KR_DEVICE_CPU, 0}};
         kr_kv_cache *ch = NULL, *cd = NULL;
@@ -653,8 +667,10 @@ static void test_int8_nonfinite(void **state) {
         if (kr_kv_cache_create(ctx_gpu, &o, &cd) != KR_OK)
             fail_msg("D %lld: %s", (long long)D, kr_context_last_error(ctx_gpu));
         kr_rope_params rp = kr_rope_params_default();
+        rp.layout = cases[ci].layout;
+        rp.rotary_dim = cases[ci].rotary > 0 ? cases[ci].rotary : 0;
         for (int round = 0; round < 2; round++) {
-            kt_buf k = kt_buf_new(KR_F16, B * S * Hkv * D), v = kt_buf_new(KR_F16, k.n);
+            kt_buf k = kt_buf_new(cases[ci].dt, B * S * Hkv * D), v = kt_buf_new(cases[ci].dt, k.n);
             fill(&r, &k, NULL);
             fill(&r, &v, NULL);
             for (int64_t i = 0; i < k.n; i += D) kt_set(&k, i + 5, 20.0 * kt_get(&k, i + 5));
@@ -668,7 +684,8 @@ static void test_int8_nonfinite(void **state) {
                 kt_set(&v, ((1 * S + 0) * Hkv + 0) * D + 0, NAN);
                 kt_set(&v, ((1 * S + 0) * Hkv + 0) * D + 33, -INFINITY);
             }
-            append_both(ch, cd, &k, &v, B, S, Hkv, D, NULL, &rp, false);
+            append_both(ch, cd, &k, &v, B, S, Hkv, D, NULL, cases[ci].rotary < 0 ? NULL : &rp,
+                        false);
             kt_buf_free(&k);
             kt_buf_free(&v);
         }
@@ -700,6 +717,7 @@ static void test_int8_nonfinite(void **state) {
                     }
                 }
                 const double err = den > 0 ? sqrt(num / den) : sqrt(num);
+                if (err > worst) worst = err;
                 if (!(err <= 2e-3))
                     fail_msg("D %lld b %lld %s: finite rows vs ref %.3g (seed %llu)", (long long)D,
                              (long long)b, w ? "V" : "K", err, (unsigned long long)id);
@@ -709,11 +727,14 @@ static void test_int8_nonfinite(void **state) {
             kt_buf_free(&k2);
             kt_buf_free(&v2);
         }
-        if (nan_rows != 4) fail_msg("D %lld: %lld NaN rows in ref, 4 expected", (long long)D,
-                                    (long long)nan_rows);
+        if (nan_rows != 4)
+            fail_msg("D %lld: %lld NaN rows in ref, 4 expected", (long long)D, (long long)nan_rows);
         kr_kv_cache_free(ch);
         kr_kv_cache_free(cd);
     }
+    printf("# int8 append with NaN/inf rows: %zu cases, NaN rows as ref's, finite rows vs ref "
+           "%.3g\n",
+           sizeof cases / sizeof cases[0], worst);
 }
 
 static void test_int8_vs_f16(void **state) {
@@ -848,11 +869,10 @@ int main(void) {
     /* KR_TEST_FILTER=test_attention_grid: that test only (cmocka's name filter) */
     if (getenv("KR_TEST_FILTER")) cmocka_set_test_filter(getenv("KR_TEST_FILTER"));
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_device_api),  cmocka_unit_test(test_attention_grid),
-        cmocka_unit_test(test_rope),        cmocka_unit_test(test_kv_cache),
+        cmocka_unit_test(test_device_api),     cmocka_unit_test(test_attention_grid),
+        cmocka_unit_test(test_rope),           cmocka_unit_test(test_kv_cache),
         cmocka_unit_test(test_int8_nonfinite), cmocka_unit_test(test_int8_vs_f16),
-        cmocka_unit_test(test_fault_fallback),
-        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_fault_fallback), cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
