@@ -308,7 +308,8 @@ __device__ __forceinline__ void ap_quantize_y(int D, float (*y)[8], const float 
         if (128 * k >= D) continue; /* warp-uniform */
         float f[8];
         if (D % 8 == 0 && c0 < D) {
-            const float4 v0 = *(const float4 *)(chan + c0), v1 = *(const float4 *)(chan + c0 + 4);
+            const float4 v0 = __ldg((const float4 *)(chan + c0)),
+                         v1 = __ldg((const float4 *)(chan + c0 + 4));
             f[0] = v0.x, f[1] = v0.y, f[2] = v0.z, f[3] = v0.w;
             f[4] = v1.x, f[5] = v1.y, f[6] = v1.z, f[7] = v1.w;
         } else {
@@ -547,11 +548,14 @@ __global__ void __launch_bounds__(AP_THREADS, 2)
  * D == 128, 16-byte aligned unit-stride rows, half % 8 == 0 (RoPE) —
  * aq_fits; everything else takes ap_kernel_i8. */
 #define AQ_WARPS 8
+#ifndef AQ_MIN_BLOCKS /* lab knob (bench/append_lab.sh): 4 caps it at 64 registers */
+#define AQ_MIN_BLOCKS 4
+#endif
 
 __device__ __forceinline__ uint4 aq_load(const char *kt, const char *vt, int64_t ks, int64_t vs,
                                          unsigned Hkv, unsigned r) {
     const char *row = r < Hkv ? kt + (int64_t)r * ks : vt + (int64_t)(r - Hkv) * vs;
-    return *(const uint4 *)(row + 16 * (threadIdx.x % 16));
+    return __ldg((const uint4 *)(row + 16 * (threadIdx.x % 16)));
 }
 
 __device__ __forceinline__ void aq_unpack(uint4 raw, const int DT, float *f) {
@@ -635,7 +639,7 @@ __device__ __forceinline__ void aq_body(const kr_cu_append &a, const int DT, con
     }
 }
 
-__global__ void __launch_bounds__(AQ_WARPS * 32) aq_kernel(kr_cu_append a) {
+__global__ void __launch_bounds__(AQ_WARPS * 32, AQ_MIN_BLOCKS) aq_kernel(kr_cu_append a) {
     const bool split = a.layout == KR_ROPE_HALF_SPLIT;
     if (a.k.dtype == KR_F16)
         split ? aq_body(a, KR_F16, true) : aq_body(a, KR_F16, false);
