@@ -2,7 +2,7 @@
 # bench/append_lab.sh — the lab for rope.cu (RoPE in place, RoPE + append
 # into the fp16 cache, RoPE + quantise + append into the int8 cache).
 # Rebuilds only rope.cu once per variant (macros overridden, e.g.
-# AP_I8_MIN_BLOCKS, AP_TPB_MAX, RP_BATCH) and links it with the CMake build's
+# AQ_MIN_BLOCKS, RP_BATCH) and links it with the CMake build's
 # other objects of the plugin, then times tests/gpu/bench_sdpa.py's rope part
 # (16K tokens x 32 heads x 128, each result checked first) with every plugin,
 # the variants taking turns for KR_LAB_ROUNDS rounds (default 2) so that a
@@ -10,7 +10,7 @@
 #
 # Usage: bench/append_lab.sh [BUILD_DIR] [NAME:FLAGS ...]
 #   BUILD_DIR (default build): a CMake build of the plugin (its objects are
-#   reused). NAME:FLAGS e.g. "mb3:-DAP_I8_MIN_BLOCKS=3"; "base:" is rope.cu
+#   reused). NAME:FLAGS e.g. "mb3:-DAQ_MIN_BLOCKS=3"; "base:" is rope.cu
 #   as it is. A variant named old:PATH takes a plugin already built (a
 #   directory holding libkrserve-cuda.so), e.g. an earlier commit's.
 #   KR_LAB_ROUNDS=0 only builds; KR_LAB_REUSE=1 times the plugins already in

@@ -135,7 +135,9 @@ __device__ __forceinline__ float rp_elem(const void *row, int dt, int64_t c, boo
  * RP_BATCH items a thread loaded before any is stored, the table built while
  * the first ones fly. DT, SPLIT: compile-time at every call. */
 #define RP_BLOCK 128
+#ifndef RP_BATCH /* lab knob (bench/append_lab.sh) */
 #define RP_BATCH 2
+#endif
 __device__ __forceinline__ void rp_token(const kr_cu_rope &r, unsigned b, unsigned t, double pos,
                                          float2 *cs, const int DT, const bool SPLIT) {
     const kr_tensor &x = r.x;
