@@ -46,10 +46,10 @@ __attribute__((noinline)) static float chains(int64_t iters) {
         a8 = _mm512_fmadd_ps(a8, x, y), a9 = _mm512_fmadd_ps(a9, x, y);
         a10 = _mm512_fmadd_ps(a10, x, y), a11 = _mm512_fmadd_ps(a11, x, y);
     }
-    const __m512 s = _mm512_add_ps(
-        _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
-                      _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7))),
-        _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
+    const __m512 s =
+        _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
+                                    _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7))),
+                      _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
     return _mm512_reduce_add_ps(s);
 }
 
@@ -124,9 +124,9 @@ int main(void) {
         const char *name;
         tile_fn f;
         int M, NV;
-    } t[] = {{"6 x 64 (gemm6x64)", t_6_4, 6, 4}, {"5 x 80", t_5_5, 5, 5},
-             {"8 x 48", t_8_3, 8, 3},            {"12 x 32", t_12_2, 12, 2},
-             {"14 x 32", t_14_2, 14, 2},         {"4 x 96", t_4_6, 4, 6}};
+    } t[] = {
+        {"6 x 64 (gemm6x64)", t_6_4, 6, 4}, {"5 x 80", t_5_5, 5, 5},    {"8 x 48", t_8_3, 8, 3},
+        {"12 x 32", t_12_2, 12, 2},         {"14 x 32", t_14_2, 14, 2}, {"4 x 96", t_4_6, 4, 6}};
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
         const double g = time_tile(t[i].f, t[i].M, t[i].NV);
         printf("tile %-18s %6.1f GFLOP/s  %5.1f %% of the chains\n", t[i].name, g, 100 * g / best);
