@@ -543,10 +543,10 @@ static void unit_run_direct(const att_plan *p, int64_t b, int64_t hk0, int64_t l
         for (int64_t hh = 0; hh < p->hpu; hh++) {
             const int64_t rb = hh * p->rows_pad;
             bool any = false, full = a->mask == NULL;
-            for (int r = 0; r < R; r++) {
+            for (int r = 0; r < R; r++) { /* padding rows (qi < 0) as in unit_run */
                 const int64_t rl = w->lo[rb + r], rh = w->hi[rb + r];
                 if (rl < j0 + n && rh > j0 && rl < rh) any = true;
-                if (!(rl <= j0 && rh >= j0 + n)) full = false;
+                if (w->qi[rb + r] >= 0 && !(rl <= j0 && rh >= j0 + n)) full = false;
             }
             if (!any) continue;
             direct_rows(a, b, hk0 + hh, j0, n, w);
@@ -621,12 +621,14 @@ static void unit_run(const att_plan *p, int64_t b, int64_t hk0, int64_t k_lo, in
             transposed = false; /* KT holds one kv head's tile at a time */
             for (int64_t rb = hh * p->rows_pad; rb < (hh + 1) * p->rows_pad; rb += MR) {
                 const int R = MR; /* rows_pad is a multiple of MR on this path */
-                /* visibility of this tile for the block */
+                /* visibility of this tile for the block; a padding row (qi < 0)
+                 * does not make it partial: its output is never stored, so it
+                 * may take the whole tile with the others */
                 bool any = false, full = a->mask == NULL;
                 for (int r = 0; r < R; r++) {
                     const int64_t rl = w->lo[rb + r], rh = w->hi[rb + r];
                     if (rl < j0 + n && rh > j0 && rl < rh) any = true;
-                    if (!(rl <= j0 && rh >= j0 + n)) full = false;
+                    if (w->qi[rb + r] >= 0 && !(rl <= j0 && rh >= j0 + n)) full = false;
                 }
                 if (!any) continue;
                 if (!loaded) {
