@@ -169,6 +169,9 @@ static void test_formulas(void **state) {
     d.q_len = 4; /* causal within the chunk: 997 + 998 + 999 + 1000 keys */
     c = kb_case_cost(&d);
     assert_true(c.flops == 4.0 * 32 * 128 * 3994);
+    assert_true(c.compute); /* chunked prefill: judged against the FMA ceiling */
+    d.q_len = 3;
+    assert_false(kb_case_cost(&d).compute);
     kb_shape r = {KB_ROPE, 1, 4, 4, 64, 10, 1, KR_F32, KR_F32, false};
     c = kb_case_cost(&r);
     assert_true(c.bytes == 2.0 * 4 * 10 * 4 * 64 + 8.0 * 10);

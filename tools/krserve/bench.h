@@ -100,6 +100,12 @@ typedef struct kb_cost {
     bool compute; /* bound by compute (FLOP/s) or by memory (GB/s) */
 } kb_cost;
 
+/* Decode from this many query rows per sequence on (chunked prefill) is
+ * judged against the FMA ceiling: 4 q-len H / Hkv FLOP per cached element
+ * (64 at q-len 16 over 32:8 heads and an fp16 cache, 4 bytes a K/V pair)
+ * is far above a CPU's FMA-to-read ratio (~7 on the development VM). */
+#define KB_DECODE_COMPUTE_Q_LEN 4
+
 /* The minimal counts `krserve bench --help` states. */
 kb_cost kb_case_cost(const kb_shape *s);
 /* Bytes of one token of one layer in a KV cache of that dtype (K and V). */

@@ -44,6 +44,7 @@ kb_cost kb_case_cost(const kb_shape *s) {
         c.flops = 4.0 * B * H * D * kb_attention_pairs(s->q_len, s->context, true);
         c.bytes = B * S * kb_kv_token_bytes(s->kv_heads, s->head_dim, s->kv_dtype) +
                   2.0 * e * B * (double)s->q_len * H * D;
+        c.compute = s->q_len >= KB_DECODE_COMPUTE_Q_LEN; /* chunked prefill */
         break;
     case KB_ROPE: c.bytes = 2.0 * e * B * S * H * D + 8.0 * B * S; break;
     case KB_KV_APPEND:

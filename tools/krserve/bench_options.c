@@ -94,8 +94,10 @@ void kb_usage(FILE *f) {
         "                     byte counted once, however many query heads read it\n"
         "  rope       bytes = 2 e B S H D + 8 B S            x read and written, positions\n"
         "  kv-append  bytes = 2 e B S Hkv D + B S T          k and v read, the cache rows written\n"
-        "Attention is compute-bound (fraction of the FMA ceiling); the others are\n"
-        "memory-bound (fraction of the read-bandwidth ceiling).\n");
+        "Attention, and decode with q-len >= 4 (chunked prefill: 4 q-len H / Hkv FLOP\n"
+        "per cached element, above any CPU's FMA-to-read ratio), are compute-bound\n"
+        "(fraction of the FMA ceiling); the others are memory-bound (fraction of the\n"
+        "read-bandwidth ceiling).\n");
 }
 
 /* ---- parsing helpers ----------------------------------------------------- */

@@ -431,7 +431,10 @@ int kb_write_plot(const kb_report *rep, const char *path, char *err, size_t err_
                 "set xlabel 'context (tokens)'\nset format x '%%g'\nset format y '%%g'\n");
         for (int k = 0; k < KB_KIND_COUNT_; k++) {
             if (!kind_used[k]) continue;
-            const bool compute = k == KB_ATTENTION;
+            bool compute = k == KB_ATTENTION; /* decode: as its lines' q-len says */
+            for (int j = 0; j < n_lines; j++)
+                if ((int)lines[j].s.kind == k && k == KB_DECODE)
+                    compute = lines[j].s.q_len >= KB_DECODE_COMPUTE_Q_LEN;
             for (int panel = 0; panel < 2; panel++) {
                 if (panel == 0)
                     fprintf(g, "set title '%s: speed-up over ref'\nset ylabel 'x ref'\n",
