@@ -20,6 +20,8 @@
 #include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
+#include "fma_chains.h"
+
 #include <immintrin.h>
 #define KB_X86 1
 #else
@@ -76,28 +78,11 @@ __attribute__((target("avx2,fma"))) static void *fma_avx2(void *p) {
     return NULL;
 }
 
-/* The same with 16 lanes, for CPUs with AVX-512 (the widest FMA they have:
- * the CPU backend's AVX-512 kernels run on it). */
+/* The same with 16 lanes (fma_chains.h), for CPUs with AVX-512 (the widest
+ * FMA they have: the CPU backend's AVX-512 kernels run on it). */
 __attribute__((target("avx512f"))) static void *fma_avx512(void *p) {
     worker *w = p;
-    const __m512 x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
-    __m512 a0 = _mm512_set1_ps(0.10f), a1 = _mm512_set1_ps(0.11f), a2 = _mm512_set1_ps(0.12f),
-           a3 = _mm512_set1_ps(0.13f), a4 = _mm512_set1_ps(0.14f), a5 = _mm512_set1_ps(0.15f),
-           a6 = _mm512_set1_ps(0.16f), a7 = _mm512_set1_ps(0.17f), a8 = _mm512_set1_ps(0.18f),
-           a9 = _mm512_set1_ps(0.19f), a10 = _mm512_set1_ps(0.20f), a11 = _mm512_set1_ps(0.21f);
-    for (int64_t it = 0; it < w->iters; it++) {
-        a0 = _mm512_fmadd_ps(a0, x, y), a1 = _mm512_fmadd_ps(a1, x, y);
-        a2 = _mm512_fmadd_ps(a2, x, y), a3 = _mm512_fmadd_ps(a3, x, y);
-        a4 = _mm512_fmadd_ps(a4, x, y), a5 = _mm512_fmadd_ps(a5, x, y);
-        a6 = _mm512_fmadd_ps(a6, x, y), a7 = _mm512_fmadd_ps(a7, x, y);
-        a8 = _mm512_fmadd_ps(a8, x, y), a9 = _mm512_fmadd_ps(a9, x, y);
-        a10 = _mm512_fmadd_ps(a10, x, y), a11 = _mm512_fmadd_ps(a11, x, y);
-    }
-    const __m512 s =
-        _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
-                                    _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7))),
-                      _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
-    w->sink = _mm512_reduce_add_ps(s);
+    w->sink = kb_fma_chains_avx512(w->iters);
     w->flops = (double)w->iters * 12 * 16 * 2;
     return NULL;
 }
