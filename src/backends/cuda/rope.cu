@@ -2,10 +2,13 @@
  * rope.cu — RoPE in place, and RoPE + conversion / int8 quantisation +
  * append into a cache layer in one pass over the data.
  *
- * Both work one block per token: while the token's loads are in flight,
- * threads < half turn its position into cos/sin for every rotated pair (in
- * double, rounded to fp32 times the attention factor, exactly as
- * ref_rope.c) in shared memory; then every head of the token reuses them.
+ * RoPE and the staged append work one block per token: while the token's
+ * loads are in flight, threads < half turn its position into cos/sin for
+ * every rotated pair (in double, rounded to fp32 times the attention
+ * factor, exactly as ref_rope.c) in shared memory; then every head of the
+ * token reuses them. The int8 append at head_dim 128 from 16-bit K/V
+ * (aq_kernel) works a warp per token instead, its table in the warp's own
+ * slice of shared memory.
  * Pairs, for rotary_dim 8:
  *
  *   interleaved  [x0 y0 x1 y1 x2 y2 x3 y3]   pair i = (2i, 2i+1)
@@ -248,7 +251,8 @@ extern "C" kr_status kr_cu_rope_run(const kr_cu_rope *r, bool vector_path, void 
  * a warp per row: rotate (K), convert, store, a lane holding channels
  * 4 lane + 128 k + j (j < 4) so its stores are 4-wide and coalesced; the
  * int8 cache takes two rows a warp (ap_quantize). A token whose rows do not
- * fit AP_STAGE bytes is split into row chunks. */
+ * fit AP_STAGE bytes is split into row chunks. The int8 cache's common case
+ * (aq_fits) takes aq_kernel below instead. */
 #define AP_THREADS 256
 #define AP_WARPS (AP_THREADS / 32)
 #define AP_STAGE 16384
