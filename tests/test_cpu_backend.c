@@ -525,6 +525,111 @@ static void test_kv_append_int8_edges(void **state) {
     }
 }
 
+/* int8 appends over the shapes the wide quantiser batches differently: 1, 8
+ * and 9 kv heads (2, 16 and 18 rows: one partial batch, one whole, a whole
+ * and a partial), head_dim 64/128/256, f16/bf16/f32 inputs, no RoPE
+ * (cpu must equal ref value for value), half-split and interleaved RoPE over
+ * all or half of the channels (equal but for a rare last-bit cos/sin
+ * difference: at most 0.1 % of the values, 2e-3 normwise), an outlier
+ * channel (factors other than 1), and a NaN row and an infinite row among
+ * the later heads. */
+static void test_kv_append_int8_shapes(void **state) {
+    (void)state;
+    if (!cpu_available(KR_FEATURE_KV_QUANTIZATION)) skip();
+    const int64_t heads[] = {1, 8, 9}, dims[] = {64, 128, 256};
+    const kr_dtype dts[] = {KR_F16, KR_BF16, KR_F32};
+    uint64_t id = 97000;
+    int64_t cases = 0;
+    for (int hi = 0; hi < 3; hi++)
+        for (int di = 0; di < 3; di++)
+            for (int ti = 0; ti < 3; ti++)
+                for (int rope = 0; rope < 5; rope++, id++) {
+                    /* rope: 0 none, 1 half-split, 2 interleaved, 3/4 the same over D/2 */
+                    const int64_t B = 2, S = 7, Hkv = heads[hi], D = dims[di];
+                    kt_rng r = kt_rng_for(id);
+                    kr_kv_cache_options o = {1, B, 2 * S, Hkv, D, KR_I8, {KR_DEVICE_CPU, 0}};
+                    kr_kv_cache *c1 = NULL, *c2 = NULL;
+                    assert_int_equal(kr_kv_cache_create(ctx_ref, &o, &c1), KR_OK);
+                    assert_int_equal(kr_kv_cache_create(ctx_ref, &o, &c2), KR_OK);
+                    kr_rope_params p = kr_rope_params_default();
+                    p.layout = rope == 2 || rope == 4 ? KR_ROPE_INTERLEAVED : KR_ROPE_HALF_SPLIT;
+                    p.rotary_dim = rope >= 3 ? D / 2 : 0;
+                    for (int step = 0; step < 2; step++) {
+                        kt_buf k = kt_buf_new(dts[ti], B * S * Hkv * D),
+                               v = kt_buf_new(dts[ti], k.n);
+                        fill(&r, &k, NULL);
+                        fill(&r, &v, NULL);
+                        for (int64_t i = 0; i < k.n; i += D)
+                            kt_set(&k, i + 3, 16.0 * kt_get(&k, i + 3));
+                        if (step == 1) { /* token 2 of sequence 0: the last head's rows */
+                            const int64_t row = (2 * Hkv + Hkv - 1) * D;
+                            kt_set(&k, row + D / 2 + 1, NAN);
+                            kt_set(&v, row + 5, -INFINITY);
+                        }
+                        kr_tensor tk = kr_tensor_bshd(k.data, dts[ti], B, S, Hkv, D);
+                        kr_tensor tv = kr_tensor_bshd(v.data, dts[ti], B, S, Hkv, D);
+                        int64_t n_new[2] = {S, S - 3};
+                        const kr_rope_params *pp = rope ? &p : NULL;
+                        assert_int_equal(
+                            kr_kv_cache_append(ctx_ref, c1, 0, &tk, &tv, n_new, NULL, pp), KR_OK);
+                        assert_int_equal(
+                            kr_kv_cache_append(ctx_cpu, c2, 0, &tk, &tv, n_new, NULL, pp), KR_OK);
+                        kt_buf_free(&k);
+                        kt_buf_free(&v);
+                    }
+                    for (int64_t b = 0; b < B; b++) {
+                        const int64_t n = kr_kv_cache_seq_len(c1, 0, b);
+                        kt_buf k1, v1, k2, v2;
+                        assert_int_equal(kt_read_seq(ctx_ref, c1, 0, b, n, Hkv, D, &k1, &v1),
+                                         KR_OK);
+                        assert_int_equal(kt_read_seq(ctx_ref, c2, 0, b, n, Hkv, D, &k2, &v2),
+                                         KR_OK);
+                        for (int w = 0; w < 2; w++) {
+                            int64_t differ = 0, nan_ref = 0;
+                            double num = 0, den = 0;
+                            for (int64_t i = 0; i < k1.n; i++) {
+                                const double x = kt_get(w ? &v2 : &k2, i),
+                                             y = kt_get(w ? &v1 : &k1, i);
+                                nan_ref += y != y;
+                                if (x == y || (x != x && y != y)) continue;
+                                differ++;
+                                if (x != x || y != y || rope == 0)
+                                    fail_msg("int8 append Hkv %lld D %lld %s rope %d seq %lld %s "
+                                             "element %lld: cpu %.9g, ref %.9g (seed id %llu)",
+                                             (long long)Hkv, (long long)D, kr_dtype_name(dts[ti]),
+                                             rope, (long long)b, w ? "V" : "K", (long long)i, x, y,
+                                             (unsigned long long)id);
+                                num += (x - y) * (x - y);
+                            }
+                            for (int64_t i = 0; i < k1.n; i++) {
+                                const double y = kt_get(w ? &v1 : &k1, i);
+                                if (y == y) den += y * y;
+                            }
+                            if (differ * 1000 > k1.n || num > 4e-6 * den)
+                                fail_msg(
+                                    "int8 append Hkv %lld D %lld %s rope %d seq %lld %s: %lld of "
+                                    "%lld values differ from ref (seed id %llu)",
+                                    (long long)Hkv, (long long)D, kr_dtype_name(dts[ti]), rope,
+                                    (long long)b, w ? "V" : "K", (long long)differ, (long long)k1.n,
+                                    (unsigned long long)id);
+                            if (b == 0 && nan_ref == 0)
+                                fail_msg(
+                                    "Hkv %lld D %lld: the NaN/inf row did not read back as NaN",
+                                    (long long)Hkv, (long long)D);
+                        }
+                        kt_buf_free(&k1);
+                        kt_buf_free(&v1);
+                        kt_buf_free(&k2);
+                        kt_buf_free(&v2);
+                    }
+                    kr_kv_cache_free(c1);
+                    kr_kv_cache_free(c2);
+                    cases++;
+                }
+    printf("# cpu int8 append vs ref over %lld shapes: equal (RoPE: but rare last-bit cos/sin)\n",
+           (long long)cases);
+}
+
 int main(void) {
     kt_base_seed();
     const struct CMUnitTest tests[] = {
@@ -533,6 +638,7 @@ int main(void) {
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_kv_append),
         cmocka_unit_test(test_kv_append_int8_edges),
+        cmocka_unit_test(test_kv_append_int8_shapes),
         cmocka_unit_test(test_declined_case),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

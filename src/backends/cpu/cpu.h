@@ -57,6 +57,44 @@ typedef struct kr_cpu_decode_kernels {
 kr_status kr_cpu_tiled_attention(const kr_attention_args *a, const kr_cpu_decode_kernels *dk,
                                  char *err, size_t err_len);
 
+/* A run of consecutive tokens of one sequence for the int8 cache, every kv
+ * head's K and V row, as the append driver (x86_avx2/rope_avx2.c) hands it
+ * to a wider variant's quantiser. */
+typedef struct kr_cpu_i8_run {
+    const char *k, *v;        /* the first token's head-0 K / V input row (last dim contiguous) */
+    int64_t k_hs, v_hs;       /* bytes from one head's input row to the next */
+    int64_t k_ts, v_ts;       /* bytes from one token's input rows to the next */
+    kr_dtype k_dt, v_dt;      /* f32, f16 or bf16 */
+    int64_t n_tok, Hkv, D;    /* D a multiple of KR_KV_INT8_GROUP, at most KR_CPU_MAX_HEAD_DIM */
+    const int64_t *positions; /* the tokens' RoPE positions, or NULL: no RoPE */
+    const double *inv_freq;
+    double attention_factor;
+    int64_t half;                 /* rotary_dim / 2 */
+    kr_rope_layout layout;        /* half-split: half % 16 == 0; interleaved: half % 8 == 0 */
+    const float *k_chan, *v_chan; /* the layer's channel factors, [Hkv][D] */
+    const bool *ones;             /* [2 Hkv]: K heads then V heads whose factors are all 1 */
+    int8_t *kq, *vq;  /* the first token's cache slot, head 0; token i head h at + (i Hkv + h) D */
+    uint8_t *km, *vm; /* its metadata; token i head h at + (i Hkv + h) M */
+} kr_cpu_i8_run;
+
+/* What a wider variant gives the append driver; any member may be NULL.
+ * rope_table: kr_avx2_rope_table's values, bit for bit;
+ * i8_run: kr_ref_quantize_row's codes and metadata for every row of the
+ *     run, bit for bit, K rotated first as ref rotates it. */
+typedef struct kr_cpu_append_kernels {
+    void (*rope_table)(double pos, const double *inv_freq, int64_t half, double attention_factor,
+                       float *cosv, float *sinv);
+    void (*i8_run)(const kr_cpu_i8_run *t);
+} kr_cpu_append_kernels;
+
+/* The append driver (x86_avx2/) with its own kernels (ak NULL) or a wider
+ * variant's. */
+kr_status kr_cpu_kv_append(const kr_kv_append_args *a, const kr_cpu_append_kernels *ak, char *err,
+                           size_t err_len);
+
+/* The AVX-512 variant's append kernels (x86_avx512/append_avx512.c). */
+const kr_cpu_append_kernels *kr_cpu_avx512_append_kernels(void);
+
 /* The AVX-512 variant (x86_avx512/): the AVX2 kernels with AVX-512 decode
  * micro-kernels; NULL when the build has none. Call only when the CPU has
  * AVX-512 F, BW and VL besides the AVX2 variant's features. */

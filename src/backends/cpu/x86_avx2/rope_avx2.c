@@ -445,19 +445,22 @@ static void quantize_row_pair(float *const *x, const float *const *chan, const b
 /* ---- append ------------------------------------------------------------------------ */
 
 /* The new token slots: token (b, t) with t < n_new[b]. */
-static void append_token(const kr_kv_append_args *a, int64_t b, int64_t t, float *row, float *cosv,
-                         float *sinv, const bool *chan_ones) {
+static void append_token(const kr_kv_append_args *a, const kr_cpu_append_kernels *ak, int64_t b,
+                         int64_t t, float *row, float *cosv, float *sinv, const bool *chan_ones) {
     kr_kv_cache *c = a->cache;
     const kr_kv_cache_options *o = &c->o;
     const int64_t D = o->head_dim, Hkv = o->n_kv_heads, half = a->rotary_dim / 2;
     kr_kv_layer *ly = &c->layers[a->layer];
     const int64_t slot = c->len[a->layer * o->batch + b] + t;
     if (a->inv_freq)
-        kr_avx2_rope_table((double)a->positions[b * a->k->shape[1] + t], a->inv_freq, half,
-                           a->attention_factor, cosv, sinv);
+        (ak && ak->rope_table ? ak->rope_table : kr_avx2_rope_table)(
+            (double)a->positions[b * a->k->shape[1] + t], a->inv_freq, half, a->attention_factor,
+            cosv, sinv);
     const size_t es = kr_dtype_size(o->dtype);
     const int64_t M = KR_KV_INT8_META_BYTES(D);
-    if (o->dtype == KR_I8 && D % KR_KV_INT8_GROUP == 0 && D <= KR_CPU_MAX_HEAD_DIM) {
+    const bool i8_whole =
+        o->dtype == KR_I8 && D % KR_KV_INT8_GROUP == 0 && D <= KR_CPU_MAX_HEAD_DIM;
+    if (i8_whole) {
         /* int8: each head's K and V rows quantised as a pair (row2 = the V row) */
         float *row2 = sinv + D / 2 + 8;
         for (int64_t h = 0; h < Hkv; h++) {
@@ -555,7 +558,54 @@ static void channel_amax(const kr_kv_append_args *a, int64_t b, int64_t t, float
         }
 }
 
-static kr_status kv_append(const kr_kv_append_args *a, char *err, size_t err_len) {
+/* Whether a wider variant's int8 quantiser takes this append (whole
+ * 32-channel groups; RoPE pairs in whole 16-lane vectors). */
+static bool i8_run_fits(const kr_kv_append_args *a, const kr_cpu_append_kernels *ak) {
+    const kr_kv_cache_options *o = &a->cache->o;
+    const int64_t D = o->head_dim, half = a->rotary_dim / 2;
+    return ak && ak->i8_run && o->dtype == KR_I8 && D % KR_KV_INT8_GROUP == 0 &&
+           D <= KR_CPU_MAX_HEAD_DIM &&
+           (!a->inv_freq || (a->layout == KR_ROPE_HALF_SPLIT ? half % 16 == 0 : half % 8 == 0));
+}
+
+/* Tokens t0 .. t0 + n - 1 of sequence b, through the variant's quantiser. */
+static void i8_run(const kr_kv_append_args *a, const kr_cpu_append_kernels *ak, int64_t b,
+                   int64_t t0, int64_t n, const bool *chan_ones) {
+    kr_kv_cache *c = a->cache;
+    const kr_kv_cache_options *o = &c->o;
+    const int64_t D = o->head_dim, Hkv = o->n_kv_heads, M = KR_KV_INT8_META_BYTES(D);
+    kr_kv_layer *ly = &c->layers[a->layer];
+    const int64_t r0 = (b * o->capacity + c->len[a->layer * o->batch + b] + t0) * Hkv;
+    const kr_tensor *k = a->k, *v = a->v;
+    const int64_t kes = (int64_t)kr_dtype_size(k->dtype), ves = (int64_t)kr_dtype_size(v->dtype);
+    const kr_cpu_i8_run run = {(const char *)k->data + (b * k->stride[0] + t0 * k->stride[1]) * kes,
+                               (const char *)v->data + (b * v->stride[0] + t0 * v->stride[1]) * ves,
+                               k->stride[2] * kes,
+                               v->stride[2] * ves,
+                               k->stride[1] * kes,
+                               v->stride[1] * ves,
+                               k->dtype,
+                               v->dtype,
+                               n,
+                               Hkv,
+                               D,
+                               a->inv_freq ? a->positions + b * k->shape[1] + t0 : NULL,
+                               a->inv_freq,
+                               a->attention_factor,
+                               a->rotary_dim / 2,
+                               a->layout,
+                               ly->k_chan,
+                               ly->v_chan,
+                               chan_ones,
+                               (int8_t *)ly->k + r0 * D,
+                               (int8_t *)ly->v + r0 * D,
+                               ly->k_meta + r0 * M,
+                               ly->v_meta + r0 * M};
+    ak->i8_run(&run);
+}
+
+kr_status kr_cpu_kv_append(const kr_kv_append_args *a, const kr_cpu_append_kernels *ak, char *err,
+                           size_t err_len) {
     kr_kv_cache *c = a->cache;
     const kr_kv_cache_options *o = &c->o;
     const int64_t D = o->head_dim, Hkv = o->n_kv_heads, S = a->k->shape[1], B = o->batch;
@@ -619,6 +669,23 @@ static kr_status kv_append(const kr_kv_append_args *a, char *err, size_t err_len
         ones[i] = true;
         for (int64_t d = 0; d < D; d++) ones[i] = ones[i] && ch[d] == 1.0f;
     }
+    if (i8_run_fits(a, ak)) {
+        /* each thread one contiguous share of the (b, t) slots, as runs per sequence */
+#pragma omp parallel num_threads(threads)
+        {
+            const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+            const int64_t lo = B * S * id / nt, hi = B * S * (id + 1) / nt;
+            for (int64_t bt = lo; bt < hi;) {
+                const int64_t b = bt / S, t0 = bt % S;
+                const int64_t t1 = S < t0 + (hi - bt) ? S : t0 + (hi - bt);
+                const int64_t end = t1 < a->n_new[b] ? t1 : a->n_new[b];
+                if (end > t0) i8_run(a, ak, b, t0, end - t0, ones);
+                bt += t1 - t0;
+            }
+        }
+        free(ones);
+        return KR_OK;
+    }
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         /* row, cos, sin, and a second row (int8 pairs) */
@@ -628,7 +695,7 @@ static kr_status kv_append(const kr_kv_append_args *a, char *err, size_t err_len
         for (int64_t bt = 0; bt < B * S; bt++) {
             const int64_t b = bt / S, t = bt % S;
             if (!buf || t >= a->n_new[b]) continue;
-            append_token(a, b, t, buf, buf + D, buf + D + D / 2 + 8, ones);
+            append_token(a, ak, b, t, buf, buf + D, buf + D + D / 2 + 8, ones);
         }
         free(buf);
     }
@@ -641,6 +708,10 @@ static kr_status kv_append(const kr_kv_append_args *a, char *err, size_t err_len
 }
 
 /* ---- the variant's table ------------------------------------------------------------ */
+
+static kr_status kv_append(const kr_kv_append_args *a, char *err, size_t err_len) {
+    return kr_cpu_kv_append(a, NULL, err, err_len);
+}
 
 static const kr_cpu_kernels avx2_kernels = {"avx2+fma+f16c", kr_cpu_avx2_attention, rope,
                                             kv_append};

@@ -278,6 +278,10 @@ static kr_status attention(const kr_attention_args *a, char *err, size_t err_len
     return kr_cpu_tiled_attention(a, &avx512_decode, err, err_len);
 }
 
+static kr_status kv_append(const kr_kv_append_args *a, char *err, size_t err_len) {
+    return kr_cpu_kv_append(a, kr_cpu_avx512_append_kernels(), err, err_len);
+}
+
 static kr_cpu_kernels avx512_kernels;
 
 const kr_cpu_kernels *kr_cpu_avx512_kernels(void) {
@@ -285,7 +289,8 @@ const kr_cpu_kernels *kr_cpu_avx512_kernels(void) {
     if (!base) return NULL;
     avx512_kernels = *base;
     avx512_kernels.isa =
-        "avx512f+avx512bw+avx512vl (decode, tile products, softmax) / avx2+fma+f16c";
+        "avx512f+avx512bw+avx512vl (decode, tile products, softmax, int8 append) / avx2+fma+f16c";
     avx512_kernels.attention = attention;
+    avx512_kernels.kv_append = kv_append;
     return &avx512_kernels;
 }
