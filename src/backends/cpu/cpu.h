@@ -50,6 +50,11 @@ typedef struct kr_cpu_decode_kernels {
      * P = 2^(s - m) in s, returns the factor for the row's earlier output;
      * a NaN score makes the row NaN. NULL: the driver's own. */
     float (*softmax)(float *s, int64_t n, float *m, float *l);
+    /* One int8 cache row of D values (D a multiple of 32) dequantised into
+     * out: code x group scale x chan[c], rounded as kr_kv_int8_dequant_row
+     * does; or NULL. */
+    void (*dequant_row)(const int8_t *q, const uint8_t *meta, const float *chan, int64_t D,
+                        float *out);
 } kr_cpu_decode_kernels;
 
 /* The tiled attention driver (x86_avx2/) with its own decode kernels (dk

@@ -323,8 +323,8 @@ static void pv_direct_dispatch(const float *P, int64_t j_lo, int64_t j_hi, const
  * dst[hh][n][D] (hh = hk - hk0). Position-major: the heads of one position
  * sit next to each other in the cache, so the read streams through memory;
  * PF positions ahead are prefetched by hand. */
-static void load_tiles(const kr_attention_args *a, int which, int64_t b, int64_t hk0, int64_t nh,
-                       int64_t j0, int64_t n, float *dst) {
+static void load_tiles(const kr_attention_args *a, const kr_cpu_decode_kernels *dk, int which,
+                       int64_t b, int64_t hk0, int64_t nh, int64_t j0, int64_t n, float *dst) {
     const int64_t D = a->D;
     const kr_kv_int8_view *v8 = which ? a->v8 : a->k8;
     if (v8) {
@@ -343,8 +343,14 @@ static void load_tiles(const kr_attention_args *a, int which, int64_t b, int64_t
                 const uint8_t *meta = v8->meta + r * M;
                 const float *chan = v8->chan + (hk0 + hh) * D;
                 float *o = dst + (hh * n + j) * D;
+                if (dk && dk->dequant_row && D % KR_KV_INT8_GROUP == 0) {
+                    dk->dequant_row(src, meta, chan, D, o);
+                    continue;
+                }
+                float gs[KR_CPU_MAX_HEAD_DIM / KR_KV_INT8_GROUP];
+                group_scales(meta, D / KR_KV_INT8_GROUP, gs);
                 for (int64_t g = 0; g < D / KR_KV_INT8_GROUP; g++) {
-                    const __m256 sc = _mm256_set1_ps(kr_kv_int8_group_scale(meta, g));
+                    const __m256 sc = _mm256_set1_ps(gs[g]);
                     for (int64_t c = g * KR_KV_INT8_GROUP; c < (g + 1) * KR_KV_INT8_GROUP; c += 8) {
                         const __m256 x = _mm256_cvtepi32_ps(
                             _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(src + c))));
@@ -632,8 +638,8 @@ static void unit_run(const att_plan *p, int64_t b, int64_t hk0, int64_t k_lo, in
                 }
                 if (!any) continue;
                 if (!loaded) {
-                    load_tiles(a, 0, b, hk0, p->hpu, j0, n, w->Kt);
-                    load_tiles(a, 1, b, hk0, p->hpu, j0, n, w->Vt);
+                    load_tiles(a, p->dk, 0, b, hk0, p->hpu, j0, n, w->Kt);
+                    load_tiles(a, p->dk, 1, b, hk0, p->hpu, j0, n, w->Vt);
                     /* an inf or NaN value must not meet the zero weight of a
                      * key its row cannot see (0 * inf = NaN): such tiles use
                      * each row's exact range below */

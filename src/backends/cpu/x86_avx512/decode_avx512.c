@@ -271,8 +271,23 @@ static float softmax_full(float *s, int64_t n, float *m, float *l) {
     return corr;
 }
 
+/* kr_cpu_decode_kernels.dequant_row: 16 codes a vector, the group scales
+ * by F16C (the same two roundings as kr_kv_int8_group_scale). */
+static void dequant_row(const int8_t *q, const uint8_t *meta, const float *chan, int64_t D,
+                        float *out) {
+    const float rs = _cvtsh_ss((unsigned short)(meta[0] | (meta[1] << 8)));
+    for (int64_t g = 0; g < D / KR_KV_INT8_GROUP; g++) {
+        const __m512 sc = _mm512_set1_ps(rs * ((float)meta[2 + g] * (1.0f / 255.0f)));
+        for (int64_t c = g * KR_KV_INT8_GROUP; c < (g + 1) * KR_KV_INT8_GROUP; c += 16) {
+            const __m512 x =
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + c))));
+            _mm512_storeu_ps(out + c, _mm512_mul_ps(_mm512_mul_ps(x, sc), _mm512_loadu_ps(chan + c)));
+        }
+    }
+}
+
 static const kr_cpu_decode_kernels avx512_decode = {qk_direct, pv_direct, gemm6x32, gemm6x64,
-                                                    softmax_full};
+                                                    softmax_full, dequant_row};
 
 static kr_status attention(const kr_attention_args *a, char *err, size_t err_len) {
     return kr_cpu_tiled_attention(a, &avx512_decode, err, err_len);
