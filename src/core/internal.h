@@ -190,6 +190,9 @@ typedef struct kr_kv_layer {
     uint8_t *k_meta, *v_meta; /* int8 only: [B][capacity][Hkv][M] row scales */
     float *k_chan, *v_chan;   /* int8 only: [Hkv][D], fixed at the first append */
     bool chan_set;
+    /* int8 only, set with the factors by backends that keep them on a device:
+     * bit h when every factor of K (V) head h < 64 is 1 */
+    uint64_t k_ones, v_ones;
 } kr_kv_layer;
 
 struct kr_kv_cache {

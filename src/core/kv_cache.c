@@ -165,7 +165,10 @@ kr_status kr_kv_cache_reset(kr_context *ctx, kr_kv_cache *c) {
     kr_clear_error(ctx);
     if (!c) return kr_fail(ctx, KR_ERR_INVALID_ARGUMENT, "kr_kv_cache_reset: cache is NULL");
     memset(c->len, 0, sizeof(int64_t) * (size_t)(c->o.n_layers * c->o.batch));
-    for (int64_t l = 0; l < c->o.n_layers; l++) c->layers[l].chan_set = false;
+    for (int64_t l = 0; l < c->o.n_layers; l++) {
+        c->layers[l].chan_set = false;
+        c->layers[l].k_ones = c->layers[l].v_ones = 0;
+    }
     return KR_OK;
 }
 

@@ -480,9 +480,17 @@ static kr_status fix_channel_factors(const kr_kv_append_args *a, const kr_cu_app
     if (!st && e == cudaSuccess) e = cudaStreamSynchronize(s->cur);
     if (!st && e != cudaSuccess) st = cu_fail(e, "channel amax", err, n);
     if (!st) {
+        ly->k_ones = ly->v_ones = 0;
         for (int64_t h = 0; h < c->Hkv; h++) {
             a->chan_factors(a, true, host + h * c->D, host + 2 * per);
             a->chan_factors(a, false, host + per + h * c->D, host + 2 * per);
+            bool k1 = h < 64, v1 = h < 64;
+            for (int64_t d = 0; d < c->D; d++) {
+                k1 = k1 && host[h * c->D + d] == 1.0f;
+                v1 = v1 && host[per + h * c->D + d] == 1.0f;
+            }
+            ly->k_ones |= (uint64_t)k1 << (h & 63);
+            ly->v_ones |= (uint64_t)v1 << (h & 63);
         }
         e = cudaMemcpyAsync(ly->k_chan, host, sizeof(float) * per, cudaMemcpyHostToDevice, s->cur);
         if (e == cudaSuccess)
@@ -542,6 +550,8 @@ static kr_status cuda_kv_append(const kr_kv_append_args *a, char *err, size_t n)
         st = fix_channel_factors(a, &c, s, err, n);
         if (st) return st;
     }
+    c.k_ones = ly->k_ones;
+    c.v_ones = ly->v_ones;
     return kr_cu_append_run(&c, s->cur, err, n);
 }
 

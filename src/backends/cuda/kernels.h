@@ -147,6 +147,9 @@ typedef struct kr_cu_append {
     kr_rope_layout layout;
     double attention_factor;
     bool vec; /* D % 4 == 0 and half % 4 == 0: the staged rows are read 4 channels at a time */
+    /* int8: bit h set when every channel factor of K (V) head h < 64 is 1
+     * (then no division is needed); 0 bits mean "check the factors" */
+    uint64_t k_ones, v_ones;
 } kr_cu_append;
 
 /* Per-channel amax of the rows an append brings (K after RoPE): amax_k and

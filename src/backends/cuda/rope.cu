@@ -278,6 +278,15 @@ __device__ __forceinline__ float ap_max_nan(float a, float b) {
     return d;
 }
 
+/* x / 127 correctly rounded for every finite x >= 0 without the division
+ * routine: the product by the rounded reciprocal, then one residual step
+ * (checked against x / 127.0f for all 2^31 such floats on the host). */
+__device__ __forceinline__ float ap_div127(float x) {
+    const float r = 1.0f / 127.0f;
+    const float q = __fmul_rn(x, r);
+    return __fmaf_rn(__fmaf_rn(-q, 127.0f, x), r, q);
+}
+
 /* rint(v) clamped to +-127, 0 for a NaN (cvt.rni.sat.s8: round to nearest
  * even, saturate to [-128, 127], NaN to 0; then the lower clamp). With the
  * reciprocal 0 (a zero group, or a row whose scale is NaN), v is 0 or NaN:
@@ -304,7 +313,7 @@ __device__ __forceinline__ int ap_code(float v) {
  * share is 0 whatever its maximum. A code is ap_code of y times the step's
  * reciprocal (ref's rintf and clamp), 0 where the reciprocal is 0. */
 __device__ __forceinline__ void ap_quantize_y(int D, float (*y)[8], const float *chan, int8_t *q,
-                                              uint8_t *meta, bool live, const int KB) {
+                                              uint8_t *meta, bool live, const int KB, bool ones) {
     const int lane = threadIdx.x % 32, hl = lane % 16;
     const int groups = (D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
     float gmax[2] = {0.0f, 0.0f};
@@ -312,25 +321,27 @@ __device__ __forceinline__ void ap_quantize_y(int D, float (*y)[8], const float 
     for (int k = 0; k < KB; k++) {
         const int c0 = 8 * hl + 128 * k;
         if (128 * k >= D) continue; /* warp-uniform */
-        float f[8];
-        if (D % 8 == 0 && c0 < D) {
-            const float4 v0 = __ldg((const float4 *)(chan + c0)),
-                         v1 = __ldg((const float4 *)(chan + c0 + 4));
-            f[0] = v0.x, f[1] = v0.y, f[2] = v0.z, f[3] = v0.w;
-            f[4] = v1.x, f[5] = v1.y, f[6] = v1.z, f[7] = v1.w;
-        } else {
+        if (!ones) {
+            float f[8];
+            if (D % 8 == 0 && c0 < D) {
+                const float4 v0 = __ldg((const float4 *)(chan + c0)),
+                             v1 = __ldg((const float4 *)(chan + c0 + 4));
+                f[0] = v0.x, f[1] = v0.y, f[2] = v0.z, f[3] = v0.w;
+                f[4] = v1.x, f[5] = v1.y, f[6] = v1.z, f[7] = v1.w;
+            } else {
 #pragma unroll
-            for (int j = 0; j < 8; j++) f[j] = c0 + j < D ? chan[c0 + j] : 1.0f;
-        }
-        /* most factors are 1 (kv_cache.h: only outlier channels get one), and
-         * dividing by 1 is exact: the divisions run only where a warp needs one */
-        bool scaled = false;
+                for (int j = 0; j < 8; j++) f[j] = c0 + j < D ? chan[c0 + j] : 1.0f;
+            }
+            /* most factors are 1 (kv_cache.h: only outlier channels get one), and
+             * dividing by 1 is exact: the divisions run only where a warp needs one */
+            bool scaled = false;
 #pragma unroll
-        for (int j = 0; j < 8; j++) scaled |= f[j] != 1.0f;
-        if (__any_sync(0xffffffffu, scaled)) {
+            for (int j = 0; j < 8; j++) scaled |= f[j] != 1.0f;
+            if (__any_sync(0xffffffffu, scaled)) {
 #pragma unroll
-            for (int j = 0; j < 8; j++)
-                if (f[j] != 1.0f) y[k][j] = y[k][j] / f[j];
+                for (int j = 0; j < 8; j++)
+                    if (f[j] != 1.0f) y[k][j] = y[k][j] / f[j];
+            }
         }
 #pragma unroll
         for (int j = 0; j < 8; j++) gmax[k] = ap_max_nan(gmax[k], fabsf(y[k][j]));
@@ -342,7 +353,7 @@ __device__ __forceinline__ void ap_quantize_y(int D, float (*y)[8], const float 
     amax = ap_max_nan(amax, __shfl_xor_sync(0xffffffffu, amax, 8));
     const bool fin = isfinite(amax);
     unsigned short rh =
-        __half_as_ushort(__float2half_rn(fin ? amax / 127.0f : __int_as_float(0x7fc00000)));
+        __half_as_ushort(__float2half_rn(fin ? ap_div127(amax) : __int_as_float(0x7fc00000)));
     if (fin && __fmul_rn(__half2float(__ushort_as_half(rh)), 127.0f) < amax) rh++;
     const float row_scale = __half2float(__ushort_as_half(rh));
     if (live && hl == 0) {
@@ -394,7 +405,7 @@ __device__ __forceinline__ void ap_quantize(const kr_cu_append &a, const unsigne
         ap_chunk(a, row, dt, c0, rot, cs, y[k]);
         ap_chunk(a, row, dt, c0 + 4, rot, cs, y[k] + 4);
     }
-    ap_quantize_y(D, y, chan, q, meta, live, KB);
+    ap_quantize_y(D, y, chan, q, meta, live, KB, false);
 }
 
 /* The rows of one staged token chunk, a warp per row; DT (the K/V dtype)
@@ -574,6 +585,14 @@ __device__ __forceinline__ void aq_unpack(uint4 raw, const int DT, float *f) {
     }
 }
 
+/* Whether row r of a token (K heads, then V heads) belongs to a head whose
+ * channel factors are all 1, as the host recorded when it fixed them. */
+__device__ __forceinline__ bool aq_ones(const kr_cu_append &a, unsigned r) {
+    const bool is_k = r < (unsigned)a.Hkv;
+    const unsigned h = is_k ? r : r - (unsigned)a.Hkv;
+    return h < 64 && ((is_k ? a.k_ones : a.v_ones) >> h & 1u);
+}
+
 __device__ __forceinline__ void aq_body(const kr_cu_append &a, const int DT, const bool SPLIT) {
     __shared__ __align__(16) float2 aq_cs[AQ_WARPS][64];
     const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32, hl = lane % 16, b = blockIdx.y,
@@ -639,9 +658,12 @@ __device__ __forceinline__ void aq_body(const kr_cu_append &a, const int DT, con
             }
         }
         const int64_t dr = row0 + h;
+        /* the division by channel factors is skipped for a pair of rows whose
+         * heads have every factor 1 (the host recorded it when it fixed them) */
         ap_quantize_y(128, y, (is_k ? a.k_chan : a.v_chan) + h * 128,
                       (int8_t *)(is_k ? a.k_dst : a.v_dst) + dr * 128,
-                      (is_k ? a.k_meta : a.v_meta) + dr * KR_KV_INT8_META_BYTES(128), true, 1);
+                      (is_k ? a.k_meta : a.v_meta) + dr * KR_KV_INT8_META_BYTES(128), true, 1,
+                      aq_ones(a, 2 * p) && aq_ones(a, 2 * p + 1));
     }
 }
 

@@ -101,7 +101,7 @@ KR_INLINE __m512 ld16(const char *p, kr_dtype dt) {
  * 16 vectors (|x| bit patterns: their integer order is the order of the
  * values, NaN above infinity). */
 KR_INLINE __m512i hmax_rows(const __m512i *v) {
-#define KR_SHUF(a, b, imm)                                                                        \
+#define KR_SHUF(a, b, imm)                                                                         \
     _mm512_castps_si512(_mm512_shuffle_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(b), imm))
     __m512i t[8], u[4];
     for (int k = 0; k < 8; k++) /* per 128 bits: a0|a2 b0|b2 a1|a3 b1|b3 */
@@ -122,7 +122,8 @@ KR_INLINE __m512i hmax_rows(const __m512i *v) {
 
 /* max(m, |v|) on bit patterns (NaN above all). */
 KR_INLINE __m512i absmax1(__m512 v, __m512i m) {
-    return _mm512_max_epu32(m, _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff)));
+    return _mm512_max_epu32(
+        m, _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff)));
 }
 
 /* One row into x (fp32: rotated when cosv, divided by its channel factors
@@ -196,7 +197,8 @@ KR_INLINE void codes_row(const float *x, const int64_t D, const float *inv, int8
         const __m512i c1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_load_ps(x + c + 16), s0));
         const __m512i c2 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_load_ps(x + c + 32), s1));
         const __m512i c3 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_load_ps(x + c + 48), s1));
-        const __m512i b = _mm512_packs_epi16(_mm512_packs_epi32(c0, c1), _mm512_packs_epi32(c2, c3));
+        const __m512i b =
+            _mm512_packs_epi16(_mm512_packs_epi32(c0, c1), _mm512_packs_epi32(c2, c3));
         _mm512_storeu_si512((void *)(q + c), _mm512_max_epi8(_mm512_permutexvar_epi32(order, b),
                                                              _mm512_set1_epi8(-127)));
     }
@@ -206,9 +208,10 @@ KR_INLINE void codes_row(const float *x, const int64_t D, const float *inv, int8
             _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_load_ps(x + c), sv)));
         const __m128i b = _mm512_cvtsepi32_epi8(
             _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_load_ps(x + c + 16), sv)));
-        _mm256_storeu_si256((__m256i *)(void *)(q + c),
-                            _mm256_max_epi8(_mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1),
-                                            _mm256_set1_epi8(-127)));
+        _mm256_storeu_si256(
+            (__m256i *)(void *)(q + c),
+            _mm256_max_epi8(_mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1),
+                            _mm256_set1_epi8(-127)));
     }
 }
 
@@ -276,13 +279,12 @@ KR_INLINE void chain_batch(const int64_t D, uint16_t f16_nan, i8_batch *bt) {
         /* u = ceil(255 gmax / (127 rs)), at most 255 (NaN too), 0 without a
          * scale (every row with a NaN or infinity lands here) */
         __m512 u = _mm512_roundscale_ps(
-            _mm512_div_ps(_mm512_mul_ps(_mm512_set1_ps(255.0f), _mm512_castsi512_ps(gmax[g])),
-                          den),
+            _mm512_div_ps(_mm512_mul_ps(_mm512_set1_ps(255.0f), _mm512_castsi512_ps(gmax[g])), den),
             _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
         u = _mm512_maskz_mov_ps(pos, _mm512_min_ps(u, _mm512_set1_ps(255.0f)));
         const __m512i ui = _mm512_cvttps_epi32(u);
-        const __m512 sc = _mm512_mul_ps(
-            rs, _mm512_mul_ps(_mm512_cvtepi32_ps(ui), _mm512_set1_ps(1.0f / 255.0f)));
+        const __m512 sc =
+            _mm512_mul_ps(rs, _mm512_mul_ps(_mm512_cvtepi32_ps(ui), _mm512_set1_ps(1.0f / 255.0f)));
         const __mmask16 ok = _mm512_cmp_ps_mask(sc, _mm512_setzero_ps(), _CMP_GT_OQ) &
                              _mm512_cmp_ps_mask(sc, _mm512_set1_ps(INFINITY), _CMP_LT_OQ);
         _mm512_store_ps(inv_g[g], _mm512_maskz_div_ps(ok, _mm512_set1_ps(1.0f), sc));

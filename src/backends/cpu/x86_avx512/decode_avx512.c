@@ -281,13 +281,14 @@ static void dequant_row(const int8_t *q, const uint8_t *meta, const float *chan,
         for (int64_t c = g * KR_KV_INT8_GROUP; c < (g + 1) * KR_KV_INT8_GROUP; c += 16) {
             const __m512 x =
                 _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + c))));
-            _mm512_storeu_ps(out + c, _mm512_mul_ps(_mm512_mul_ps(x, sc), _mm512_loadu_ps(chan + c)));
+            _mm512_storeu_ps(out + c,
+                             _mm512_mul_ps(_mm512_mul_ps(x, sc), _mm512_loadu_ps(chan + c)));
         }
     }
 }
 
-static const kr_cpu_decode_kernels avx512_decode = {qk_direct, pv_direct, gemm6x32, gemm6x64,
-                                                    softmax_full, dequant_row};
+static const kr_cpu_decode_kernels avx512_decode = {qk_direct, pv_direct,    gemm6x32,
+                                                    gemm6x64,  softmax_full, dequant_row};
 
 static kr_status attention(const kr_attention_args *a, char *err, size_t err_len) {
     return kr_cpu_tiled_attention(a, &avx512_decode, err, err_len);
