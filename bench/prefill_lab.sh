@@ -18,6 +18,8 @@
 #   KR_LAB_PART=decode: the decode kernels (table in microseconds); =int8: the
 #   decode over the int8 cache (its error against the fp16 cache is in each
 #   variant's bench.log; cuDNN over fp16 is timed with every variant).
+#   KR_LAB_REUSE=1: time the plugins already in $OUT without rebuilding them
+#   (build on a machine without a GPU with the bench failing, time on the GPU).
 # Writes $OUT/<name>/{build.log,bench.log,bench_gpu.json} (OUT default
 # /tmp/krserve-lab) and prints one TFLOP/s table, a column per variant.
 set -euo pipefail
@@ -38,6 +40,8 @@ pids=()
 for v in "${variants[@]}"; do
   name=${v%%:*} flags=${v#*:}
   mkdir -p "$OUT/$name"
+  # KR_LAB_REUSE=1: plugins built earlier (e.g. on a machine without a GPU) are kept
+  if [ "${KR_LAB_REUSE:-0}" = 1 ] && [ -f "$OUT/$name/libkrserve-cuda.so" ]; then continue; fi
   # shellcheck disable=SC2086
   ( nvcc -shared -Xcompiler -fPIC -O3 -std=c++17 -gencode "arch=compute_$ARCH,code=sm_$ARCH" \
       $flags -I"$here/include" -I"$here/$B/include" \
