@@ -29,11 +29,8 @@
 
 void kr_avx2_rope_table(double pos, const double *inv_freq, int64_t half, double attention_factor,
                         float *cosv, float *sinv) {
-    /* pi/2 in three parts (fdlibm's): k * P1 is exact for k < 2^20 */
-    const __m256d P1 = _mm256_set1_pd(1.57079632673412561417e+00);
-    const __m256d P2 = _mm256_set1_pd(6.07710050630396597660e-11);
-    const __m256d P3 = _mm256_set1_pd(2.02226624879595063154e-21);
-    const __m256d inv_pio2 = _mm256_set1_pd(6.36619772367581382433e-01);
+    const __m256d P1 = _mm256_set1_pd(KR_PIO2_1), P2 = _mm256_set1_pd(KR_PIO2_2);
+    const __m256d P3 = _mm256_set1_pd(KR_PIO2_3), inv_pio2 = _mm256_set1_pd(KR_INV_PIO2);
     const __m256d posv = _mm256_set1_pd(pos), af = _mm256_set1_pd(attention_factor);
     const __m256d magic = _mm256_set1_pd(6755399441055744.0); /* 1.5 * 2^52 */
     int64_t i = 0;
@@ -46,24 +43,12 @@ void kr_avx2_rope_table(double pos, const double *inv_freq, int64_t half, double
         r = _mm256_fnmadd_pd(k, P3, r);
         const __m256d r2 = _mm256_mul_pd(r, r);
         /* sin r = r (1 - r2/3! + r2^2/5! - ...), to r^15 */
-        __m256d s = _mm256_set1_pd(-1.0 / 1307674368000.0);
-        s = _mm256_fmadd_pd(s, r2, _mm256_set1_pd(1.0 / 6227020800.0));
-        s = _mm256_fmadd_pd(s, r2, _mm256_set1_pd(-1.0 / 39916800.0));
-        s = _mm256_fmadd_pd(s, r2, _mm256_set1_pd(1.0 / 362880.0));
-        s = _mm256_fmadd_pd(s, r2, _mm256_set1_pd(-1.0 / 5040.0));
-        s = _mm256_fmadd_pd(s, r2, _mm256_set1_pd(1.0 / 120.0));
-        s = _mm256_fmadd_pd(s, r2, _mm256_set1_pd(-1.0 / 6.0));
+        __m256d s = _mm256_set1_pd(KR_SIN_COEF[0]);
+        for (int c = 1; c < 7; c++) s = _mm256_fmadd_pd(s, r2, _mm256_set1_pd(KR_SIN_COEF[c]));
         s = _mm256_fmadd_pd(_mm256_mul_pd(s, r2), r, r);
         /* cos r = 1 - r2/2! + ..., to r^16 */
-        __m256d c = _mm256_set1_pd(1.0 / 20922789888000.0);
-        c = _mm256_fmadd_pd(c, r2, _mm256_set1_pd(-1.0 / 87178291200.0));
-        c = _mm256_fmadd_pd(c, r2, _mm256_set1_pd(1.0 / 479001600.0));
-        c = _mm256_fmadd_pd(c, r2, _mm256_set1_pd(-1.0 / 3628800.0));
-        c = _mm256_fmadd_pd(c, r2, _mm256_set1_pd(1.0 / 40320.0));
-        c = _mm256_fmadd_pd(c, r2, _mm256_set1_pd(-1.0 / 720.0));
-        c = _mm256_fmadd_pd(c, r2, _mm256_set1_pd(1.0 / 24.0));
-        c = _mm256_fmadd_pd(c, r2, _mm256_set1_pd(-0.5));
-        c = _mm256_fmadd_pd(c, r2, _mm256_set1_pd(1.0));
+        __m256d c = _mm256_set1_pd(KR_COS_COEF[0]);
+        for (int e = 1; e < 9; e++) c = _mm256_fmadd_pd(c, r2, _mm256_set1_pd(KR_COS_COEF[e]));
         /* quadrant q = k mod 4: sin = s, c, -s, -c; cos = c, -s, -c, s */
         const __m256i q = _mm256_castpd_si256(_mm256_add_pd(k, magic));
         const __m256i q1 = _mm256_slli_epi64(_mm256_and_si256(q, _mm256_set1_epi64x(1)), 63);

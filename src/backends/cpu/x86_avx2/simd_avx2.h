@@ -103,6 +103,28 @@ KR_INLINE __m256 kr_avx2_exp2(__m256 x) {
 void kr_avx2_rope_table(double pos, const double *inv_freq, int64_t half, double attention_factor,
                         float *cosv, float *sinv);
 
+/* The constants of that table, shared by every width that computes it (the
+ * AVX-512 variant's eight-angle form must give the same values): pi/2 in
+ * three parts (fdlibm's; k * KR_PIO2_1 is exact for k < 2^20), 2/pi, and the
+ * Taylor coefficients, highest order first: sin r = r + r^3 P(r^2) with P's
+ * coefficients in KR_SIN_COEF, cos r = C(r^2) with KR_COS_COEF. */
+#define KR_PIO2_1 1.57079632673412561417e+00
+#define KR_PIO2_2 6.07710050630396597660e-11
+#define KR_PIO2_3 2.02226624879595063154e-21
+#define KR_INV_PIO2 6.36619772367581382433e-01
+static const double KR_SIN_COEF[7] = {
+    -1.0 / 1307674368000.0, 1.0 / 6227020800.0, -1.0 / 39916800.0, 1.0 / 362880.0,
+    -1.0 / 5040.0,          1.0 / 120.0,        -1.0 / 6.0};
+static const double KR_COS_COEF[9] = {1.0 / 20922789888000.0,
+                                      -1.0 / 87178291200.0,
+                                      1.0 / 479001600.0,
+                                      -1.0 / 3628800.0,
+                                      1.0 / 40320.0,
+                                      -1.0 / 720.0,
+                                      1.0 / 24.0,
+                                      -0.5,
+                                      1.0};
+
 /* The kernels (attention_avx2.c, rope_avx2.c). */
 kr_status kr_cpu_avx2_attention(const kr_attention_args *a, char *err, size_t err_len);
 

@@ -36,10 +36,8 @@
  * goes to kr_avx2_rope_table itself. */
 static void rope_table8(double pos, const double *inv_freq, int64_t half, double attention_factor,
                         float *cosv, float *sinv) {
-    const __m512d P1 = _mm512_set1_pd(1.57079632673412561417e+00);
-    const __m512d P2 = _mm512_set1_pd(6.07710050630396597660e-11);
-    const __m512d P3 = _mm512_set1_pd(2.02226624879595063154e-21);
-    const __m512d inv_pio2 = _mm512_set1_pd(6.36619772367581382433e-01);
+    const __m512d P1 = _mm512_set1_pd(KR_PIO2_1), P2 = _mm512_set1_pd(KR_PIO2_2);
+    const __m512d P3 = _mm512_set1_pd(KR_PIO2_3), inv_pio2 = _mm512_set1_pd(KR_INV_PIO2);
     const __m512d posv = _mm512_set1_pd(pos), af = _mm512_set1_pd(attention_factor);
     const __m512d magic = _mm512_set1_pd(6755399441055744.0); /* 1.5 * 2^52 */
     int64_t i = 0;
@@ -51,23 +49,11 @@ static void rope_table8(double pos, const double *inv_freq, int64_t half, double
         r = _mm512_fnmadd_pd(k, P2, r);
         r = _mm512_fnmadd_pd(k, P3, r);
         const __m512d r2 = _mm512_mul_pd(r, r);
-        __m512d s = _mm512_set1_pd(-1.0 / 1307674368000.0);
-        s = _mm512_fmadd_pd(s, r2, _mm512_set1_pd(1.0 / 6227020800.0));
-        s = _mm512_fmadd_pd(s, r2, _mm512_set1_pd(-1.0 / 39916800.0));
-        s = _mm512_fmadd_pd(s, r2, _mm512_set1_pd(1.0 / 362880.0));
-        s = _mm512_fmadd_pd(s, r2, _mm512_set1_pd(-1.0 / 5040.0));
-        s = _mm512_fmadd_pd(s, r2, _mm512_set1_pd(1.0 / 120.0));
-        s = _mm512_fmadd_pd(s, r2, _mm512_set1_pd(-1.0 / 6.0));
+        __m512d s = _mm512_set1_pd(KR_SIN_COEF[0]);
+        for (int c = 1; c < 7; c++) s = _mm512_fmadd_pd(s, r2, _mm512_set1_pd(KR_SIN_COEF[c]));
         s = _mm512_fmadd_pd(_mm512_mul_pd(s, r2), r, r);
-        __m512d c = _mm512_set1_pd(1.0 / 20922789888000.0);
-        c = _mm512_fmadd_pd(c, r2, _mm512_set1_pd(-1.0 / 87178291200.0));
-        c = _mm512_fmadd_pd(c, r2, _mm512_set1_pd(1.0 / 479001600.0));
-        c = _mm512_fmadd_pd(c, r2, _mm512_set1_pd(-1.0 / 3628800.0));
-        c = _mm512_fmadd_pd(c, r2, _mm512_set1_pd(1.0 / 40320.0));
-        c = _mm512_fmadd_pd(c, r2, _mm512_set1_pd(-1.0 / 720.0));
-        c = _mm512_fmadd_pd(c, r2, _mm512_set1_pd(1.0 / 24.0));
-        c = _mm512_fmadd_pd(c, r2, _mm512_set1_pd(-0.5));
-        c = _mm512_fmadd_pd(c, r2, _mm512_set1_pd(1.0));
+        __m512d c = _mm512_set1_pd(KR_COS_COEF[0]);
+        for (int e = 1; e < 9; e++) c = _mm512_fmadd_pd(c, r2, _mm512_set1_pd(KR_COS_COEF[e]));
         /* quadrant q = k mod 4: sin = s, c, -s, -c; cos = c, -s, -c, s */
         const __m512i q = _mm512_castpd_si512(_mm512_add_pd(k, magic));
         const __mmask8 odd = _mm512_test_epi64_mask(q, _mm512_set1_epi64(1));
