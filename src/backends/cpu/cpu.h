@@ -89,7 +89,9 @@ typedef struct kr_cpu_i8_run {
 typedef struct kr_cpu_append_kernels {
     void (*rope_table)(double pos, const double *inv_freq, int64_t half, double attention_factor,
                        float *cosv, float *sinv);
-    void (*i8_run)(const kr_cpu_i8_run *t);
+    /* scratch: i8_scratch bytes, 64-byte aligned, the calling thread's own */
+    void (*i8_run)(const kr_cpu_i8_run *t, void *scratch);
+    size_t i8_scratch;
 } kr_cpu_append_kernels;
 
 /* The append driver (x86_avx2/) with its own kernels (ak NULL) or a wider

@@ -555,7 +555,7 @@ static bool i8_run_fits(const kr_kv_append_args *a, const kr_cpu_append_kernels 
 
 /* Tokens t0 .. t0 + n - 1 of sequence b, through the variant's quantiser. */
 static void i8_run(const kr_kv_append_args *a, const kr_cpu_append_kernels *ak, int64_t b,
-                   int64_t t0, int64_t n, const bool *chan_ones) {
+                   int64_t t0, int64_t n, const bool *chan_ones, void *scratch) {
     kr_kv_cache *c = a->cache;
     const kr_kv_cache_options *o = &c->o;
     const int64_t D = o->head_dim, Hkv = o->n_kv_heads, M = KR_KV_INT8_META_BYTES(D);
@@ -586,7 +586,7 @@ static void i8_run(const kr_kv_append_args *a, const kr_cpu_append_kernels *ak, 
                                (int8_t *)ly->v + r0 * D,
                                ly->k_meta + r0 * M,
                                ly->v_meta + r0 * M};
-    ak->i8_run(&run);
+    ak->i8_run(&run, scratch);
 }
 
 kr_status kr_cpu_kv_append(const kr_kv_append_args *a, const kr_cpu_append_kernels *ak, char *err,
@@ -656,19 +656,27 @@ kr_status kr_cpu_kv_append(const kr_kv_append_args *a, const kr_cpu_append_kerne
     }
     if (i8_run_fits(a, ak)) {
         /* each thread one contiguous share of the (b, t) slots, as runs per sequence */
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) reduction(| : failed)
         {
+            const size_t bytes = (ak->i8_scratch + 63) / 64 * 64;
+            void *scratch = aligned_alloc(64, bytes);
+            if (!scratch) failed = 1;
             const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
             const int64_t lo = B * S * id / nt, hi = B * S * (id + 1) / nt;
-            for (int64_t bt = lo; bt < hi;) {
+            for (int64_t bt = lo; scratch && bt < hi;) {
                 const int64_t b = bt / S, t0 = bt % S;
                 const int64_t t1 = S < t0 + (hi - bt) ? S : t0 + (hi - bt);
                 const int64_t end = t1 < a->n_new[b] ? t1 : a->n_new[b];
-                if (end > t0) i8_run(a, ak, b, t0, end - t0, ones);
+                if (end > t0) i8_run(a, ak, b, t0, end - t0, ones, scratch);
                 bt += t1 - t0;
             }
+            free(scratch);
         }
         free(ones);
+        if (failed) {
+            snprintf(err, err_len, "cpu kv append: out of memory");
+            return KR_ERR_OUT_OF_MEMORY;
+        }
         return KR_OK;
     }
 #pragma omp parallel num_threads(threads) reduction(| : failed)

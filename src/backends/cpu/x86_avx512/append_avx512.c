@@ -351,8 +351,8 @@ KR_INLINE void i8_run_body(const kr_cpu_i8_run *t, const int64_t D, const int64_
 }
 
 /* kr_cpu_append_kernels.i8_run. */
-static void i8_run(const kr_cpu_i8_run *t) {
-    i8_batch bts[2]; /* ~50 KB */
+static void i8_run(const kr_cpu_i8_run *t, void *scratch) {
+    i8_batch *bts = scratch; /* two batches, ~50 KB: the driver's, not the stack's */
     /* the usual shape with everything constant, so that the group maxima stay in registers */
     if (t->D == 128 && t->half == 64)
         i8_run_body(t, 128, 64, bts);
@@ -360,6 +360,6 @@ static void i8_run(const kr_cpu_i8_run *t) {
         i8_run_body(t, t->D, t->half, bts);
 }
 
-static const kr_cpu_append_kernels avx512_append = {rope_table8, i8_run};
+static const kr_cpu_append_kernels avx512_append = {rope_table8, i8_run, 2 * sizeof(i8_batch)};
 
 const kr_cpu_append_kernels *kr_cpu_avx512_append_kernels(void) { return &avx512_append; }
