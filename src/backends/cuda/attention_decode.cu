@@ -1144,7 +1144,8 @@ extern "C" int64_t kr_cu_decode_splits(const kr_cu_attention *a, int n_sm) {
     }
     if (!a->int8 || a->D != 256) {
         /* v3/v4: the fewest splits that fill the SMs' block slots to >= 90% over
-         * whole waves, each split at least two tiles (one round trip) unless
+         * whole waves (then the fullest count of as many waves), each split at
+         * least two tiles (one round trip) unless
          * the keys are too few to fill the slots that way (1 x 1K). Only
          * counts that share the tiles out evenly are tried: 30 splits of 64
          * tiles would give 3 tiles to 22 splits and none to 8 (and a third
@@ -1157,15 +1158,17 @@ extern "C" int64_t kr_cu_decode_splits(const kr_cu_attention *a, int n_sm) {
         const int64_t tiles = (lmax + bt - 1) / bt;
         int64_t max_s = units * ((tiles + 1) / 2) < slots ? tiles : (tiles + 1) / 2;
         if (max_s > 1024) max_s = 1024;
-        int64_t best = 1;
+        int64_t best = 1, best_waves = 0;
         double best_eff = 0;
         for (int64_t t = 1; t <= max_s; t++) {
             const int64_t per = (tiles + t - 1) / t, s = (tiles + per - 1) / per;
             if (s != t) continue; /* the same split as a smaller count */
             const int64_t blocks = units * s, waves = (blocks + slots - 1) / slots;
+            /* past 90 %, only counts of as many waves may still fill more slots
+             * (1 x 128K: 15 splits of 69 tiles leave 12 SMs idle, 16 of 64 none) */
+            if (best_eff >= 0.9 && waves > best_waves) break;
             const double eff = (double)blocks / (double)(waves * slots);
-            if (eff > best_eff + 1e-9) best = s, best_eff = eff;
-            if (eff >= 0.9) break;
+            if (eff > best_eff + 1e-9) best = s, best_eff = eff, best_waves = waves;
         }
         return best;
     }
