@@ -672,25 +672,20 @@ kr_status kr_cpu_kv_append(const kr_kv_append_args *a, const kr_cpu_append_kerne
             }
             free(scratch);
         }
-        free(ones);
-        if (failed) {
-            snprintf(err, err_len, "cpu kv append: out of memory");
-            return KR_ERR_OUT_OF_MEMORY;
-        }
-        return KR_OK;
-    }
+    } else {
 #pragma omp parallel num_threads(threads) reduction(| : failed)
-    {
-        /* row, cos, sin, and a second row (int8 pairs) */
-        float *buf = malloc(sizeof(float) * (size_t)(3 * D + 24));
-        if (!buf) failed = 1;
+        {
+            /* row, cos, sin, and a second row (int8 pairs) */
+            float *buf = malloc(sizeof(float) * (size_t)(3 * D + 24));
+            if (!buf) failed = 1;
 #pragma omp for schedule(static)
-        for (int64_t bt = 0; bt < B * S; bt++) {
-            const int64_t b = bt / S, t = bt % S;
-            if (!buf || t >= a->n_new[b]) continue;
-            append_token(a, ak, b, t, buf, buf + D, buf + D + D / 2 + 8, ones);
+            for (int64_t bt = 0; bt < B * S; bt++) {
+                const int64_t b = bt / S, t = bt % S;
+                if (!buf || t >= a->n_new[b]) continue;
+                append_token(a, ak, b, t, buf, buf + D, buf + D + D / 2 + 8, ones);
+            }
+            free(buf);
         }
-        free(buf);
     }
     free(ones);
     if (failed) {
