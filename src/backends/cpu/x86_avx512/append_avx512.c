@@ -1,8 +1,8 @@
 /*
  * append_avx512.c — the AVX-512 (F, BW, VL) kernels of the KV append: the
- * token's RoPE table eight angles at a time, and the int8 quantiser for every
- * K and V row of a token at once. The append driver (x86_avx2/rope_avx2.c)
- * calls them through kr_cpu_append_kernels.
+ * token's RoPE table eight angles at a time, and the int8 quantiser for a run
+ * of consecutive tokens, their K and V rows 16 at a time. The append driver
+ * (x86_avx2/rope_avx2.c) calls them through kr_cpu_append_kernels.
  *
  * Why: quantising a row is a short vector pass (convert, rotate, group maxima,
  * codes) around a long scalar chain (row maximum -> f16 row scale -> the
@@ -11,7 +11,9 @@
  * row that chain set the pace (the AVX2 quantiser ran at about one
  * instruction a cycle). Here up to 16 rows are staged first, their group
  * maxima transposed so that lane r holds row r, and the chain runs once for
- * all 16 rows, one lane each; then each row's codes are written.
+ * all 16 rows, one lane each; then each row's codes are written — after the
+ * next batch has been staged, so that the chain's latency overlaps work that
+ * does not wait on it.
  *
  * Every step is ref's operation on the same values (IEEE operations round the
  * same in any lane; the f16 conversion rounds to nearest even as half.c does),
