@@ -313,6 +313,8 @@ KR_INLINE void i8_run_body(const kr_cpu_i8_run *t, const int64_t D, const int64_
     _Alignas(64) float cosv[KR_CPU_MAX_HEAD_DIM / 2 + 16], sinv[KR_CPU_MAX_HEAD_DIM / 2 + 16];
     _Alignas(64) float cd[KR_CPU_MAX_HEAD_DIM], sd[KR_CPU_MAX_HEAD_DIM];
     const bool rope = t->positions != NULL;
+    const int64_t k_row = D * (int64_t)kr_dtype_size(t->k_dt),
+                  v_row = D * (int64_t)kr_dtype_size(t->v_dt);
     for (int64_t j = 0; j <= total; j++) {
         if (j < total) {
             i8_batch *bt = &bts[j & 1];
@@ -328,22 +330,20 @@ KR_INLINE void i8_run_body(const kr_cpu_i8_run *t, const int64_t D, const int64_
                         sd[2 * i] = -sinv[i];
                         sd[2 * i + 1] = sinv[i];
                     }
-                if (bt->tok + 1 < t->n_tok) /* the next token's rows on their way in */
-                    for (int64_t h = 0; h < Hkv; h++) {
-                        const char *pk = t->k + (bt->tok + 1) * t->k_ts + h * t->k_hs;
-                        const char *pv = t->v + (bt->tok + 1) * t->v_ts + h * t->v_hs;
-                        for (int64_t o = 0; o < D * 2; o += 64) {
-                            _mm_prefetch(pk + o, _MM_HINT_T0);
-                            _mm_prefetch(pv + o, _MM_HINT_T0);
-                        }
-                    }
-#ifndef KR_NO_PREFETCHW
-                if (bt->tok + 1 < t->n_tok) /* and the cache lines it will write */
-                    for (int64_t o = 0; o < Hkv * D; o += 64) {
-                        _m_prefetchw(t->kq + (bt->tok + 1) * Hkv * D + o);
-                        _m_prefetchw(t->vq + (bt->tok + 1) * Hkv * D + o);
-                    }
-#endif
+            }
+            if (bt->r0 == 0 && bt->tok + 1 < t->n_tok) {
+                /* the next token's rows on their way in, and the cache lines it will write */
+                const int64_t nx = bt->tok + 1;
+                for (int64_t h = 0; h < Hkv; h++) {
+                    const char *pk = t->k + nx * t->k_ts + h * t->k_hs;
+                    const char *pv = t->v + nx * t->v_ts + h * t->v_hs;
+                    for (int64_t o = 0; o < k_row; o += 64) _mm_prefetch(pk + o, _MM_HINT_T0);
+                    for (int64_t o = 0; o < v_row; o += 64) _mm_prefetch(pv + o, _MM_HINT_T0);
+                }
+                for (int64_t o = 0; o < Hkv * D; o += 64) {
+                    _m_prefetchw(t->kq + nx * Hkv * D + o);
+                    _m_prefetchw(t->vq + nx * Hkv * D + o);
+                }
             }
             stage_batch(t, D, half, rope ? cosv : NULL, sinv, cd, sd, bt);
             chain_batch(D, f16_nan, bt);
