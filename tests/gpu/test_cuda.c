@@ -383,6 +383,20 @@ static void test_attention_grid(void **state) {
                         }
                         run_attention(&c);
                     }
+    /* More row blocks than SMs (132 on an H100): the Hopper kernel's blocks
+     * are persistent and take items from its work counter — causal items of
+     * unequal cost, ragged lengths; head_dim 64 with two consumers (400 rows)
+     * and three (1100). Also in a quick run with KR_TEST_SQ=400 or 1100
+     * (the sanitizers on that path). */
+    static const acase many[] = {
+        {3, 400, 400, 24, 8, 64, KR_BF16, 1, 0, 1, 0, 0, -1, 778},
+        {3, 400, 400, 24, 8, 128, KR_F16, 1, 0, 0, 1, 0, -1, 779},
+        {3, 400, 400, 24, 8, 128, KR_BF16, 0, 0, 1, 0, 0, -1, 780},
+        {1, 1100, 1100, 24, 8, 64, KR_F16, 0, 0, 0, 1, 0, -1, 781},
+        {1, 1100, 1100, 24, 8, 64, KR_BF16, 1, 0, 1, 0, 0, -1, 782},
+    };
+    for (size_t i = 0; i < sizeof many / sizeof many[0]; i++)
+        if (only_sq == many[i].Sq || (!kt_quick() && only_sq < 0)) run_attention(&many[i]);
     if (kt_quick()) return;
     /* More than KR_CU_INLINE sequences: lengths travel through device memory. */
     acase big = {70, 1, 300, 8, 2, 128, KR_F16, 1, 0, 1, 1, 0, -1, 777};

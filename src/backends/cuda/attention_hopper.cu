@@ -2,13 +2,14 @@
  * attention_hopper.cu — flash attention prefill for compute capability 9.0
  * (built for sm_90a only): FlashAttention-3's scheme in inline PTX.
  *
- * A block of three warpgroups owns HP_BM = 128 query rows of one head:
+ * A block owns 64 nc query rows of one head (a work item) at a time, with
+ * 1 + nc warpgroups (nc = 2, or 3 at head_dim 64 past 1K rows):
  *   - warpgroup 0, the producer, gives up registers (setmaxnreg.dec) and one
  *     thread of it issues bulk tensor copies (TMA): Q once, then the K and V
  *     tiles of HP_BN keys into a ring of HP_STAGES shared-memory stages, each
  *     copy completing on the stage's "full" mbarrier; before it refills a
  *     stage it waits on the stage's "empty" mbarrier;
- *   - warpgroups 1 and 2, the consumers, take the registers (setmaxnreg.inc)
+ *   - warpgroups 1 .. nc, the consumers, take the registers (setmaxnreg.inc)
  *     and 64 rows each: per tile S = Q K^T by wgmma with both operands in
  *     shared memory, the online softmax on S in registers (exp2 with the scale
  *     folded in, NaN-propagating maxima), then O += P V by wgmma with P taken
@@ -16,8 +17,10 @@
  *     shared memory (transposed by the descriptor); each warp then arrives on
  *     the stage's "empty" barrier. O stays in registers and is written to
  *     global memory from them (no shared-memory round trip).
- * Two consumers run the same loop on different rows, so one's softmax
- * overlaps the other's matrix products in the scheduler.
+ * The consumers run the same loop on different rows and take turns at the
+ * tensor cores, so one's softmax overlaps another's matrix products. Blocks
+ * are persistent (one an SM) and take items from a work counter where items
+ * differ in cost (hp_body, kr_cu_hopper_prefill).
  *
  * Tiles are in shared memory as TMA's 128-byte swizzle writes them: per 64
  * channels (128 bytes) a [rows][128 B] slab, the 16-byte chunks of row r
@@ -42,14 +45,27 @@
 
 #include <cuda.h>
 
-#define HP_BM 128 /* query rows per block: 64 per consumer warpgroup */
-#define HP_BN 128 /* keys per K/V tile */
+/* Consumer warpgroups a block (nc): 64 query rows each. At head_dim 64 the
+ * softmax costs as much as the two products, so three consumers (192 rows,
+ * 160 registers each) keep the tensor cores fed — except on short sequences
+ * (hp_consumers), where finer items balance better; at 128, two. */
+#ifndef HP_NC64
+#define HP_NC64 3
+#endif
+#ifndef HP_NC64_SHORT
+#define HP_NC64_SHORT 1024 /* head_dim 64 with at most this many query rows: two consumers */
+#endif
+#define HP_BM(nc) (64 * (nc))             /* query rows per block */
+#define HP_THREADS(nc) (128 * ((nc) + 1)) /* the producer warpgroup and the consumers */
+#define HP_BN 128                         /* keys per K/V tile */
 #ifndef HP_STAGES
 #define HP_STAGES 2
 #endif
-#define HP_THREADS 384 /* the producer warpgroup and two consumers */
+/* Registers after setmaxnreg, two consumers: 384 threads start at 168; the
+ * producer's loop needs 40 without spilling, which leaves the consumers 232.
+ * Three consumers (512 threads at 128): 32 and 160. */
 #ifndef HP_PRODUCER_REGS
-#define HP_PRODUCER_REGS 24
+#define HP_PRODUCER_REGS 40
 #endif
 /* FlashAttention-3's two schedules, switchable for the lab: a warpgroup
  * issues S of tile t before P V of tile t - 1 and runs the softmax while P V
@@ -61,8 +77,11 @@
 #ifndef HP_PERSISTENT
 #define HP_PERSISTENT 1 /* one block per SM walking the work items (0: one block per item) */
 #endif
+#ifndef HP_DYNAMIC
+#define HP_DYNAMIC 1 /* persistent blocks take items from a work counter (0: round robin) */
+#endif
 #ifndef HP_CONSUMER_REGS
-#define HP_CONSUMER_REGS 240
+#define HP_CONSUMER_REGS 232
 #endif
 /* mbarriers: Q full, Q empty, then per stage K full, V full, K empty, V empty */
 #define HP_NBAR (2 + 4 * HP_STAGES)
@@ -72,9 +91,10 @@ typedef struct hp_maps {
 } hp_maps;
 
 /* Shared memory: Q (BM x D), the K stages, the V stages (BN x D each), the
- * barriers; plus slack to align the tiles to 1024 bytes (the swizzle atom). */
-static size_t hp_smem_bytes(int64_t D) {
-    return 1024 + (size_t)(HP_BM + 2 * HP_STAGES * HP_BN) * 2 * (size_t)D + 8 * HP_NBAR;
+ * barriers, the next item's index; plus slack to align the tiles to 1024
+ * bytes (the swizzle atom). */
+static size_t hp_smem_bytes(int64_t D, int nc) {
+    return 1024 + (size_t)(HP_BM(nc) + 2 * HP_STAGES * HP_BN) * 2 * (size_t)D + 8 * HP_NBAR + 16;
 }
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -118,13 +138,20 @@ __device__ __forceinline__ uint64_t hp_desc(unsigned addr, unsigned lbo, unsigne
            ((uint64_t)(sbo >> 4) << 32) | (1ull << 62);
 }
 
-/* Named barriers 1-2 (a warpgroup's own threads) and 3-4 (the pingpong
- * between the two consumers: warpgroup w waits on 3 + w, the other arrives). */
+/* Named barriers, consumer warpgroup w (0 .. nc - 1): 1 + w its own
+ * threads; 4 + w the pingpong ring (w waits on it, the one before it in the
+ * ring arrives once it has issued); 7 + w the hand-over of the next item's
+ * index with the producer's first warp (hp_body). */
 __device__ __forceinline__ void hp_named_sync(int id) {
     asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory");
 }
 __device__ __forceinline__ void hp_named_arrive(int id) {
     asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory");
+}
+#define HP_BAR_TURN(w) (4 + (w))
+#define HP_BAR_ITEM(w) (7 + (w))
+__device__ __forceinline__ void hp_named_sync_n(int id, int threads) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
 /* Rows of a V stage whose keys lie past the sequence (j0 + r >= L) to zero,
@@ -193,12 +220,12 @@ __device__ __forceinline__ void hp_softmax(const kr_cu_attention &a, float (*sc)
 /* Issue S = Q K^T for one tile (D / 16 steps of 16 channels; Q and K are
  * K-major slabs of 64 channels, a step 32 bytes into a slab's rows). */
 __device__ __forceinline__ void hp_issue_s(float (*sc)[4], unsigned qa, unsigned kt, const int D,
-                                           const int DT) {
+                                           const int DT, const int BM) {
     hp_wgmma_fence();
 #pragma unroll
     for (int k = 0; k < D / 16; k++) {
         const unsigned off = (k % 4) * 32; /* 16 channels */
-        const uint64_t da = hp_desc(qa + (k / 4) * HP_BM * 128 + off, 16, 1024);
+        const uint64_t da = hp_desc(qa + (k / 4) * BM * 128 + off, 16, 1024);
         const uint64_t db = hp_desc(kt + (k / 4) * HP_BN * 128 + off, 16, 1024);
         hp_wgmma_ss_n128(sc, da, db, k > 0, DT);
     }
@@ -242,18 +269,18 @@ typedef struct hp_item {
 } hp_item;
 
 __device__ __forceinline__ hp_item hp_item_of(const kr_cu_attention &a, const kr_cu_prefill_ws &ws,
-                                              int64_t idx, int nrb) {
+                                              int idx, int nrb, const int bm) {
     hp_item w;
-    const int64_t rest = idx / nrb;
-    w.i0 = (nrb - 1 - (int)(idx % nrb)) * HP_BM;
-    w.h = (int)(rest % a.H);
-    w.b = (int)(rest / a.H % a.B);
-    w.split = (int)(rest / a.H / a.B);
+    const int rest = idx / nrb, H = (int)a.H;
+    w.i0 = (nrb - 1 - idx % nrb) * bm;
+    w.h = rest % H;
+    w.b = rest / H % (int)a.B;
+    w.split = rest / H / (int)a.B;
     w.hk = (int)(w.h / (a.H / a.Hkv));
     w.L = a.has_lens ? (int)cu_len(a.lens, w.b) : (int)a.Skv;
     int kmin, kmax, y0, y1;
     pf_range(a, w.L, w.i0, &kmin, &y0);
-    pf_range(a, w.L, min(w.i0 + HP_BM, (int)a.Sq) - 1, &y1, &kmax);
+    pf_range(a, w.L, min(w.i0 + bm, (int)a.Sq) - 1, &y1, &kmax);
     if (kmax < kmin) kmax = kmin;
     if (ws.splits > 1) { /* this split's whole tiles of the block's range */
         const int per = ((kmax - kmin + HP_BN - 1) / HP_BN + ws.splits - 1) / ws.splits;
@@ -266,16 +293,19 @@ __device__ __forceinline__ hp_item hp_item_of(const kr_cu_attention &a, const kr
 }
 
 __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention &a,
-                                        const kr_cu_prefill_ws &ws, int nrb, int64_t items,
-                                        const int DT, const int D) {
+                                        const kr_cu_prefill_ws &ws, int nrb, int items,
+                                        const int DT, const int D, const int NC) {
 #if HP_DEVICE
     extern __shared__ __align__(1024) char hp_raw[];
     const unsigned raw = (unsigned)__cvta_generic_to_shared(hp_raw);
     const unsigned sq = raw + (1024 - raw % 1024) % 1024;
-    const int HALVES = D / 64;
-    const unsigned TILE = HP_BN * 2 * D, QB = HP_BM * 2 * D;
+    const int HALVES = D / 64, BM = HP_BM(NC);
+    const unsigned TILE = HP_BN * 2 * D, QB = BM * 2 * D;
     const unsigned sk = sq + QB, sv = sk + HP_STAGES * TILE, bars = sv + HP_STAGES * TILE;
     const unsigned bar_q = bars, bar_q_empty = bars + 8;
+    /* the index of the block's item k + 1 in next_item[(k + 1) % 2], written
+     * by the producer during item k */
+    volatile int *next_item = (volatile int *)(hp_raw + (bars + 8 * HP_NBAR - raw));
 #define HP_FULL_K(s) (bars + 8 * (2 + (s)))
 #define HP_FULL_V(s) (bars + 8 * (2 + HP_STAGES + (s)))
 #define HP_EMPTY_K(s) (bars + 8 * (2 + 2 * HP_STAGES + (s)))
@@ -283,65 +313,107 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
 
     if (threadIdx.x == 0) {
         hp_bar_init(bar_q, 1);
-        hp_bar_init(bar_q_empty, 8); /* one arrival per consumer warp */
+        hp_bar_init(bar_q_empty, 4 * NC); /* one arrival per consumer warp */
         for (int s = 0; s < HP_STAGES; s++) {
             hp_bar_init(HP_FULL_K(s), 1);
             hp_bar_init(HP_FULL_V(s), 1);
-            hp_bar_init(HP_EMPTY_K(s), 8);
-            hp_bar_init(HP_EMPTY_V(s), 8);
+            hp_bar_init(HP_EMPTY_K(s), 4 * NC);
+            hp_bar_init(HP_EMPTY_V(s), 4 * NC);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
 
     /* Both sides walk the same items and tiles: it counts this block's tiles
-     * so far (stage it % HP_STAGES, phase it / HP_STAGES), k its items. */
+     * so far (stage it % HP_STAGES, phase it / HP_STAGES), k its items. The
+     * first item is blockIdx.x; with a work counter each later one is fetched
+     * (gridDim.x + the counter's old value) once the current one's copies are
+     * issued: fetched any earlier, a block would hold on to its next item
+     * while still busy, which unbalances causal grids. The producer's first
+     * warp writes the index of item k + 1 into next_item[(k + 1) % 2], then
+     * meets each consumer warpgroup at its barrier HP_BAR_ITEM once that
+     * warpgroup has issued its last S of item k (the producer waits there
+     * anyway: Q's buffer is free only then); the warpgroup reads the index
+     * after the barrier. The slot is written again only after the next
+     * meeting, so every read and write are ordered by a barrier both sides
+     * wait on, and the warpgroups still start items as their turns fall. */
     if (threadIdx.x < 128) { /* the producer */
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(HP_PRODUCER_REGS));
-        if (threadIdx.x != 0) return;
-        int it = 0, k = 0;
-        for (int64_t idx = blockIdx.x; idx < items; idx += gridDim.x, k++) {
-            const hp_item w = hp_item_of(a, ws, idx, nrb);
-            if (k > 0) hp_bar_wait(bar_q_empty, (k - 1) & 1); /* the last item's S are done */
-            hp_bar_expect(bar_q, QB);
-            for (int x = 0; x < HALVES; x++)
-                hp_tma4(sq + x * HP_BM * 128, &mp.q, bar_q, 64 * x, w.i0, w.h, w.b);
-            for (int t = 0; t < w.nt; t++, it++) {
-                const int s = it % HP_STAGES, u = it / HP_STAGES, j0 = w.kmin + t * HP_BN;
-                if (u > 0) hp_bar_wait(HP_EMPTY_K(s), (u - 1) & 1);
-                hp_bar_expect(HP_FULL_K(s), TILE);
+        if (NC == 3)
+            asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(32));
+        else
+            asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(HP_PRODUCER_REGS));
+        /* one thread issues the copies; its warp stays for the hand-over */
+        if (threadIdx.x >= (ws.sched ? 32 : 1)) return;
+        const unsigned lanes = ws.sched ? 0xffffffffu : 1u;
+        const bool leader = threadIdx.x == 0;
+        int it = 0, idx = (int)blockIdx.x;
+        for (int k = 0; idx < items; k++) {
+            int next = ws.sched ? items : idx + (int)gridDim.x;
+            if (leader) {
+                const hp_item w = hp_item_of(a, ws, idx, nrb, BM);
+                if (k > 0) hp_bar_wait(bar_q_empty, (k - 1) & 1); /* the last item's S are done */
+                hp_bar_expect(bar_q, QB);
                 for (int x = 0; x < HALVES; x++)
-                    hp_tma4(sk + s * TILE + x * HP_BN * 128, &mp.k, HP_FULL_K(s), 64 * x, j0, w.hk,
-                            w.b);
-                if (u > 0) hp_bar_wait(HP_EMPTY_V(s), (u - 1) & 1);
-                hp_bar_expect(HP_FULL_V(s), TILE);
-                for (int x = 0; x < HALVES; x++)
-                    hp_tma4(sv + s * TILE + x * HP_BN * 128, &mp.v, HP_FULL_V(s), 64 * x, j0, w.hk,
-                            w.b);
+                    hp_tma4(sq + x * BM * 128, &mp.q, bar_q, 64 * x, w.i0, w.h, w.b);
+                for (int t = 0; t < w.nt; t++, it++) {
+                    const int s = it % HP_STAGES, u = it / HP_STAGES, j0 = w.kmin + t * HP_BN;
+                    if (u > 0) hp_bar_wait(HP_EMPTY_K(s), (u - 1) & 1);
+                    hp_bar_expect(HP_FULL_K(s), TILE);
+                    for (int x = 0; x < HALVES; x++)
+                        hp_tma4(sk + s * TILE + x * HP_BN * 128, &mp.k, HP_FULL_K(s), 64 * x, j0,
+                                w.hk, w.b);
+                    if (u > 0) hp_bar_wait(HP_EMPTY_V(s), (u - 1) & 1);
+                    hp_bar_expect(HP_FULL_V(s), TILE);
+                    for (int x = 0; x < HALVES; x++)
+                        hp_tma4(sv + s * TILE + x * HP_BN * 128, &mp.v, HP_FULL_V(s), 64 * x, j0,
+                                w.hk, w.b);
+                }
+                /* items fetches in all, one per item; the last puts the counter back */
+                if (ws.sched) {
+                    const int c = (int)atomicAdd(ws.sched, 1u);
+                    if (c == items - 1) atomicExch(ws.sched, 0u);
+                    next = (int)gridDim.x + c;
+                    next_item[(k + 1) & 1] = next;
+                }
             }
+            __syncwarp(lanes);
+            if (ws.sched) /* uniform: the block's items are a fixed round robin otherwise */
+                for (int c = 0; c < NC; c++) hp_named_sync_n(HP_BAR_ITEM(c), 160);
+            idx = __shfl_sync(lanes, next, 0);
         }
         return;
     }
 
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(HP_CONSUMER_REGS));
+    if (NC == 3)
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(160));
+    else
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(HP_CONSUMER_REGS));
     const int wg = threadIdx.x / 128 - 1, tid = threadIdx.x % 128;
     const int warp = tid / 32, lane = tid % 32, q4 = lane % 4;
     const int Sq = (int)a.Sq;
     const float c = a.scale * PF_LOG2E;
     const unsigned qa = sq + wg * 64 * 128; /* this warpgroup's rows of each Q slab */
 #if HP_PINGPONG
-    /* the consumers take turns at issuing: warpgroup w waits on barrier 3 + w,
-     * then lets the other go; warpgroup 0 goes first */
-#define HP_TURN_BEGIN() hp_named_sync(3 + wg)
-#define HP_TURN_END() hp_named_arrive(4 - wg)
-    if (wg == 1) hp_named_arrive(3);
+    /* the consumers take turns at issuing, in a ring: warpgroup w waits on
+     * its turn barrier, then lets the next go; warpgroup 0 goes first */
+#define HP_TURN_BEGIN() hp_named_sync(HP_BAR_TURN(wg))
+#define HP_TURN_END() hp_named_arrive(HP_BAR_TURN((wg + 1) % NC))
+    if (wg == NC - 1) hp_named_arrive(HP_BAR_TURN(0));
 #else
 #define HP_TURN_BEGIN() (void)0
 #define HP_TURN_END() (void)0
 #endif
-    int it = 0, k = 0;
-    for (int64_t idx = blockIdx.x; idx < items; idx += gridDim.x, k++) {
-        const hp_item w = hp_item_of(a, ws, idx, nrb);
+        /* the hand-over of the next item's index (above), once this warpgroup's
+         * last S of item k is done */
+#define HP_TAKE_NEXT()                                                                             \
+    do {                                                                                           \
+        if (ws.sched) hp_named_sync_n(HP_BAR_ITEM(wg), 160), next = next_item[(k + 1) & 1];        \
+    } while (0)
+    int it = 0, idx = (int)blockIdx.x;
+    for (int k = 0; idx < items; k++) {
+        int next = idx + (int)gridDim.x; /* without a work counter */
+        hp_bar_wait(bar_q, k & 1);
+        const hp_item w = hp_item_of(a, ws, idx, nrb, BM);
         const int nt = w.nt, kmin = w.kmin, L = w.L;
         const int r0 = w.i0 + 64 * wg;             /* this warpgroup's first row */
         const int row = r0 + 16 * warp + lane / 4; /* this thread's rows: row, row + 8 */
@@ -359,15 +431,17 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
         for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
         float sc[16][4];            /* S of the current tile: 64 x 128 (2 rows x 32 keys) */
         unsigned pa[HP_BN / 16][4]; /* P of the previous tile, as the A operand of P V */
-        hp_bar_wait(bar_q, k & 1);
-        if (nt == 0 && lane == 0) hp_bar_arrive(bar_q_empty);
+        if (nt == 0) {
+            if (lane == 0) hp_bar_arrive(bar_q_empty);
+            HP_TAKE_NEXT();
+        }
         /* tile 0: S, softmax, P; tiles 1 .. nt - 1: S of t and P V of t - 1 issued
          * together, the softmax of t while P V runs; then the last P V */
         if (nt > 0) {
             const int s = it % HP_STAGES;
             hp_bar_wait(HP_FULL_K(s), (it / HP_STAGES) & 1);
             HP_TURN_BEGIN();
-            hp_issue_s(sc, qa, sk + s * TILE, D, DT);
+            hp_issue_s(sc, qa, sk + s * TILE, D, DT, BM);
             HP_TURN_END();
             hp_wgmma_wait(0);
             hp_touch(sc, 16);
@@ -375,6 +449,7 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
                 hp_bar_arrive(HP_EMPTY_K(s));
                 if (nt == 1) hp_bar_arrive(bar_q_empty);
             }
+            if (nt == 1) HP_TAKE_NEXT();
             float al[2];
             hp_softmax(a, sc, m, l, al, c, kmin, L, row, q4,
                        kmin >= lo_last && kmin + HP_BN <= hi_first);
@@ -387,7 +462,7 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
             hp_bar_wait(HP_FULL_V(sp), ((it + t - 1) / HP_STAGES) & 1);
             if (j0 > L) hp_zero_v(sv + sp * TILE, j0 - HP_BN, L, tid, wg, HALVES);
             HP_TURN_BEGIN();
-            hp_issue_s(sc, qa, sk + s * TILE, D, DT);
+            hp_issue_s(sc, qa, sk + s * TILE, D, DT, BM);
             hp_issue_pv(o, pa, sv + sp * TILE, D, DT);
             HP_TURN_END();
             hp_wgmma_wait(1); /* S is in; P V may still run */
@@ -396,6 +471,7 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
                 hp_bar_arrive(HP_EMPTY_K(s));
                 if (t == nt - 1) hp_bar_arrive(bar_q_empty); /* Q is free for the next item */
             }
+            if (t == nt - 1) HP_TAKE_NEXT();
             float al[2];
             hp_softmax(a, sc, m, l, al, c, j0, L, row, q4, j0 >= lo_last && j0 + HP_BN <= hi_first);
             hp_wgmma_wait(0); /* P V is done: O may be rescaled and P rewritten */
@@ -429,7 +505,9 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
             else
                 pf_store_row(a, w.b, w.h, row + 8 * x, m[x], lx, o, x, NULL, D);
         }
+        idx = next;
     }
+#undef HP_TAKE_NEXT
 #undef HP_TURN_BEGIN
 #undef HP_TURN_END
 #undef HP_FULL_K
@@ -439,22 +517,32 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
 #endif
 }
 
-#define HP_KERNEL(name, DT, D)                                                                     \
-    __global__ void __launch_bounds__(HP_THREADS, 1)                                               \
+#define HP_KERNEL(name, DT, D, NC)                                                                 \
+    __global__ void __launch_bounds__(HP_THREADS(NC), 1)                                           \
         name(const __grid_constant__ hp_maps mp, kr_cu_attention a, kr_cu_prefill_ws ws, int nrb,  \
-             int64_t items) {                                                                      \
-        hp_body(mp, a, ws, nrb, items, DT, D);                                                     \
+             int items) {                                                                          \
+        hp_body(mp, a, ws, nrb, items, DT, D, NC);                                                 \
     }
-HP_KERNEL(hp_f16_d64, KR_F16, 64)
-HP_KERNEL(hp_f16_d128, KR_F16, 128)
-HP_KERNEL(hp_bf16_d64, KR_BF16, 64)
-HP_KERNEL(hp_bf16_d128, KR_BF16, 128)
+HP_KERNEL(hp_f16_d64, KR_F16, 64, HP_NC64)
+HP_KERNEL(hp_f16_d64_nc2, KR_F16, 64, 2)
+HP_KERNEL(hp_f16_d128, KR_F16, 128, 2)
+HP_KERNEL(hp_bf16_d64, KR_BF16, 64, HP_NC64)
+HP_KERNEL(hp_bf16_d64_nc2, KR_BF16, 64, 2)
+HP_KERNEL(hp_bf16_d128, KR_BF16, 128, 2)
 
-typedef void (*hp_fn)(hp_maps, kr_cu_attention, kr_cu_prefill_ws, int, int64_t);
+typedef void (*hp_fn)(hp_maps, kr_cu_attention, kr_cu_prefill_ws, int, int);
 
-static hp_fn hp_kernel(const kr_cu_attention *a) {
-    static const hp_fn fns[2][2] = {{hp_f16_d64, hp_f16_d128}, {hp_bf16_d64, hp_bf16_d128}};
-    return fns[a->k.dtype == KR_BF16][a->D == 128];
+/* Consumer warpgroups for the call (H100 lab, session 11: at head_dim 64
+ * three beat two by 5-15 % from 2K rows, two beat three by 10-14 % on causal
+ * 512-1K, where 128-row items balance better than 192-row ones). */
+static int hp_consumers(const kr_cu_attention *a) {
+    return a->D == 64 && a->Sq > HP_NC64_SHORT ? HP_NC64 : 2;
+}
+
+static hp_fn hp_kernel(const kr_cu_attention *a, int nc) {
+    static const hp_fn fns[2][3] = {{hp_f16_d64_nc2, hp_f16_d64, hp_f16_d128},
+                                    {hp_bf16_d64_nc2, hp_bf16_d64, hp_bf16_d128}};
+    return fns[a->k.dtype == KR_BF16][a->D == 128 ? 2 : nc != 2];
 }
 
 /* ---- host side: the tensor maps -------------------------------------------------------- */
@@ -539,7 +627,7 @@ extern "C" int kr_cu_hopper_supported(const kr_cu_attention *a, char *why, size_
         return 0;
     }
     CUtensorMap m;
-    if (!hp_map(&m, &a->q, a->B, a->Sq, a->H, a->D, HP_BM) ||
+    if (!hp_map(&m, &a->q, a->B, a->Sq, a->H, a->D, HP_BM(hp_consumers(a))) ||
         !hp_map(&m, &a->k, a->B, a->Skv, a->Hkv, a->D, HP_BN) ||
         !hp_map(&m, &a->v, a->B, a->Skv, a->Hkv, a->D, HP_BN)) {
         snprintf(why, n,
@@ -553,7 +641,8 @@ extern "C" int kr_cu_hopper_supported(const kr_cu_attention *a, char *why, size_
 extern "C" int64_t kr_cu_hopper_splits(const kr_cu_attention *a, int n_sm) {
     /* one block per SM: split the keys only when the row blocks leave most of
      * the SMs idle, every split at least 4 tiles long */
-    const int64_t blocks = (a->Sq + HP_BM - 1) / HP_BM * a->H * a->B;
+    const int64_t bm = HP_BM(hp_consumers(a));
+    const int64_t blocks = (a->Sq + bm - 1) / bm * a->H * a->B;
     if (4 * blocks >= 3 * (int64_t)n_sm) return 1;
     int64_t s = (n_sm + blocks - 1) / blocks;
     const int64_t by_len = a->Skv / (4 * HP_BN);
@@ -565,37 +654,51 @@ extern "C" int64_t kr_cu_hopper_splits(const kr_cu_attention *a, int n_sm) {
 
 extern "C" kr_status kr_cu_hopper_prefill(const kr_cu_attention *a, const kr_cu_prefill_ws *ws,
                                           void *stream, char *err, size_t n) {
-    const hp_fn fn = hp_kernel(a);
-    const size_t smem = hp_smem_bytes(a->D);
+    const int nc = hp_consumers(a);
+    const hp_fn fn = hp_kernel(a, nc);
+    const size_t smem = hp_smem_bytes(a->D, nc);
     kr_status st = cu_allow_smem((const void *)fn, smem, "Hopper prefill attention", err, n);
     if (st) return st;
     if (a->Sq == 0 || a->B == 0 || a->H == 0) return KR_OK;
     hp_maps mp;
-    if (!hp_map(&mp.q, &a->q, a->B, a->Sq, a->H, a->D, HP_BM) ||
+    if (!hp_map(&mp.q, &a->q, a->B, a->Sq, a->H, a->D, HP_BM(nc)) ||
         !hp_map(&mp.k, &a->k, a->B, a->Skv, a->Hkv, a->D, HP_BN) ||
         !hp_map(&mp.v, &a->v, a->B, a->Skv, a->Hkv, a->D, HP_BN)) {
         snprintf(err, n, "Hopper prefill attention: cuTensorMapEncodeTiled refused a map");
         return KR_ERR_BACKEND;
     }
     const int splits = ws->splits > 1 ? ws->splits : 1;
-    const int nrb = (int)((a->Sq + HP_BM - 1) / HP_BM);
+    const int nrb = (int)((a->Sq + HP_BM(nc) - 1) / HP_BM(nc));
     const int64_t items = (int64_t)nrb * a->H * a->B * splits;
-    /* Items of equal cost (no causal mask, no window): persistent, one block
-     * per SM walking items blockIdx, + gridDim, ... (the producer loads the
-     * next item's Q and K/V while the consumers finish and store this one).
-     * Causal or windowed items differ in cost, and that static assignment
-     * left SMs idle (H100 lab: 416 vs 627 TFLOP/s causal at 16K): one block
-     * per item, so the hardware hands blocks to SMs as they free up. */
+    if (items > 0x7fffffff) {
+        snprintf(err, n,
+                 "Hopper prefill attention: %lld work items (row blocks x heads x batch) "
+                 "exceed 2^31 - 1",
+                 (long long)items);
+        return KR_ERR_UNSUPPORTED;
+    }
+    /* Persistent: at most one block per SM. Blocks take the next item from
+     * the work counter (ws->sched) as they free up where items differ in cost
+     * (causal, window) or at head_dim 64; the producer loads the next item's
+     * Q and K/V while the consumers finish this one. Causal items of unequal
+     * cost so balance themselves (a fixed round robin left SMs idle: 416 vs
+     * 627 TFLOP/s causal at 16K in the H100 lab, session 6). Non-causal
+     * head_dim 128 keeps the fixed round robin (blockIdx.x + k gridDim.x): the
+     * hand-over of each index cost it 2-8 % (H100 lab, session 11). Uneven
+     * items without a counter, or HP_PERSISTENT 0: one block per item. */
+    kr_cu_prefill_ws w = *ws;
+    const bool uneven = a->causal || a->window_left >= 0 || a->window_right >= 0;
+    if (!HP_DYNAMIC || (!uneven && a->D != 64)) w.sched = NULL;
     int64_t grid = items;
 #if HP_PERSISTENT
     int dev = 0, n_sm = 0;
-    if (!a->causal && a->window_left < 0 && a->window_right < 0 &&
-        cudaGetDevice(&dev) == cudaSuccess &&
+    if ((w.sched || !uneven) && cudaGetDevice(&dev) == cudaSuccess &&
         cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess &&
         n_sm > 0 && grid > n_sm)
         grid = n_sm;
 #endif
-    if (grid > 0x7fffffff) grid = 0x7fffffff;
-    fn<<<(unsigned)grid, HP_THREADS, smem, (cudaStream_t)stream>>>(mp, *a, *ws, nrb, items);
+    if (grid == items) w.sched = NULL; /* an item a block: nothing to fetch */
+    fn<<<(unsigned)grid, (unsigned)HP_THREADS(nc), smem, (cudaStream_t)stream>>>(mp, *a, w, nrb,
+                                                                                 (int)items);
     return cu_launched("Hopper prefill attention", err, n);
 }

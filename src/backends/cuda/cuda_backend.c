@@ -106,6 +106,8 @@ typedef struct cu_state {
     size_t counters_cap;
     void *stage; /* the int8 cache dequantised for the Hopper prefill kernel */
     size_t stage_cap;
+    uint32_t *sched; /* the Hopper prefill kernel's work counter, kept zero */
+    size_t sched_cap;
 } cu_state;
 
 static kr_status cu_fail(cudaError_t e, const char *what, char *err, size_t n) {
@@ -158,6 +160,7 @@ static void st_close(void *state) {
     cudaFree(s->scratch);
     cudaFree(s->ws);
     cudaFree(s->counters);
+    cudaFree(s->sched);
     cudaFree(s->stage);
     cudaStreamDestroy(s->own);
     cudaGetLastError(); /* a failed close leaves nothing behind */
@@ -358,12 +361,20 @@ static bool int8_staged(cu_state *s, const kr_cu_attention *c, kr_cu_attention *
     return hopper;
 }
 
+/* The Hopper kernel's work counter (kr_cu_prefill_ws.sched). */
+static kr_status sched_of(cu_state *s, kr_cu_prefill_ws *pw, char *err, size_t n) {
+    kr_status st = grow(s, (void **)&s->sched, &s->sched_cap, sizeof(uint32_t), true, err, n);
+    pw->sched = st ? NULL : s->sched;
+    return st;
+}
+
 /* Dequantises the call's cache rows into the staging buffer, then runs the
  * Hopper kernel over them (h: int8_staged's view of the buffer). */
 static kr_status st_staged(cu_state *s, const kr_cu_attention *c, const kr_cu_attention *h,
                            char *err, size_t n) {
-    kr_status st = kr_cu_int8_stage(c, h, s->cur, err, n);
-    const kr_cu_prefill_ws pw = {1, NULL, NULL, 1};
+    kr_cu_prefill_ws pw = {1, NULL, NULL, 1, NULL};
+    kr_status st = sched_of(s, &pw, err, n);
+    if (!st) st = kr_cu_int8_stage(c, h, s->cur, err, n);
     return st ? st : kr_cu_prefill(h, &pw, s->cur, err, n);
 }
 
@@ -378,10 +389,11 @@ static kr_status cuda_attention(const kr_attention_args *a, char *err, size_t n)
     if (st) return st;
     char why[160];
     if (c.Sq > 16 || !kr_cu_decode_supported(&c, why, sizeof why)) {
-        kr_cu_prefill_ws pw = {1, NULL, NULL, 0};
+        kr_cu_prefill_ws pw = {1, NULL, NULL, 0, NULL};
         kr_cu_attention h;
         if (int8_staged(s, &c, &h, err, n)) return st_staged(s, &c, &h, err, n);
         pw.splits = (int)kr_cu_prefill_splits(&c, s->n_sm, &pw.hopper);
+        if (pw.hopper && (st = sched_of(s, &pw, err, n)) != KR_OK) return st;
         if (pw.splits > 1) {
             const size_t bytes = kr_cu_prefill_ws_bytes(&c, pw.splits);
             st = grow(s, &s->ws, &s->ws_cap, bytes, false, err, n);

@@ -81,6 +81,10 @@ typedef struct kr_cu_prefill_ws {
     float *part_o;   /* [splits][B][H][Sq][D] */
     float *part_lse; /* [splits][B][H][Sq], log2 domain */
     int hopper;      /* the Hopper kernel runs this call (kr_cu_prefill_splits decides) */
+    /* The Hopper kernel's work counter: one device uint32 that is 0 between
+     * calls (the kernel's last fetch puts it back), so its persistent blocks
+     * take items as they free up; NULL: one block per item. */
+    uint32_t *sched;
 } kr_cu_prefill_ws;
 
 int kr_cu_prefill_supported(const kr_cu_attention *a, char *why, size_t n);
