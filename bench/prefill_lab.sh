@@ -18,6 +18,9 @@
 #   KR_LAB_PART=decode: the decode kernels (table in microseconds); =int8: the
 #   decode over the int8 cache (its error against the fp16 cache is in each
 #   variant's bench.log; cuDNN over fp16 is timed with every variant).
+#   KR_LAB_AB=1 (prefill): all variants and torch's backends in one process,
+#   timed turn about rep by rep in every cell (clock drift falls on all alike;
+#   KR_LAB_TORCH=0 leaves torch out); results in $OUT/ab.
 #   KR_LAB_REUSE=1: time the plugins already in $OUT without rebuilding them
 #   (build on a machine without a GPU with the bench failing, time on the GPU).
 # Writes $OUT/<name>/{build.log,bench.log,bench_gpu.json} (OUT default
@@ -52,6 +55,35 @@ for v in "${variants[@]}"; do
 done
 for p in "${pids[@]}"; do wait "$p"; done
 export LD_LIBRARY_PATH="$here/$B:$here/$B/deps${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if [ "${KR_LAB_AB:-0}" = 1 ] && [ "$PART" = prefill ]; then
+  # One process: the first variant's context, one more per other variant, and
+  # torch's backends (unless KR_LAB_TORCH=0), timed turn about in every cell.
+  first=${variants[0]%%:*} ab=()
+  for v in "${variants[@]:1}"; do ab+=(--ab "${v%%:*}=$OUT/${v%%:*}/libkrserve-cuda.so"); done
+  mkdir -p "$OUT/ab"
+  KRSERVE_PLUGIN_PATH="$OUT/$first/libkrserve-cuda.so" python3 -u "$here/tests/gpu/bench_sdpa.py" \
+    --lib "$here/$B/libkrserve.so" --out "$OUT/ab" --only prefill \
+    $([ "${KR_LAB_FULL:-0}" = 1 ] || echo --quick) \
+    $([ "${KR_LAB_TORCH:-1}" = 0 ] && echo --kr-only) "${ab[@]}" >"$OUT/ab/bench.log" 2>&1 ||
+    echo "bench failed: ab (see $OUT/ab/bench.log)"
+  python3 - "$OUT/ab/bench_gpu.json" "$first" "${variants[@]:1}" <<'PY'
+import json, sys
+rows = json.load(open(sys.argv[1]))["prefill"]
+names = [sys.argv[2]] + [v.split(":")[0] for v in sys.argv[3:]]
+keys = ["krserve_ms"] + ["ab_%s_ms" % n for n in names[1:]]
+torch_cols = [c for c in ("flash", "cudnn") if any(r.get(c + "_ms") for r in rows)]
+print("turn about in one process (median of each)")
+print("| head_dim | mask | dtype | seq | " + " | ".join(names + torch_cols) + " |")
+print("|---" * (4 + len(names) + len(torch_cols)) + "|")
+tf = lambda r, k: "%.0f" % (r["flops"] / (r[k] * 1e-3) / 1e12) if r.get(k) else "-"
+for r in rows:
+    cells = ["WRONG" if r.get("wrong") or r.get(k.replace("_ms", "_wrong")) else tf(r, k)
+             for k in keys] + [tf(r, c + "_ms") for c in torch_cols]
+    print("| %d | %s | %s | %d | %s |" % (r["head_dim"], "causal" if r["causal"] else "none",
+                                          r["dtype"], r["seq"], " | ".join(cells)))
+PY
+  exit 0
+fi
 first=1
 for v in "${variants[@]}"; do
   name=${v%%:*}

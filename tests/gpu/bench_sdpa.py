@@ -175,6 +175,27 @@ def timed(fn, reps, warmup=3):
     return statistics.median(times), min(times)
 
 
+def timed_interleaved(fns, reps, warmup=3):
+    """Medians (ms) of several implementations of one call, timed as timed()
+    does but taking turns rep by rep, so that clock and thermal drift over the
+    run falls on all of them alike (the prefill A/B of plugin variants)."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(reps):
+        for i, fn in enumerate(fns):
+            FLUSH.zero_()
+            torch.cuda._sleep(SLEEP_CYCLES)
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times[i].append(a.elapsed_time(b))
+    return [statistics.median(t) for t in times]
+
+
 def reps_for(bytes_moved, quick):
     base = 10 if quick else 40
     return max(5, min(base, int(base * 2e9 / max(bytes_moved, 1))))
@@ -214,6 +235,7 @@ SDPA_BACKENDS = (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUD
 
 
 KR80 = None  # a context whose prefill runs on the sm_80 kernel (cc 9.0 cards only)
+AB = []  # --ab NAME=PLUGIN: (name, context) pairs whose prefill is timed turn about with ours
 
 
 def prefill_kernel_counts():
@@ -260,6 +282,27 @@ def prefill(kr, quick):
                     tol = 2e-3 if dt == torch.float16 else 1.5e-2
                     if not row["err_vs_flash"] <= tol:
                         row["wrong"] = True
+                    elif AB:
+                        # every variant checked against flash, then all timed turn about
+                        # (torch's backends too unless --kr-only)
+                        names, fns = ["krserve"], [run_kr]
+                        for name, ctx in AB:
+                            run_v = (lambda c: lambda: c.check(c.lib.kr_attention(
+                                c.ctx, C.byref(tq), C.byref(tk), C.byref(tv), C.byref(to),
+                                C.byref(prm))))(ctx)
+                            out.fill_(float("nan"))
+                            run_v()
+                            torch.cuda.synchronize()
+                            if rel_err(out.transpose(1, 2), want) <= tol:
+                                names.append("ab_" + name)
+                                fns.append(run_v)
+                            else:
+                                row["ab_" + name + "_wrong"] = True
+                        for name, be in SDPA_BACKENDS if not KR_ONLY else ():
+                            names.append(name)
+                            fns.append((lambda b: lambda: sdpa(b, qt, kt, vt, causal))(be))
+                        for name, ms in zip(names, timed_interleaved(fns, reps)):
+                            row[name + "_ms"] = ms
                     else:
                         row["krserve_ms"] = timed(run_kr, reps)[0]
                     if KR80 is not None:  # the sm_80 kernel on the same card, same run
@@ -272,7 +315,7 @@ def prefill(kr, quick):
                         row["err_sm80_vs_flash"] = rel_err(out.transpose(1, 2), want)
                         if row["err_sm80_vs_flash"] <= tol:
                             row["krserve_sm80_ms"] = timed(run80, reps)[0]
-                    for name, be in SDPA_BACKENDS if not KR_ONLY else ():
+                    for name, be in SDPA_BACKENDS if not (KR_ONLY or AB) else ():
                         try:
                             row[name + "_ms"] = timed(lambda: sdpa(be, qt, kt, vt, causal), reps)[0]
                         except Exception as e:
@@ -650,6 +693,9 @@ def main():
     ap.add_argument("--out", default=".")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="ceiling,decode,int8,rope,prefill,accuracy,chunked")
+    ap.add_argument("--ab", action="append", default=[], metavar="NAME=PLUGIN",
+                    help="prefill: also time this plugin (a context of its own), turn about "
+                    "with ours and torch's backends in each cell (the kernel lab's A/B)")
     ap.add_argument("--kr-only", action="store_true",
                     help="prefill: time krserve only (results still checked against flash)")
     a = ap.parse_args()
@@ -667,11 +713,21 @@ def main():
     kr = Krserve(a.lib)
     only = a.only.split(",")
     global KR80
-    if torch.cuda.get_device_capability() == (9, 0) and "prefill" in only:
+    if torch.cuda.get_device_capability() == (9, 0) and "prefill" in only and not a.ab:
         # a second context on the sm_80 prefill kernel (read when it opens the device)
         os.environ["KRSERVE_CUDA_PREFILL"] = "sm80"
         KR80 = Krserve(a.lib)
         del os.environ["KRSERVE_CUDA_PREFILL"]
+    ours = os.environ.get("KRSERVE_PLUGIN_PATH")
+    for spec in a.ab:
+        name, path = spec.split("=", 1)
+        os.environ["KRSERVE_PLUGIN_PATH"] = path  # read when the context opens
+        AB.append((name, Krserve(a.lib)))
+    if a.ab:
+        if ours is None:
+            del os.environ["KRSERVE_PLUGIN_PATH"]
+        else:
+            os.environ["KRSERVE_PLUGIN_PATH"] = ours
     res = {"date": datetime.date.today().isoformat(), "card": torch.cuda.get_device_name(),
            "torch": torch.__version__, "quick": a.quick}
     res["ceiling"] = ceiling(a.quick)

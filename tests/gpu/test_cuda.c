@@ -386,14 +386,20 @@ static void test_attention_grid(void **state) {
     /* More row blocks than SMs (132 on an H100): the Hopper kernel's blocks
      * are persistent and take items from its work counter — causal items of
      * unequal cost, ragged lengths; head_dim 64 with two consumers (400 rows)
-     * and three (1100). Also in a quick run with KR_TEST_SQ=400 or 1100
-     * (the sanitizers on that path). */
+     * and three (1100); non-causal head_dim 128 on the round-robin kernel. Also in a quick run with
+     * KR_TEST_SQ=400 or 1100 (the sanitizers on that path). */
     static const acase many[] = {
         {3, 400, 400, 24, 8, 64, KR_BF16, 1, 0, 1, 0, 0, -1, 778},
         {3, 400, 400, 24, 8, 128, KR_F16, 1, 0, 0, 1, 0, -1, 779},
         {3, 400, 400, 24, 8, 128, KR_BF16, 0, 0, 1, 0, 0, -1, 780},
         {1, 1100, 1100, 24, 8, 64, KR_F16, 0, 0, 0, 1, 0, -1, 781},
         {1, 1100, 1100, 24, 8, 64, KR_BF16, 1, 0, 1, 0, 0, -1, 782},
+        /* non-causal head_dim 128: the round-robin kernel (under 2048 keys) and
+         * the wide-tile one (176 keys a tile), keys not a whole number of tiles;
+         * 112 row blocks, enough not to be split onto the sm_80 kernel */
+        {2, 400, 1000, 24, 8, 128, KR_F16, 0, 0, 1, 1, 0, -1, 783},
+        {1, 400, 2100, 28, 4, 128, KR_BF16, 0, 0, 1, 1, 0, -1, 784},
+        {1, 400, 2100, 28, 4, 128, KR_F16, 0, 0, 0, 0, 1, -1, 785},
     };
     for (size_t i = 0; i < sizeof many / sizeof many[0]; i++)
         if (only_sq == many[i].Sq || (!kt_quick() && only_sq < 0)) run_attention(&many[i]);

@@ -6,7 +6,7 @@
  * 1 + nc warpgroups (nc = 2, or 3 at head_dim 64 past 1K rows):
  *   - warpgroup 0, the producer, gives up registers (setmaxnreg.dec) and one
  *     thread of it issues bulk tensor copies (TMA): Q once, then the K and V
- *     tiles of HP_BN keys into a ring of HP_STAGES shared-memory stages, each
+ *     tiles of BN keys (HP_BN, or HP_BN_WIDE) into a ring of HP_STAGES shared-memory stages, each
  *     copy completing on the stage's "full" mbarrier; before it refills a
  *     stage it waits on the stage's "empty" mbarrier;
  *   - warpgroups 1 .. nc, the consumers, take the registers (setmaxnreg.inc)
@@ -58,6 +58,23 @@
 #define HP_BM(nc) (64 * (nc))             /* query rows per block */
 #define HP_THREADS(nc) (128 * ((nc) + 1)) /* the producer warpgroup and the consumers */
 #define HP_BN 128                         /* keys per K/V tile */
+/* Keys per tile of the head_dim-128 kernel for calls without a causal mask
+ * or window over at least HP_WIDE_MIN_KEYS keys (FlashAttention-3's 128 x
+ * 176): fewer tiles, so fewer softmax reductions, barriers and rescalings of
+ * O per key — +7-11 % from 8K keys on the H100 (session 12). Masked calls
+ * keep 128 (their diagonal tiles are partly hidden), and so do shorter ones,
+ * where the last tile's unused keys and the longer first tile cost more
+ * (512-1K keys: 2-5 % slower with 176). */
+#ifndef HP_BN_WIDE
+#define HP_BN_WIDE 176
+#endif
+#ifndef HP_WIDE_MIN_KEYS
+#define HP_WIDE_MIN_KEYS 2048
+#endif
+#if HP_BN_WIDE != 128 && HP_BN_WIDE != 176
+#error "HP_BN_WIDE: hp_issue_s has wgmma shapes for 128 and 176 keys only"
+#endif
+#define HP_BN_MAX (HP_BN_WIDE > HP_BN ? HP_BN_WIDE : HP_BN)
 #ifndef HP_STAGES
 #define HP_STAGES 2
 #endif
@@ -83,6 +100,15 @@
 #ifndef HP_CONSUMER_REGS
 #define HP_CONSUMER_REGS 232
 #endif
+/* The kernels without a work counter (fixed round robin: non-causal head_dim
+ * 128) keep the producer's loop within 24 registers, so the consumers get
+ * 240. */
+#ifndef HP_PRODUCER_REGS_RR
+#define HP_PRODUCER_REGS_RR 24
+#endif
+#ifndef HP_CONSUMER_REGS_RR
+#define HP_CONSUMER_REGS_RR 240
+#endif
 /* mbarriers: Q full, Q empty, then per stage K full, V full, K empty, V empty */
 #define HP_NBAR (2 + 4 * HP_STAGES)
 
@@ -93,8 +119,8 @@ typedef struct hp_maps {
 /* Shared memory: Q (BM x D), the K stages, the V stages (BN x D each), the
  * barriers, the next item's index; plus slack to align the tiles to 1024
  * bytes (the swizzle atom). */
-static size_t hp_smem_bytes(int64_t D, int nc) {
-    return 1024 + (size_t)(HP_BM(nc) + 2 * HP_STAGES * HP_BN) * 2 * (size_t)D + 8 * HP_NBAR + 16;
+static size_t hp_smem_bytes(int64_t D, int nc, int bn) {
+    return 1024 + (size_t)(HP_BM(nc) + 2 * HP_STAGES * bn) * 2 * (size_t)D + 8 * HP_NBAR + 16;
 }
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -158,12 +184,13 @@ __device__ __forceinline__ void hp_named_sync_n(int id, int threads) {
  * by one warpgroup, visible to its next wgmma (generic-proxy stores, then a
  * proxy fence and the warpgroup's barrier). The other consumer may write the
  * same zeros: they cannot differ. */
-__device__ __forceinline__ void hp_zero_v(unsigned vt, int j0, int L, int tid, int wg, int halves) {
-    for (int x = tid; x < halves * HP_BN * 8; x += 128) {
-        const int r = (x / 8) % HP_BN;
+__device__ __forceinline__ void hp_zero_v(unsigned vt, int j0, int L, int tid, int wg, int halves,
+                                          const int BN) {
+    for (int x = tid; x < halves * BN * 8; x += 128) {
+        const int r = (x / 8) % BN;
         if (j0 + r >= L)
             asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(
-                             vt + (x / (8 * HP_BN)) * HP_BN * 128 + r * 128 + (x % 8) * 16),
+                             vt + (x / (8 * BN)) * BN * 128 + r * 128 + (x % 8) * 16),
                          "r"(0u)
                          : "memory");
     }
@@ -177,7 +204,8 @@ __device__ __forceinline__ void hp_zero_v(unsigned vt, int j0, int L, int tid, i
  * domain, NaN-propagating) and sum l updated; al: the factors O must take. */
 __device__ __forceinline__ void hp_softmax(const kr_cu_attention &a, float (*sc)[4], float *m,
                                            float *l, float *al, float c, int j0, int L, int row,
-                                           int q4, bool full) {
+                                           int q4, bool full, const int BN) {
+    const int NB = BN / 8; /* 8-key blocks of the tile */
 #pragma unroll
     for (int x = 0; x < 2; x++) {
         if (!full) {
@@ -185,18 +213,19 @@ __device__ __forceinline__ void hp_softmax(const kr_cu_attention &a, float (*sc)
             int lo = 0, hi = 0;
             if (r < (int)a.Sq) pf_range(a, L, r, &lo, &hi);
 #pragma unroll
-            for (int n = 0; n < 16; n++)
+            for (int n = 0; n < NB; n++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     const int j = j0 + 8 * n + 2 * q4 + e;
                     if (j < lo || j >= hi) sc[n][2 * x + e] = -INFINITY;
                 }
         }
-        float v[8];
+        float v[8]; /* block n folds into v[n % 8] */
 #pragma unroll
-        for (int n = 0; n < 8; n++)
-            v[n] = cu_nanmax(cu_nanmax(sc[n][2 * x], sc[n][2 * x + 1]),
-                             cu_nanmax(sc[n + 8][2 * x], sc[n + 8][2 * x + 1]));
+        for (int n = 0; n < 8; n++) v[n] = cu_nanmax(sc[n][2 * x], sc[n][2 * x + 1]);
+#pragma unroll
+        for (int n = 8; n < NB; n++)
+            v[n % 8] = cu_nanmax(v[n % 8], cu_nanmax(sc[n][2 * x], sc[n][2 * x + 1]));
         float mx = pf_tree(v, 8, true);
         mx = cu_nanmax(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = cu_nanmax(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
@@ -205,13 +234,13 @@ __device__ __forceinline__ void hp_softmax(const kr_cu_attention &a, float (*sc)
         const float sub = mn == -INFINITY ? 0.0f : mn;
         m[x] = mn;
 #pragma unroll
-        for (int n = 0; n < 16; n++) {
+        for (int n = 0; n < NB; n++) {
             sc[n][2 * x] = tc_exp2(fmaf(sc[n][2 * x], c, -sub));
             sc[n][2 * x + 1] = tc_exp2(fmaf(sc[n][2 * x + 1], c, -sub));
             if (n < 8)
                 v[n] = sc[n][2 * x] + sc[n][2 * x + 1];
             else
-                v[n - 8] += sc[n][2 * x] + sc[n][2 * x + 1];
+                v[n % 8] += sc[n][2 * x] + sc[n][2 * x + 1];
         }
         l[x] = l[x] * al[x] + pf_tree(v, 8, false);
     }
@@ -220,26 +249,29 @@ __device__ __forceinline__ void hp_softmax(const kr_cu_attention &a, float (*sc)
 /* Issue S = Q K^T for one tile (D / 16 steps of 16 channels; Q and K are
  * K-major slabs of 64 channels, a step 32 bytes into a slab's rows). */
 __device__ __forceinline__ void hp_issue_s(float (*sc)[4], unsigned qa, unsigned kt, const int D,
-                                           const int DT, const int BM) {
+                                           const int DT, const int BM, const int BN) {
     hp_wgmma_fence();
 #pragma unroll
     for (int k = 0; k < D / 16; k++) {
         const unsigned off = (k % 4) * 32; /* 16 channels */
         const uint64_t da = hp_desc(qa + (k / 4) * BM * 128 + off, 16, 1024);
-        const uint64_t db = hp_desc(kt + (k / 4) * HP_BN * 128 + off, 16, 1024);
-        hp_wgmma_ss_n128(sc, da, db, k > 0, DT);
+        const uint64_t db = hp_desc(kt + (k / 4) * BN * 128 + off, 16, 1024);
+        if (BN == 176)
+            hp_wgmma_ss_n176(sc, da, db, k > 0, DT);
+        else
+            hp_wgmma_ss_n128(sc, da, db, k > 0, DT);
     }
     hp_wgmma_commit();
 }
 
-/* Issue O += P V for one tile (HP_BN / 16 steps of 16 keys; V N-major: the
- * slabs of 64 channels HP_BN * 128 bytes apart, 8-key groups 1024). */
+/* Issue O += P V for one tile (BN / 16 steps of 16 keys; V N-major: the
+ * slabs of 64 channels BN * 128 bytes apart, 8-key groups 1024). */
 __device__ __forceinline__ void hp_issue_pv(float (*o)[4], unsigned (*pa)[4], unsigned vt,
-                                            const int D, const int DT) {
+                                            const int D, const int DT, const int BN) {
     hp_wgmma_fence();
 #pragma unroll
-    for (int k = 0; k < HP_BN / 16; k++) {
-        const uint64_t db = hp_desc(vt + k * 16 * 128, HP_BN * 128, 1024);
+    for (int k = 0; k < BN / 16; k++) {
+        const uint64_t db = hp_desc(vt + k * 16 * 128, BN * 128, 1024);
         if (D == 128)
             hp_wgmma_rs_n128(o, pa[k], db, DT);
         else
@@ -249,9 +281,10 @@ __device__ __forceinline__ void hp_issue_pv(float (*o)[4], unsigned (*pa)[4], un
 }
 
 /* P (S after the softmax) as P V's A fragments: 16 keys from two 8-key blocks. */
-__device__ __forceinline__ void hp_pack_p(float (*sc)[4], unsigned (*pa)[4], const int DT) {
+__device__ __forceinline__ void hp_pack_p(float (*sc)[4], unsigned (*pa)[4], const int DT,
+                                          const int BN) {
 #pragma unroll
-    for (int k = 0; k < HP_BN / 16; k++) {
+    for (int k = 0; k < BN / 16; k++) {
         pa[k][0] = tc_pack(sc[2 * k][0], sc[2 * k][1], DT);
         pa[k][1] = tc_pack(sc[2 * k][2], sc[2 * k][3], DT);
         pa[k][2] = tc_pack(sc[2 * k + 1][0], sc[2 * k + 1][1], DT);
@@ -269,7 +302,7 @@ typedef struct hp_item {
 } hp_item;
 
 __device__ __forceinline__ hp_item hp_item_of(const kr_cu_attention &a, const kr_cu_prefill_ws &ws,
-                                              int idx, int nrb, const int bm) {
+                                              int idx, int nrb, const int bm, const int bn) {
     hp_item w;
     const int rest = idx / nrb, H = (int)a.H;
     w.i0 = (nrb - 1 - idx % nrb) * bm;
@@ -283,24 +316,26 @@ __device__ __forceinline__ hp_item hp_item_of(const kr_cu_attention &a, const kr
     pf_range(a, w.L, min(w.i0 + bm, (int)a.Sq) - 1, &y1, &kmax);
     if (kmax < kmin) kmax = kmin;
     if (ws.splits > 1) { /* this split's whole tiles of the block's range */
-        const int per = ((kmax - kmin + HP_BN - 1) / HP_BN + ws.splits - 1) / ws.splits;
-        kmin = min(kmax, kmin + w.split * per * HP_BN);
-        kmax = min(kmax, kmin + per * HP_BN);
+        const int per = ((kmax - kmin + bn - 1) / bn + ws.splits - 1) / ws.splits;
+        kmin = min(kmax, kmin + w.split * per * bn);
+        kmax = min(kmax, kmin + per * bn);
     }
     w.kmin = kmin;
-    w.nt = (kmax - kmin + HP_BN - 1) / HP_BN;
+    w.nt = (kmax - kmin + bn - 1) / bn;
     return w;
 }
 
 __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention &a,
                                         const kr_cu_prefill_ws &ws, int nrb, int items,
-                                        const int DT, const int D, const int NC) {
+                                        const int DT, const int D, const int NC, const int BN,
+                                        const bool DYN) {
 #if HP_DEVICE
     extern __shared__ __align__(1024) char hp_raw[];
+    uint32_t *const sched = DYN ? ws.sched : NULL; /* the work counter, if this kernel takes one */
     const unsigned raw = (unsigned)__cvta_generic_to_shared(hp_raw);
     const unsigned sq = raw + (1024 - raw % 1024) % 1024;
     const int HALVES = D / 64, BM = HP_BM(NC);
-    const unsigned TILE = HP_BN * 2 * D, QB = BM * 2 * D;
+    const unsigned TILE = BN * 2 * D, QB = BM * 2 * D;
     const unsigned sk = sq + QB, sv = sk + HP_STAGES * TILE, bars = sv + HP_STAGES * TILE;
     const unsigned bar_q = bars, bar_q_empty = bars + 8;
     /* the index of the block's item k + 1 in next_item[(k + 1) % 2], written
@@ -340,44 +375,46 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
     if (threadIdx.x < 128) { /* the producer */
         if (NC == 3)
             asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(32));
+        else if (!DYN)
+            asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(HP_PRODUCER_REGS_RR));
         else
             asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(HP_PRODUCER_REGS));
         /* one thread issues the copies; its warp stays for the hand-over */
-        if (threadIdx.x >= (ws.sched ? 32 : 1)) return;
-        const unsigned lanes = ws.sched ? 0xffffffffu : 1u;
+        if (threadIdx.x >= (sched ? 32 : 1)) return;
+        const unsigned lanes = sched ? 0xffffffffu : 1u;
         const bool leader = threadIdx.x == 0;
         int it = 0, idx = (int)blockIdx.x;
         for (int k = 0; idx < items; k++) {
-            int next = ws.sched ? items : idx + (int)gridDim.x;
+            int next = sched ? items : idx + (int)gridDim.x;
             if (leader) {
-                const hp_item w = hp_item_of(a, ws, idx, nrb, BM);
+                const hp_item w = hp_item_of(a, ws, idx, nrb, BM, BN);
                 if (k > 0) hp_bar_wait(bar_q_empty, (k - 1) & 1); /* the last item's S are done */
                 hp_bar_expect(bar_q, QB);
                 for (int x = 0; x < HALVES; x++)
                     hp_tma4(sq + x * BM * 128, &mp.q, bar_q, 64 * x, w.i0, w.h, w.b);
                 for (int t = 0; t < w.nt; t++, it++) {
-                    const int s = it % HP_STAGES, u = it / HP_STAGES, j0 = w.kmin + t * HP_BN;
+                    const int s = it % HP_STAGES, u = it / HP_STAGES, j0 = w.kmin + t * BN;
                     if (u > 0) hp_bar_wait(HP_EMPTY_K(s), (u - 1) & 1);
                     hp_bar_expect(HP_FULL_K(s), TILE);
                     for (int x = 0; x < HALVES; x++)
-                        hp_tma4(sk + s * TILE + x * HP_BN * 128, &mp.k, HP_FULL_K(s), 64 * x, j0,
-                                w.hk, w.b);
+                        hp_tma4(sk + s * TILE + x * BN * 128, &mp.k, HP_FULL_K(s), 64 * x, j0, w.hk,
+                                w.b);
                     if (u > 0) hp_bar_wait(HP_EMPTY_V(s), (u - 1) & 1);
                     hp_bar_expect(HP_FULL_V(s), TILE);
                     for (int x = 0; x < HALVES; x++)
-                        hp_tma4(sv + s * TILE + x * HP_BN * 128, &mp.v, HP_FULL_V(s), 64 * x, j0,
-                                w.hk, w.b);
+                        hp_tma4(sv + s * TILE + x * BN * 128, &mp.v, HP_FULL_V(s), 64 * x, j0, w.hk,
+                                w.b);
                 }
                 /* items fetches in all, one per item; the last puts the counter back */
-                if (ws.sched) {
-                    const int c = (int)atomicAdd(ws.sched, 1u);
-                    if (c == items - 1) atomicExch(ws.sched, 0u);
+                if (sched) {
+                    const int c = (int)atomicAdd(sched, 1u);
+                    if (c == items - 1) atomicExch(sched, 0u);
                     next = (int)gridDim.x + c;
                     next_item[(k + 1) & 1] = next;
                 }
             }
             __syncwarp(lanes);
-            if (ws.sched) /* uniform: the block's items are a fixed round robin otherwise */
+            if (sched) /* uniform: the block's items are a fixed round robin otherwise */
                 for (int c = 0; c < NC; c++) hp_named_sync_n(HP_BAR_ITEM(c), 160);
             idx = __shfl_sync(lanes, next, 0);
         }
@@ -386,6 +423,8 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
 
     if (NC == 3)
         asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(160));
+    else if (!DYN)
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(HP_CONSUMER_REGS_RR));
     else
         asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(HP_CONSUMER_REGS));
     const int wg = threadIdx.x / 128 - 1, tid = threadIdx.x % 128;
@@ -407,13 +446,13 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
          * last S of item k is done */
 #define HP_TAKE_NEXT()                                                                             \
     do {                                                                                           \
-        if (ws.sched) hp_named_sync_n(HP_BAR_ITEM(wg), 160), next = next_item[(k + 1) & 1];        \
+        if (sched) hp_named_sync_n(HP_BAR_ITEM(wg), 160), next = next_item[(k + 1) & 1];           \
     } while (0)
     int it = 0, idx = (int)blockIdx.x;
     for (int k = 0; idx < items; k++) {
         int next = idx + (int)gridDim.x; /* without a work counter */
         hp_bar_wait(bar_q, k & 1);
-        const hp_item w = hp_item_of(a, ws, idx, nrb, BM);
+        const hp_item w = hp_item_of(a, ws, idx, nrb, BM, BN);
         const int nt = w.nt, kmin = w.kmin, L = w.L;
         const int r0 = w.i0 + 64 * wg;             /* this warpgroup's first row */
         const int row = r0 + 16 * warp + lane / 4; /* this thread's rows: row, row + 8 */
@@ -429,8 +468,9 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
         float o[16][4]; /* D / 8 used */
 #pragma unroll
         for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-        float sc[16][4];            /* S of the current tile: 64 x 128 (2 rows x 32 keys) */
-        unsigned pa[HP_BN / 16][4]; /* P of the previous tile, as the A operand of P V */
+        /* (sized for the widest tile; BN / 8 and BN / 16 used, the rest optimised away) */
+        float sc[HP_BN_MAX / 8][4];     /* S of the current tile: 64 x BN (2 rows x BN / 4 keys) */
+        unsigned pa[HP_BN_MAX / 16][4]; /* P of the previous tile, as the A operand of P V */
         if (nt == 0) {
             if (lane == 0) hp_bar_arrive(bar_q_empty);
             HP_TAKE_NEXT();
@@ -441,10 +481,10 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
             const int s = it % HP_STAGES;
             hp_bar_wait(HP_FULL_K(s), (it / HP_STAGES) & 1);
             HP_TURN_BEGIN();
-            hp_issue_s(sc, qa, sk + s * TILE, D, DT, BM);
+            hp_issue_s(sc, qa, sk + s * TILE, D, DT, BM, BN);
             HP_TURN_END();
             hp_wgmma_wait(0);
-            hp_touch(sc, 16);
+            hp_touch(sc, BN / 8);
             if (lane == 0) {
                 hp_bar_arrive(HP_EMPTY_K(s));
                 if (nt == 1) hp_bar_arrive(bar_q_empty);
@@ -452,43 +492,44 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
             if (nt == 1) HP_TAKE_NEXT();
             float al[2];
             hp_softmax(a, sc, m, l, al, c, kmin, L, row, q4,
-                       kmin >= lo_last && kmin + HP_BN <= hi_first);
-            hp_pack_p(sc, pa, DT);
+                       kmin >= lo_last && kmin + BN <= hi_first, BN);
+            hp_pack_p(sc, pa, DT, BN);
         }
         for (int t = 1; t < nt; t++) {
             const int s = (it + t) % HP_STAGES, sp = (it + t - 1) % HP_STAGES;
-            const int j0 = kmin + t * HP_BN;
+            const int j0 = kmin + t * BN;
             hp_bar_wait(HP_FULL_K(s), ((it + t) / HP_STAGES) & 1);
             hp_bar_wait(HP_FULL_V(sp), ((it + t - 1) / HP_STAGES) & 1);
-            if (j0 > L) hp_zero_v(sv + sp * TILE, j0 - HP_BN, L, tid, wg, HALVES);
+            if (j0 > L) hp_zero_v(sv + sp * TILE, j0 - BN, L, tid, wg, HALVES, BN);
             HP_TURN_BEGIN();
-            hp_issue_s(sc, qa, sk + s * TILE, D, DT, BM);
-            hp_issue_pv(o, pa, sv + sp * TILE, D, DT);
+            hp_issue_s(sc, qa, sk + s * TILE, D, DT, BM, BN);
+            hp_issue_pv(o, pa, sv + sp * TILE, D, DT, BN);
             HP_TURN_END();
             hp_wgmma_wait(1); /* S is in; P V may still run */
-            hp_touch(sc, 16);
+            hp_touch(sc, BN / 8);
             if (lane == 0) {
                 hp_bar_arrive(HP_EMPTY_K(s));
                 if (t == nt - 1) hp_bar_arrive(bar_q_empty); /* Q is free for the next item */
             }
             if (t == nt - 1) HP_TAKE_NEXT();
             float al[2];
-            hp_softmax(a, sc, m, l, al, c, j0, L, row, q4, j0 >= lo_last && j0 + HP_BN <= hi_first);
+            hp_softmax(a, sc, m, l, al, c, j0, L, row, q4, j0 >= lo_last && j0 + BN <= hi_first,
+                       BN);
             hp_wgmma_wait(0); /* P V is done: O may be rescaled and P rewritten */
             hp_touch(o, D / 8);
-            hp_touch_u(pa, HP_BN / 16);
+            hp_touch_u(pa, BN / 16);
             if (lane == 0) hp_bar_arrive(HP_EMPTY_V(sp));
 #pragma unroll
             for (int n = 0; n < D / 8; n++)
                 o[n][0] *= al[0], o[n][1] *= al[0], o[n][2] *= al[1], o[n][3] *= al[1];
-            hp_pack_p(sc, pa, DT);
+            hp_pack_p(sc, pa, DT, BN);
         }
         if (nt > 0) {
-            const int sp = (it + nt - 1) % HP_STAGES, jp = kmin + (nt - 1) * HP_BN;
+            const int sp = (it + nt - 1) % HP_STAGES, jp = kmin + (nt - 1) * BN;
             hp_bar_wait(HP_FULL_V(sp), ((it + nt - 1) / HP_STAGES) & 1);
-            if (jp + HP_BN > L) hp_zero_v(sv + sp * TILE, jp, L, tid, wg, HALVES);
+            if (jp + BN > L) hp_zero_v(sv + sp * TILE, jp, L, tid, wg, HALVES, BN);
             HP_TURN_BEGIN();
-            hp_issue_pv(o, pa, sv + sp * TILE, D, DT);
+            hp_issue_pv(o, pa, sv + sp * TILE, D, DT, BN);
             HP_TURN_END();
             hp_wgmma_wait(0);
             hp_touch(o, D / 8);
@@ -517,18 +558,23 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
 #endif
 }
 
-#define HP_KERNEL(name, DT, D, NC)                                                                 \
+/* name, type, head_dim, consumers, keys per tile, whether it takes a work counter */
+#define HP_KERNEL(name, DT, D, NC, BN, DYN)                                                        \
     __global__ void __launch_bounds__(HP_THREADS(NC), 1)                                           \
         name(const __grid_constant__ hp_maps mp, kr_cu_attention a, kr_cu_prefill_ws ws, int nrb,  \
              int items) {                                                                          \
-        hp_body(mp, a, ws, nrb, items, DT, D, NC);                                                 \
+        hp_body(mp, a, ws, nrb, items, DT, D, NC, BN, DYN);                                        \
     }
-HP_KERNEL(hp_f16_d64, KR_F16, 64, HP_NC64)
-HP_KERNEL(hp_f16_d64_nc2, KR_F16, 64, 2)
-HP_KERNEL(hp_f16_d128, KR_F16, 128, 2)
-HP_KERNEL(hp_bf16_d64, KR_BF16, 64, HP_NC64)
-HP_KERNEL(hp_bf16_d64_nc2, KR_BF16, 64, 2)
-HP_KERNEL(hp_bf16_d128, KR_BF16, 128, 2)
+HP_KERNEL(hp_f16_d64, KR_F16, 64, HP_NC64, HP_BN, true)
+HP_KERNEL(hp_f16_d64_nc2, KR_F16, 64, 2, HP_BN, true)
+HP_KERNEL(hp_f16_d128, KR_F16, 128, 2, HP_BN, true)
+HP_KERNEL(hp_f16_d128_rr, KR_F16, 128, 2, HP_BN, false)
+HP_KERNEL(hp_f16_d128_wide, KR_F16, 128, 2, HP_BN_WIDE, false)
+HP_KERNEL(hp_bf16_d64, KR_BF16, 64, HP_NC64, HP_BN, true)
+HP_KERNEL(hp_bf16_d64_nc2, KR_BF16, 64, 2, HP_BN, true)
+HP_KERNEL(hp_bf16_d128, KR_BF16, 128, 2, HP_BN, true)
+HP_KERNEL(hp_bf16_d128_rr, KR_BF16, 128, 2, HP_BN, false)
+HP_KERNEL(hp_bf16_d128_wide, KR_BF16, 128, 2, HP_BN_WIDE, false)
 
 typedef void (*hp_fn)(hp_maps, kr_cu_attention, kr_cu_prefill_ws, int, int);
 
@@ -539,10 +585,28 @@ static int hp_consumers(const kr_cu_attention *a) {
     return a->D == 64 && a->Sq > HP_NC64_SHORT ? HP_NC64 : 2;
 }
 
+/* Whether the call has tiles of unequal cost (a causal mask or a window). */
+static bool hp_uneven(const kr_cu_attention *a) {
+    return a->causal || a->window_left >= 0 || a->window_right >= 0;
+}
+
+/* Whether the call takes the wide-tile kernel (head_dim 128, no mask or
+ * window, at least HP_WIDE_MIN_KEYS keys). */
+static bool hp_wide(const kr_cu_attention *a) {
+    return a->D == 128 && !hp_uneven(a) && a->Skv >= HP_WIDE_MIN_KEYS;
+}
+
+/* Keys per K/V tile for the call. */
+static int hp_tile_keys(const kr_cu_attention *a) { return hp_wide(a) ? HP_BN_WIDE : HP_BN; }
+
+/* The kernel: head_dim 64 with nc consumers; head_dim 128 masked (work
+ * counter), unmasked (fixed round robin, 24 / 240 registers) or wide. */
 static hp_fn hp_kernel(const kr_cu_attention *a, int nc) {
-    static const hp_fn fns[2][3] = {{hp_f16_d64_nc2, hp_f16_d64, hp_f16_d128},
-                                    {hp_bf16_d64_nc2, hp_bf16_d64, hp_bf16_d128}};
-    return fns[a->k.dtype == KR_BF16][a->D == 128 ? 2 : nc != 2];
+    static const hp_fn fns[2][5] = {
+        {hp_f16_d64_nc2, hp_f16_d64, hp_f16_d128, hp_f16_d128_rr, hp_f16_d128_wide},
+        {hp_bf16_d64_nc2, hp_bf16_d64, hp_bf16_d128, hp_bf16_d128_rr, hp_bf16_d128_wide}};
+    const int which = a->D == 128 ? (hp_uneven(a) ? 2 : hp_wide(a) ? 4 : 3) : nc != 2;
+    return fns[a->k.dtype == KR_BF16][which];
 }
 
 /* ---- host side: the tensor maps -------------------------------------------------------- */
@@ -627,9 +691,10 @@ extern "C" int kr_cu_hopper_supported(const kr_cu_attention *a, char *why, size_
         return 0;
     }
     CUtensorMap m;
+    const int bn = hp_tile_keys(a);
     if (!hp_map(&m, &a->q, a->B, a->Sq, a->H, a->D, HP_BM(hp_consumers(a))) ||
-        !hp_map(&m, &a->k, a->B, a->Skv, a->Hkv, a->D, HP_BN) ||
-        !hp_map(&m, &a->v, a->B, a->Skv, a->Hkv, a->D, HP_BN)) {
+        !hp_map(&m, &a->k, a->B, a->Skv, a->Hkv, a->D, bn) ||
+        !hp_map(&m, &a->v, a->B, a->Skv, a->Hkv, a->D, bn)) {
         snprintf(why, n,
                  "Hopper prefill kernel: q/K/V not expressible as tensor maps (16-byte aligned "
                  "base and strides needed)");
@@ -645,7 +710,7 @@ extern "C" int64_t kr_cu_hopper_splits(const kr_cu_attention *a, int n_sm) {
     const int64_t blocks = (a->Sq + bm - 1) / bm * a->H * a->B;
     if (4 * blocks >= 3 * (int64_t)n_sm) return 1;
     int64_t s = (n_sm + blocks - 1) / blocks;
-    const int64_t by_len = a->Skv / (4 * HP_BN);
+    const int64_t by_len = a->Skv / (4 * hp_tile_keys(a));
     if (s > by_len) s = by_len;
     if (s > KR_CU_PREFILL_MAX_SPLITS) s = KR_CU_PREFILL_MAX_SPLITS;
     if (s * a->B > 65535) s = 65535 / a->B;
@@ -654,16 +719,16 @@ extern "C" int64_t kr_cu_hopper_splits(const kr_cu_attention *a, int n_sm) {
 
 extern "C" kr_status kr_cu_hopper_prefill(const kr_cu_attention *a, const kr_cu_prefill_ws *ws,
                                           void *stream, char *err, size_t n) {
-    const int nc = hp_consumers(a);
+    const int nc = hp_consumers(a), bn = hp_tile_keys(a);
     const hp_fn fn = hp_kernel(a, nc);
-    const size_t smem = hp_smem_bytes(a->D, nc);
+    const size_t smem = hp_smem_bytes(a->D, nc, bn);
     kr_status st = cu_allow_smem((const void *)fn, smem, "Hopper prefill attention", err, n);
     if (st) return st;
     if (a->Sq == 0 || a->B == 0 || a->H == 0) return KR_OK;
     hp_maps mp;
     if (!hp_map(&mp.q, &a->q, a->B, a->Sq, a->H, a->D, HP_BM(nc)) ||
-        !hp_map(&mp.k, &a->k, a->B, a->Skv, a->Hkv, a->D, HP_BN) ||
-        !hp_map(&mp.v, &a->v, a->B, a->Skv, a->Hkv, a->D, HP_BN)) {
+        !hp_map(&mp.k, &a->k, a->B, a->Skv, a->Hkv, a->D, bn) ||
+        !hp_map(&mp.v, &a->v, a->B, a->Skv, a->Hkv, a->D, bn)) {
         snprintf(err, n, "Hopper prefill attention: cuTensorMapEncodeTiled refused a map");
         return KR_ERR_BACKEND;
     }
@@ -683,11 +748,11 @@ extern "C" kr_status kr_cu_hopper_prefill(const kr_cu_attention *a, const kr_cu_
      * Q and K/V while the consumers finish this one. Causal items of unequal
      * cost so balance themselves (a fixed round robin left SMs idle: 416 vs
      * 627 TFLOP/s causal at 16K in the H100 lab, session 6). Non-causal
-     * head_dim 128 keeps the fixed round robin (blockIdx.x + k gridDim.x): the
-     * hand-over of each index cost it 2-8 % (H100 lab, session 11). Uneven
-     * items without a counter, or HP_PERSISTENT 0: one block per item. */
+     * head_dim 128 keeps the fixed round robin (blockIdx.x + k gridDim.x) in
+     * its own kernel (wide tiles, no counter code). Uneven items without a
+     * counter, or HP_PERSISTENT 0: one block per item. */
     kr_cu_prefill_ws w = *ws;
-    const bool uneven = a->causal || a->window_left >= 0 || a->window_right >= 0;
+    const bool uneven = hp_uneven(a);
     if (!HP_DYNAMIC || (!uneven && a->D != 64)) w.sched = NULL;
     int64_t grid = items;
 #if HP_PERSISTENT

@@ -33,12 +33,13 @@ __device__ __forceinline__ void hp_wgmma_wait(const int n) {
         asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
 }
 
-/* Accumulator operands: 8 per two 8-column blocks; 32 (n64) or 64 (n128). */
+/* Accumulator operands: 8 per two 8-column blocks; 32 (n64), 64 (n128) or 88 (n176). */
 #define HP_ACC8(d, i)                                                                              \
     "+f"(d[i][0]), "+f"(d[i][1]), "+f"(d[i][2]), "+f"(d[i][3]), "+f"(d[i + 1][0]),                 \
         "+f"(d[i + 1][1]), "+f"(d[i + 1][2]), "+f"(d[i + 1][3])
 #define HP_ACC32(d) HP_ACC8(d, 0), HP_ACC8(d, 2), HP_ACC8(d, 4), HP_ACC8(d, 6)
 #define HP_ACC64(d) HP_ACC32(d), HP_ACC8(d, 8), HP_ACC8(d, 10), HP_ACC8(d, 12), HP_ACC8(d, 14)
+#define HP_ACC88(d) HP_ACC64(d), HP_ACC8(d, 16), HP_ACC8(d, 18), HP_ACC8(d, 20)
 /* Their placeholders in the PTX text. */
 #define HP_REGS32                                                                                  \
     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                      \
@@ -48,6 +49,13 @@ __device__ __forceinline__ void hp_wgmma_wait(const int n) {
     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "             \
     "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "             \
     "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+#define HP_REGS88                                                                                  \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                      \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "             \
+    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "             \
+    "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "             \
+    "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "             \
+    "%80, %81, %82, %83, %84, %85, %86, %87}"
 
 /* d (64 x 128) = A B^T (acc 0) or d + A B^T (acc 1); A and B K-major, by descriptor. */
 #define HP_WGMMA_SS_N128(TY)                                                                       \
@@ -62,6 +70,21 @@ __device__ __forceinline__ void hp_wgmma_ss_n128(float (*d)[4], uint64_t da, uin
         HP_WGMMA_SS_N128("f16");
     else
         HP_WGMMA_SS_N128("bf16");
+}
+
+/* d (64 x 176) = A B^T (acc 0) or d + A B^T (acc 1): the same with 176 keys. */
+#define HP_WGMMA_SS_N176(TY)                                                                       \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %90, 0;\n"                                      \
+                 "wgmma.mma_async.sync.aligned.m64n176k16.f32." TY "." TY " " HP_REGS88            \
+                 ", %88, %89, p, 1, 1, 0, 0;\n}\n"                                                 \
+                 : HP_ACC88(d)                                                                     \
+                 : "l"(da), "l"(db), "r"(acc))
+__device__ __forceinline__ void hp_wgmma_ss_n176(float (*d)[4], uint64_t da, uint64_t db, int acc,
+                                                 const int DT) {
+    if (DT == KR_F16)
+        HP_WGMMA_SS_N176("f16");
+    else
+        HP_WGMMA_SS_N176("bf16");
 }
 
 /* d (64 x 128) += A B; A (64 x 16) from registers, B (16 x 128) N-major by descriptor. */
