@@ -396,8 +396,9 @@ static void test_attention_grid(void **state) {
         {1, 1100, 1100, 24, 8, 64, KR_BF16, 1, 0, 1, 0, 0, -1, 782},
         /* non-causal head_dim 128: the round-robin kernel (under 2048 keys) and
          * the wide-tile one (176 keys a tile), keys not a whole number of tiles;
-         * 112 row blocks, enough not to be split onto the sm_80 kernel */
-        {2, 400, 1000, 24, 8, 128, KR_F16, 0, 0, 1, 1, 0, -1, 783},
+         * 112-288 row blocks, enough not to be split onto the sm_80 kernel, up
+         * to three a persistent block */
+        {3, 400, 1000, 24, 8, 128, KR_F16, 0, 0, 1, 1, 0, -1, 783},
         {1, 400, 2100, 28, 4, 128, KR_BF16, 0, 0, 1, 1, 0, -1, 784},
         {1, 400, 2100, 28, 4, 128, KR_F16, 0, 0, 0, 0, 1, -1, 785},
     };
