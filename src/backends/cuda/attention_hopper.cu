@@ -91,6 +91,9 @@
 #ifndef HP_PINGPONG
 #define HP_PINGPONG 1
 #endif
+#ifndef HP_LAZY_RESCALE
+#define HP_LAZY_RESCALE 1 /* skip O's rescaling where a warp's maxima did not move (0: always) */
+#endif
 #ifndef HP_PERSISTENT
 #define HP_PERSISTENT 1 /* one block per SM walking the work items (0: one block per item) */
 #endif
@@ -519,9 +522,14 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
             hp_touch(o, D / 8);
             hp_touch_u(pa, BN / 16);
             if (lane == 0) hp_bar_arrive(HP_EMPTY_V(sp));
+            /* O times the factors, skipped by a warp none of whose rows' maxima
+             * moved (every factor exactly 1: the product would be O itself) —
+             * past the first tiles, most of them on long rows */
+            if (!HP_LAZY_RESCALE || __any_sync(0xffffffffu, al[0] != 1.0f || al[1] != 1.0f)) {
 #pragma unroll
-            for (int n = 0; n < D / 8; n++)
-                o[n][0] *= al[0], o[n][1] *= al[0], o[n][2] *= al[1], o[n][3] *= al[1];
+                for (int n = 0; n < D / 8; n++)
+                    o[n][0] *= al[0], o[n][1] *= al[0], o[n][2] *= al[1], o[n][3] *= al[1];
+            }
             hp_pack_p(sc, pa, DT, BN);
         }
         if (nt > 0) {
