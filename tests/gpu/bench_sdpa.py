@@ -155,29 +155,32 @@ FLUSH = None
 SLEEP_CYCLES = 400000  # ~200 us at H100/H200 clocks
 
 
+def time_once(fn):
+    """Milliseconds of one fn(): L2 flushed before it, and the call queued
+    behind a GPU sleep, so CUDA events measure device time."""
+    FLUSH.zero_()
+    # Keep the GPU busy while the host queues the call, so the events
+    # time the device work and not any implementation's host overhead.
+    torch.cuda._sleep(SLEEP_CYCLES)
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    fn()
+    b.record()
+    b.synchronize()
+    return a.elapsed_time(b)
+
+
 def timed(fn, reps, warmup=3):
-    """Median / min milliseconds of fn() over reps: L2 flushed before each, and
-    the call queued behind a GPU sleep, so CUDA events measure device time."""
+    """Median / min milliseconds of fn() over reps (time_once each)."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(reps):
-        FLUSH.zero_()
-        # Keep the GPU busy while the host queues the call, so the events
-        # time the device work and not any implementation's host overhead.
-        torch.cuda._sleep(SLEEP_CYCLES)
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
+    times = [time_once(fn) for _ in range(reps)]
     return statistics.median(times), min(times)
 
 
 def timed_interleaved(fns, reps, warmup=3):
-    """Medians (ms) of several implementations of one call, timed as timed()
-    does but taking turns rep by rep, so that clock and thermal drift over the
+    """Medians (ms) of several implementations of one call, by time_once, but
+    taking turns rep by rep, so that clock and thermal drift over the
     run falls on all of them alike (the prefill A/B of plugin variants)."""
     for fn in fns:
         for _ in range(warmup):
@@ -185,14 +188,7 @@ def timed_interleaved(fns, reps, warmup=3):
     times = [[] for _ in fns]
     for _ in range(reps):
         for i, fn in enumerate(fns):
-            FLUSH.zero_()
-            torch.cuda._sleep(SLEEP_CYCLES)
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times[i].append(a.elapsed_time(b))
+            times[i].append(time_once(fn))
     return [statistics.median(t) for t in times]
 
 

@@ -57,34 +57,29 @@ __device__ __forceinline__ void hp_wgmma_wait(const int n) {
     "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "             \
     "%80, %81, %82, %83, %84, %85, %86, %87}"
 
-/* d (64 x 128) = A B^T (acc 0) or d + A B^T (acc 1); A and B K-major, by descriptor. */
-#define HP_WGMMA_SS_N128(TY)                                                                       \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                      \
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " HP_REGS64            \
-                 ", %64, %65, p, 1, 1, 0, 0;\n}\n"                                                 \
-                 : HP_ACC64(d)                                                                     \
+/* d (64 x N) = A B^T (acc 0) or d + A B^T (acc 1); A and B K-major, by
+ * descriptor. REGS / ACC: the accumulators' placeholders and operands; DA,
+ * DB, ACC_ON: the placeholders of the two descriptors and the flag after them. */
+#define HP_WGMMA_SS(TY, N, REGS, ACC, DA, DB, ACC_ON)                                              \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " ACC_ON ", 0;\n"                              \
+                 "wgmma.mma_async.sync.aligned.m64n" N "k16.f32." TY "." TY " " REGS ", " DA     \
+                 ", " DB ", p, 1, 1, 0, 0;\n}\n"                                                   \
+                 : ACC                                                                             \
                  : "l"(da), "l"(db), "r"(acc))
 __device__ __forceinline__ void hp_wgmma_ss_n128(float (*d)[4], uint64_t da, uint64_t db, int acc,
                                                  const int DT) {
     if (DT == KR_F16)
-        HP_WGMMA_SS_N128("f16");
+        HP_WGMMA_SS("f16", "128", HP_REGS64, HP_ACC64(d), "%64", "%65", "%66");
     else
-        HP_WGMMA_SS_N128("bf16");
+        HP_WGMMA_SS("bf16", "128", HP_REGS64, HP_ACC64(d), "%64", "%65", "%66");
 }
-
-/* d (64 x 176) = A B^T (acc 0) or d + A B^T (acc 1): the same with 176 keys. */
-#define HP_WGMMA_SS_N176(TY)                                                                       \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %90, 0;\n"                                      \
-                 "wgmma.mma_async.sync.aligned.m64n176k16.f32." TY "." TY " " HP_REGS88            \
-                 ", %88, %89, p, 1, 1, 0, 0;\n}\n"                                                 \
-                 : HP_ACC88(d)                                                                     \
-                 : "l"(da), "l"(db), "r"(acc))
+/* The same with 176 keys (the wide tiles). */
 __device__ __forceinline__ void hp_wgmma_ss_n176(float (*d)[4], uint64_t da, uint64_t db, int acc,
                                                  const int DT) {
     if (DT == KR_F16)
-        HP_WGMMA_SS_N176("f16");
+        HP_WGMMA_SS("f16", "176", HP_REGS88, HP_ACC88(d), "%88", "%89", "%90");
     else
-        HP_WGMMA_SS_N176("bf16");
+        HP_WGMMA_SS("bf16", "176", HP_REGS88, HP_ACC88(d), "%88", "%89", "%90");
 }
 
 /* d (64 x 128) += A B; A (64 x 16) from registers, B (16 x 128) N-major by descriptor. */
