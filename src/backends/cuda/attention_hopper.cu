@@ -6,21 +6,24 @@
  * 1 + nc warpgroups (nc = 2, or 3 at head_dim 64 past 1K rows):
  *   - warpgroup 0, the producer, gives up registers (setmaxnreg.dec) and one
  *     thread of it issues bulk tensor copies (TMA): Q once, then the K and V
- *     tiles of BN keys (HP_BN, or HP_BN_WIDE) into a ring of HP_STAGES shared-memory stages, each
- *     copy completing on the stage's "full" mbarrier; before it refills a
- *     stage it waits on the stage's "empty" mbarrier;
+ *     tiles of BN keys (HP_BN; HP_BN_WIDE for long unmasked head_dim 128)
+ *     into a ring of HP_STAGES shared-memory stages, each copy completing on
+ *     the stage's "full" mbarrier; before it refills a stage it waits on the
+ *     stage's "empty" mbarrier;
  *   - warpgroups 1 .. nc, the consumers, take the registers (setmaxnreg.inc)
  *     and 64 rows each: per tile S = Q K^T by wgmma with both operands in
  *     shared memory, the online softmax on S in registers (exp2 with the scale
  *     folded in, NaN-propagating maxima), then O += P V by wgmma with P taken
  *     straight from S's accumulators as the A operand in registers and V from
  *     shared memory (transposed by the descriptor); each warp then arrives on
- *     the stage's "empty" barrier. O stays in registers and is written to
+ *     the stage's "empty" barrier. O is rescaled only where a row maximum
+ *     of the warp moved (HP_LAZY_RESCALE). O stays in registers and is written to
  *     global memory from them (no shared-memory round trip).
  * The consumers run the same loop on different rows and take turns at the
  * tensor cores, so one's softmax overlaps another's matrix products. Blocks
  * are persistent (one an SM) and take items from a work counter where items
- * differ in cost (hp_body, kr_cu_hopper_prefill).
+ * differ in cost (hp_body, kr_cu_hopper_prefill); unmasked head_dim 128 runs
+ * a fixed round robin in kernels built without the counter's code.
  *
  * Tiles are in shared memory as TMA's 128-byte swizzle writes them: per 64
  * channels (128 bytes) a [rows][128 B] slab, the 16-byte chunks of row r
@@ -112,6 +115,18 @@
 #ifndef HP_CONSUMER_REGS_RR
 #define HP_CONSUMER_REGS_RR 240
 #endif
+/* setmaxnreg OP ("dec": the producer, "inc": the consumers) to the count of a
+ * kernel with nc consumers, with or without the work counter: n3 with three
+ * consumers (512 threads), rr without the counter, dflt with it. */
+#define HP_SETMAXNREG(OP, nc, dyn, n3, rr, dflt)                                                   \
+    do {                                                                                           \
+        if ((nc) == 3)                                                                             \
+            asm volatile("setmaxnreg." OP ".sync.aligned.u32 %0;\n" ::"n"(n3));                    \
+        else if (!(dyn))                                                                           \
+            asm volatile("setmaxnreg." OP ".sync.aligned.u32 %0;\n" ::"n"(rr));                    \
+        else                                                                                       \
+            asm volatile("setmaxnreg." OP ".sync.aligned.u32 %0;\n" ::"n"(dflt));                  \
+    } while (0)
 /* mbarriers: Q full, Q empty, then per stage K full, V full, K empty, V empty */
 #define HP_NBAR (2 + 4 * HP_STAGES)
 
@@ -376,12 +391,7 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
      * meeting, so every read and write are ordered by a barrier both sides
      * wait on, and the warpgroups still start items as their turns fall. */
     if (threadIdx.x < 128) { /* the producer */
-        if (NC == 3)
-            asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(32));
-        else if (!DYN)
-            asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(HP_PRODUCER_REGS_RR));
-        else
-            asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(HP_PRODUCER_REGS));
+        HP_SETMAXNREG("dec", NC, DYN, 32, HP_PRODUCER_REGS_RR, HP_PRODUCER_REGS);
         /* one thread issues the copies; its warp stays for the hand-over */
         if (threadIdx.x >= (sched ? 32 : 1)) return;
         const unsigned lanes = sched ? 0xffffffffu : 1u;
@@ -424,12 +434,7 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
         return;
     }
 
-    if (NC == 3)
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(160));
-    else if (!DYN)
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(HP_CONSUMER_REGS_RR));
-    else
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(HP_CONSUMER_REGS));
+    HP_SETMAXNREG("inc", NC, DYN, 160, HP_CONSUMER_REGS_RR, HP_CONSUMER_REGS);
     const int wg = threadIdx.x / 128 - 1, tid = threadIdx.x % 128;
     const int warp = tid / 32, lane = tid % 32, q4 = lane % 4;
     const int Sq = (int)a.Sq;

@@ -61,8 +61,8 @@ __device__ __forceinline__ void hp_wgmma_wait(const int n) {
  * descriptor. REGS / ACC: the accumulators' placeholders and operands; DA,
  * DB, ACC_ON: the placeholders of the two descriptors and the flag after them. */
 #define HP_WGMMA_SS(TY, N, REGS, ACC, DA, DB, ACC_ON)                                              \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " ACC_ON ", 0;\n"                              \
-                 "wgmma.mma_async.sync.aligned.m64n" N "k16.f32." TY "." TY " " REGS ", " DA     \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " ACC_ON ", 0;\n"                               \
+                 "wgmma.mma_async.sync.aligned.m64n" N "k16.f32." TY "." TY " " REGS ", " DA       \
                  ", " DB ", p, 1, 1, 0, 0;\n}\n"                                                   \
                  : ACC                                                                             \
                  : "l"(da), "l"(db), "r"(acc))
