@@ -250,8 +250,11 @@ def prefill(kr, quick):
     """FA3-paper shapes: batch x seq = 16K tokens (one sequence at 32K), heads x
     head_dim = 2048; TFLOP/s = 4 B H S^2 D (halved when causal) / time."""
     seqs = [512, 2048, 8192, 16384] if quick else [512, 1024, 2048, 4096, 8192, 16384, 32768]
+    # KR_BENCH_SEQS / KR_BENCH_HEAD_DIMS (comma lists) narrow the grid for a lab round
+    seqs = [int(x) for x in os.environ.get("KR_BENCH_SEQS", "").split(",") if x] or seqs
+    dims = [int(x) for x in os.environ.get("KR_BENCH_HEAD_DIMS", "").split(",") if x] or [64, 128]
     rows = []
-    for D in (64, 128):
+    for D in dims:
         H = 2048 // D
         for causal in (False, True):
             for dt in (torch.float16, torch.bfloat16):

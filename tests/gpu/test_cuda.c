@@ -401,6 +401,11 @@ static void test_attention_grid(void **state) {
         {3, 400, 1000, 24, 8, 128, KR_F16, 0, 0, 1, 1, 0, -1, 783},
         {1, 400, 2100, 28, 4, 128, KR_BF16, 0, 0, 1, 1, 0, -1, 784},
         {1, 400, 2100, 28, 4, 128, KR_F16, 0, 0, 0, 0, 1, -1, 785},
+        /* O staged in shared memory and stored by bulk tensor copies (head_dim
+         * 128 up to 1K keys, causal or not) into a BHSD output: the tensor map
+         * takes the output's strides; 400 rows clip the last row block */
+        {3, 400, 700, 24, 8, 128, KR_BF16, 1, 0, 0, 0, 1, -1, 786},
+        {3, 400, 400, 24, 8, 128, KR_F16, 0, 0, 0, 1, 1, -1, 787},
     };
     for (size_t i = 0; i < sizeof many / sizeof many[0]; i++)
         if (only_sq == many[i].Sq || (!kt_quick() && only_sq < 0)) run_attention(&many[i]);

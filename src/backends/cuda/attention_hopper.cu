@@ -17,8 +17,10 @@
  *     straight from S's accumulators as the A operand in registers and V from
  *     shared memory (transposed by the descriptor); each warp then arrives on
  *     the stage's "empty" barrier. O is rescaled only where a row maximum
- *     of the warp moved (HP_LAZY_RESCALE). O stays in registers and is written to
- *     global memory from them (no shared-memory round trip).
+ *     of the warp moved (HP_LAZY_RESCALE). At the end of an item the short
+ *     head_dim-128 kernels (hp_which) put O by stmatrix into a shared-memory
+ *     staging tile and out by bulk tensor stores (HP_TMA_STORE); the others,
+ *     and calls whose output no tensor map can name, store it from registers.
  * The consumers run the same loop on different rows and take turns at the
  * tensor cores, so one's softmax overlaps another's matrix products. Blocks
  * are persistent (one an SM) and take items from a work counter where items
@@ -97,6 +99,15 @@
 #ifndef HP_LAZY_RESCALE
 #define HP_LAZY_RESCALE 1 /* skip O's rescaling where a warp's maxima did not move (0: always) */
 #endif
+/* O out through shared memory and bulk tensor stores where the kernel
+ * stages it (1; HP_STAGE_O_MAX_KEYS says which), or always from registers by
+ * 4-byte global stores (0). Nsight Compute, 32 x 512 causal at head_dim 128
+ * (session 13): ~14 % of the stall samples sat in the register epilogue —
+ * its 32 scattered stores a thread queue up in the LSU, and the shuffles
+ * after them wait on their address registers. */
+#ifndef HP_TMA_STORE
+#define HP_TMA_STORE 1
+#endif
 #ifndef HP_PERSISTENT
 #define HP_PERSISTENT 1 /* one block per SM walking the work items (0: one block per item) */
 #endif
@@ -131,14 +142,30 @@
 #define HP_NBAR (2 + 4 * HP_STAGES)
 
 typedef struct hp_maps {
-    CUtensorMap q, k, v;
+    CUtensorMap q, k, v, o; /* o: the output, boxes of 64 channels x 64 rows */
+    int o_ok;               /* O is staged and stored through o (hp_stage_o) */
 } hp_maps;
 
-/* Shared memory: Q (BM x D), the K stages, the V stages (BN x D each), the
- * barriers, the next item's index; plus slack to align the tiles to 1024
- * bytes (the swizzle atom). */
-static size_t hp_smem_bytes(int64_t D, int nc, int bn) {
-    return 1024 + (size_t)(HP_BM(nc) + 2 * HP_STAGES * bn) * 2 * (size_t)D + 8 * HP_NBAR + 16;
+/* Which kernels stage O (H100, session 13, each against the same kernel
+ * storing from registers): head_dim 128 with 128-key tiles on short calls —
+ * 512 keys +6-7 %, 1K +1-2 %, causal or not. Not the wide tiles, whose
+ * stages leave no room for the tile; not head_dim 64, where the register
+ * epilogue (16 stores a thread) was faster (-4 to -6 % staged at 512-1K) and
+ * three consumers' 160 registers spill; and not long causal calls: the
+ * counter kernel compiled with the staging code ran 4-15 % slower from 2K
+ * keys even where it did not stage, so masked calls over more than
+ * HP_STAGE_O_MAX_KEYS keys take a kernel built without it. */
+#ifndef HP_STAGE_O_MAX_KEYS
+#define HP_STAGE_O_MAX_KEYS 1024
+#endif
+
+/* Shared memory: Q (BM x D), the K stages, the V stages (BN x D each), O's
+ * staging tile (BM x D, when staged), the barriers, the next item's index;
+ * plus slack to align the tiles to 1024 bytes (the swizzle atom). */
+static size_t hp_smem_bytes(int64_t D, int nc, int bn, bool stage_o) {
+    const int64_t o_rows = stage_o ? HP_BM(nc) : 0;
+    return 1024 + (size_t)(HP_BM(nc) + o_rows + 2 * HP_STAGES * bn) * 2 * (size_t)D + 8 * HP_NBAR +
+           16;
 }
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -309,6 +336,46 @@ __device__ __forceinline__ void hp_pack_p(float (*sc)[4], unsigned (*pa)[4], con
         pa[k][3] = tc_pack(sc[2 * k + 1][2], sc[2 * k + 1][3], DT);
     }
 }
+
+/* This warpgroup's 64 rows of O (times inv, a factor per row half) out
+ * through its part of the staging tile: each slab of 64 channels is
+ * [BM rows][128 B] with the 128-byte swizzle, like Q's; stmatrix writes
+ * four 8 x 8 blocks a step (rows r and r + 8 of two 8-channel blocks, the
+ * accumulators' own layout); then thread 0 of the warpgroup stores each
+ * slab's 64 x 64 box with one bulk tensor copy (rows past the tensor are
+ * clipped by the copy engine). Thread 0 first waits until its previous
+ * stores have read the tile. Named barrier 1 + wg: the warpgroup's threads. */
+__device__ __forceinline__ void hp_store_o(const hp_maps &mp, float (*o)[4], const float *inv,
+                                           unsigned so, int wg, int tid, int r0, int h, int b,
+                                           const int D, const int DT, const int BM) {
+    const int warp = tid / 32, lane = tid % 32, mat = lane / 8, rr = lane % 8;
+    if (tid == 0) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+    const int row = 16 * warp + rr + 8 * (mat & 1); /* the row this lane addresses */
+#pragma unroll
+    for (int n = 0; n < D / 8; n += 2) {
+        const int nb = n + (mat >> 1); /* the 8-channel block it addresses */
+        const unsigned at =
+            so + (nb / 8) * BM * 128 + wg * 64 * 128 + row * 128 + ((nb % 8) ^ rr) * 16;
+        asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(at),
+                     "r"(tc_pack(o[n][0] * inv[0], o[n][1] * inv[0], DT)),
+                     "r"(tc_pack(o[n][2] * inv[1], o[n][3] * inv[1], DT)),
+                     "r"(tc_pack(o[n + 1][0] * inv[0], o[n + 1][1] * inv[0], DT)),
+                     "r"(tc_pack(o[n + 1][2] * inv[1], o[n + 1][3] * inv[1], DT))
+                     : "memory");
+    }
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+    if (tid == 0) {
+        for (int x = 0; x < D / 64; x++)
+            asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.bulk_group"
+                         " [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"((uint64_t)&mp.o),
+                         "r"(so + x * BM * 128 + wg * 64 * 128), "r"(64 * x), "r"(r0), "r"(h),
+                         "r"(b)
+                         : "memory");
+        asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+    }
+}
 #endif
 
 /* One work item: a row block of one head of one sequence (and split). Items
@@ -346,7 +413,7 @@ __device__ __forceinline__ hp_item hp_item_of(const kr_cu_attention &a, const kr
 __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention &a,
                                         const kr_cu_prefill_ws &ws, int nrb, int items,
                                         const int DT, const int D, const int NC, const int BN,
-                                        const bool DYN) {
+                                        const bool DYN, const bool SO) {
 #if HP_DEVICE
     extern __shared__ __align__(1024) char hp_raw[];
     uint32_t *const sched = DYN ? ws.sched : NULL; /* the work counter, if this kernel takes one */
@@ -354,7 +421,10 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
     const unsigned sq = raw + (1024 - raw % 1024) % 1024;
     const int HALVES = D / 64, BM = HP_BM(NC);
     const unsigned TILE = BN * 2 * D, QB = BM * 2 * D;
-    const unsigned sk = sq + QB, sv = sk + HP_STAGES * TILE, bars = sv + HP_STAGES * TILE;
+    /* O staged (the host sized shared memory for it: hp_smem_bytes) */
+    const bool STAGE_O = HP_TMA_STORE && SO && mp.o_ok && ws.splits <= 1;
+    const unsigned sk = sq + QB, sv = sk + HP_STAGES * TILE, so = sv + HP_STAGES * TILE;
+    const unsigned bars = so + (STAGE_O ? QB : 0);
     const unsigned bar_q = bars, bar_q_empty = bars + 8;
     /* the index of the block's item k + 1 in next_item[(k + 1) % 2], written
      * by the producer during item k */
@@ -549,6 +619,23 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
             if (lane == 0) hp_bar_arrive(HP_EMPTY_V(sp));
         }
         it += nt;
+        if (STAGE_O) {
+            float inv[2];
+#pragma unroll
+            for (int x = 0; x < 2; x++) {
+                float lx = l[x];
+                lx += __shfl_xor_sync(0xffffffffu, lx, 1);
+                lx += __shfl_xor_sync(0xffffffffu, lx, 2);
+                const bool empty = m[x] == -INFINITY;
+                inv[x] = empty ? 0.0f : 1.0f / lx;
+                if (a.has_lse && q4 == 0 && row + 8 * x < Sq)
+                    ((float *)a.lse.data)[cu_off(a.lse, w.b, w.h, row + 8 * x, 0)] =
+                        empty ? -INFINITY : (m[x] + log2f(lx)) * PF_LN2;
+            }
+            if (r0 < Sq) hp_store_o(mp, o, inv, so, wg, tid, r0, w.h, w.b, D, DT, BM);
+            idx = next;
+            continue;
+        }
 #pragma unroll
         for (int x = 0; x < 2; x++) {
             float lx = l[x];
@@ -561,6 +648,8 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
         }
         idx = next;
     }
+    /* the staged stores must have read shared memory before the block exits */
+    if (STAGE_O && tid == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 #undef HP_TAKE_NEXT
 #undef HP_TURN_BEGIN
 #undef HP_TURN_END
@@ -571,23 +660,26 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
 #endif
 }
 
-/* name, type, head_dim, consumers, keys per tile, whether it takes a work counter */
-#define HP_KERNEL(name, DT, D, NC, BN, DYN)                                                        \
+/* name, type, head_dim, consumers, keys per tile, whether it takes a work
+ * counter, whether it can stage O for bulk stores */
+#define HP_KERNEL(name, DT, D, NC, BN, DYN, SO)                                                    \
     __global__ void __launch_bounds__(HP_THREADS(NC), 1)                                           \
         name(const __grid_constant__ hp_maps mp, kr_cu_attention a, kr_cu_prefill_ws ws, int nrb,  \
              int items) {                                                                          \
-        hp_body(mp, a, ws, nrb, items, DT, D, NC, BN, DYN);                                        \
+        hp_body(mp, a, ws, nrb, items, DT, D, NC, BN, DYN, SO);                                    \
     }
-HP_KERNEL(hp_f16_d64, KR_F16, 64, HP_NC64, HP_BN, true)
-HP_KERNEL(hp_f16_d64_nc2, KR_F16, 64, 2, HP_BN, true)
-HP_KERNEL(hp_f16_d128, KR_F16, 128, 2, HP_BN, true)
-HP_KERNEL(hp_f16_d128_rr, KR_F16, 128, 2, HP_BN, false)
-HP_KERNEL(hp_f16_d128_wide, KR_F16, 128, 2, HP_BN_WIDE, false)
-HP_KERNEL(hp_bf16_d64, KR_BF16, 64, HP_NC64, HP_BN, true)
-HP_KERNEL(hp_bf16_d64_nc2, KR_BF16, 64, 2, HP_BN, true)
-HP_KERNEL(hp_bf16_d128, KR_BF16, 128, 2, HP_BN, true)
-HP_KERNEL(hp_bf16_d128_rr, KR_BF16, 128, 2, HP_BN, false)
-HP_KERNEL(hp_bf16_d128_wide, KR_BF16, 128, 2, HP_BN_WIDE, false)
+HP_KERNEL(hp_f16_d64, KR_F16, 64, HP_NC64, HP_BN, true, false)
+HP_KERNEL(hp_f16_d64_nc2, KR_F16, 64, 2, HP_BN, true, false)
+HP_KERNEL(hp_f16_d128, KR_F16, 128, 2, HP_BN, true, false)
+HP_KERNEL(hp_f16_d128_short, KR_F16, 128, 2, HP_BN, true, true)
+HP_KERNEL(hp_f16_d128_rr, KR_F16, 128, 2, HP_BN, false, true)
+HP_KERNEL(hp_f16_d128_wide, KR_F16, 128, 2, HP_BN_WIDE, false, false)
+HP_KERNEL(hp_bf16_d64, KR_BF16, 64, HP_NC64, HP_BN, true, false)
+HP_KERNEL(hp_bf16_d64_nc2, KR_BF16, 64, 2, HP_BN, true, false)
+HP_KERNEL(hp_bf16_d128, KR_BF16, 128, 2, HP_BN, true, false)
+HP_KERNEL(hp_bf16_d128_short, KR_BF16, 128, 2, HP_BN, true, true)
+HP_KERNEL(hp_bf16_d128_rr, KR_BF16, 128, 2, HP_BN, false, true)
+HP_KERNEL(hp_bf16_d128_wide, KR_BF16, 128, 2, HP_BN_WIDE, false, false)
 
 typedef void (*hp_fn)(hp_maps, kr_cu_attention, kr_cu_prefill_ws, int, int);
 
@@ -612,14 +704,23 @@ static bool hp_wide(const kr_cu_attention *a) {
 /* Keys per K/V tile for the call. */
 static int hp_tile_keys(const kr_cu_attention *a) { return hp_wide(a) ? HP_BN_WIDE : HP_BN; }
 
-/* The kernel: head_dim 64 with nc consumers; head_dim 128 masked (work
- * counter), unmasked (fixed round robin, 24 / 240 registers) or wide. */
+/* The kernel for the call (an index into hp_kernel's table): head_dim 64
+ * with two or three consumers (0, 1); head_dim 128 masked (work counter) over
+ * more keys than HP_STAGE_O_MAX_KEYS (2) or fewer (3, O staged), unmasked
+ * (fixed round robin, 24 / 240 registers, O staged: 4) or wide (5). */
+static int hp_which(const kr_cu_attention *a, int nc) {
+    if (a->D != 128) return nc != 2;
+    if (hp_uneven(a)) return a->Skv > HP_STAGE_O_MAX_KEYS ? 2 : 3;
+    return hp_wide(a) ? 5 : 4;
+}
+static const bool hp_which_stages_o[6] = {false, false, false, true, true, false};
+
 static hp_fn hp_kernel(const kr_cu_attention *a, int nc) {
-    static const hp_fn fns[2][5] = {
-        {hp_f16_d64_nc2, hp_f16_d64, hp_f16_d128, hp_f16_d128_rr, hp_f16_d128_wide},
-        {hp_bf16_d64_nc2, hp_bf16_d64, hp_bf16_d128, hp_bf16_d128_rr, hp_bf16_d128_wide}};
-    const int which = a->D == 128 ? (hp_uneven(a) ? 2 : hp_wide(a) ? 4 : 3) : nc != 2;
-    return fns[a->k.dtype == KR_BF16][which];
+    static const hp_fn fns[2][6] = {{hp_f16_d64_nc2, hp_f16_d64, hp_f16_d128, hp_f16_d128_short,
+                                     hp_f16_d128_rr, hp_f16_d128_wide},
+                                    {hp_bf16_d64_nc2, hp_bf16_d64, hp_bf16_d128, hp_bf16_d128_short,
+                                     hp_bf16_d128_rr, hp_bf16_d128_wide}};
+    return fns[a->k.dtype == KR_BF16][hp_which(a, nc)];
 }
 
 /* ---- host side: the tensor maps -------------------------------------------------------- */
@@ -678,6 +779,15 @@ static bool hp_map(CUtensorMap *map, const kr_tensor *t, int64_t B, int64_t S, i
                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+/* Whether the call stages O for bulk stores (its kernel can, the call is
+ * unsplit, and out is in q's type with a tensor map, which goes to *map);
+ * else the kernel stores O from registers. */
+static bool hp_stage_o(const kr_cu_attention *a, const kr_cu_prefill_ws *ws, int nc,
+                       CUtensorMap *map) {
+    return HP_TMA_STORE && hp_which_stages_o[hp_which(a, nc)] && ws->splits <= 1 &&
+           a->out.dtype == a->q.dtype && hp_map(map, &a->out, a->B, a->Sq, a->H, a->D, 64);
+}
+
 extern "C" int kr_cu_hopper_supported(const kr_cu_attention *a, char *why, size_t n) {
     if (a->cc != 90) {
         snprintf(why, n, "Hopper prefill kernel needs compute capability 9.0, have %d.%d",
@@ -734,11 +844,13 @@ extern "C" kr_status kr_cu_hopper_prefill(const kr_cu_attention *a, const kr_cu_
                                           void *stream, char *err, size_t n) {
     const int nc = hp_consumers(a), bn = hp_tile_keys(a);
     const hp_fn fn = hp_kernel(a, nc);
-    const size_t smem = hp_smem_bytes(a->D, nc, bn);
+    hp_maps mp;
+    memset(&mp, 0, sizeof mp);
+    mp.o_ok = hp_stage_o(a, ws, nc, &mp.o);
+    const size_t smem = hp_smem_bytes(a->D, nc, bn, mp.o_ok);
     kr_status st = cu_allow_smem((const void *)fn, smem, "Hopper prefill attention", err, n);
     if (st) return st;
     if (a->Sq == 0 || a->B == 0 || a->H == 0) return KR_OK;
-    hp_maps mp;
     if (!hp_map(&mp.q, &a->q, a->B, a->Sq, a->H, a->D, HP_BM(nc)) ||
         !hp_map(&mp.k, &a->k, a->B, a->Skv, a->Hkv, a->D, bn) ||
         !hp_map(&mp.v, &a->v, a->B, a->Skv, a->Hkv, a->D, bn)) {
