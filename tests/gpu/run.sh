@@ -47,11 +47,11 @@ if command -v cuobjdump >/dev/null; then
 fi
 step "krserve info" info.txt "$B/krserve" info
 if [ $TEST = 1 ]; then
-  step "test_cuda (full grid)" test_cuda.log timeout ${KR_GPU_TEST_TIMEOUT:-240} "$B/tests/test_cuda"
+  step "test_cuda (full grid)" test_cuda.log timeout ${KR_GPU_TEST_TIMEOUT:-600} "$B/tests/test_cuda"
   # On compute capability 9.0 the prefill cases ran on the Hopper kernel: once
   # more on the sm_80 kernel, so both are checked on this card.
   if grep -q "9.0" "$OUT/nvidia-smi.txt"; then
-    step "test_cuda (sm_80 prefill)" test_cuda_sm80.log timeout ${KR_GPU_TEST_TIMEOUT:-240} \
+    step "test_cuda (sm_80 prefill)" test_cuda_sm80.log timeout ${KR_GPU_TEST_TIMEOUT:-600} \
       env KRSERVE_CUDA_PREFILL=sm80 "$B/tests/test_cuda"
   fi
   if [ $SAN = 1 ]; then

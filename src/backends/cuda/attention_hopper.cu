@@ -668,18 +668,16 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
              int items) {                                                                          \
         hp_body(mp, a, ws, nrb, items, DT, D, NC, BN, DYN, SO);                                    \
     }
-HP_KERNEL(hp_f16_d64, KR_F16, 64, HP_NC64, HP_BN, true, false)
-HP_KERNEL(hp_f16_d64_nc2, KR_F16, 64, 2, HP_BN, true, false)
-HP_KERNEL(hp_f16_d128, KR_F16, 128, 2, HP_BN, true, false)
-HP_KERNEL(hp_f16_d128_short, KR_F16, 128, 2, HP_BN, true, true)
-HP_KERNEL(hp_f16_d128_rr, KR_F16, 128, 2, HP_BN, false, true)
-HP_KERNEL(hp_f16_d128_wide, KR_F16, 128, 2, HP_BN_WIDE, false, false)
-HP_KERNEL(hp_bf16_d64, KR_BF16, 64, HP_NC64, HP_BN, true, false)
-HP_KERNEL(hp_bf16_d64_nc2, KR_BF16, 64, 2, HP_BN, true, false)
-HP_KERNEL(hp_bf16_d128, KR_BF16, 128, 2, HP_BN, true, false)
-HP_KERNEL(hp_bf16_d128_short, KR_BF16, 128, 2, HP_BN, true, true)
-HP_KERNEL(hp_bf16_d128_rr, KR_BF16, 128, 2, HP_BN, false, true)
-HP_KERNEL(hp_bf16_d128_wide, KR_BF16, 128, 2, HP_BN_WIDE, false, false)
+/* the six kernels of one type (hp_which's order) */
+#define HP_KERNELS(t, DT)                                                                          \
+    HP_KERNEL(hp_##t##_d64_nc2, DT, 64, 2, HP_BN, true, false)                                     \
+    HP_KERNEL(hp_##t##_d64, DT, 64, HP_NC64, HP_BN, true, false)                                   \
+    HP_KERNEL(hp_##t##_d128, DT, 128, 2, HP_BN, true, false)                                       \
+    HP_KERNEL(hp_##t##_d128_short, DT, 128, 2, HP_BN, true, true)                                  \
+    HP_KERNEL(hp_##t##_d128_rr, DT, 128, 2, HP_BN, false, true)                                    \
+    HP_KERNEL(hp_##t##_d128_wide, DT, 128, 2, HP_BN_WIDE, false, false)
+HP_KERNELS(f16, KR_F16)
+HP_KERNELS(bf16, KR_BF16)
 
 typedef void (*hp_fn)(hp_maps, kr_cu_attention, kr_cu_prefill_ws, int, int);
 
