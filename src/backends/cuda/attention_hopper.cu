@@ -626,11 +626,9 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
                 float lx = l[x];
                 lx += __shfl_xor_sync(0xffffffffu, lx, 1);
                 lx += __shfl_xor_sync(0xffffffffu, lx, 2);
-                const bool empty = m[x] == -INFINITY;
-                inv[x] = empty ? 0.0f : 1.0f / lx;
+                inv[x] = m[x] == -INFINITY ? 0.0f : 1.0f / lx;
                 if (a.has_lse && q4 == 0 && row + 8 * x < Sq)
-                    ((float *)a.lse.data)[cu_off(a.lse, w.b, w.h, row + 8 * x, 0)] =
-                        empty ? -INFINITY : (m[x] + log2f(lx)) * PF_LN2;
+                    pf_store_lse(a, w.b, w.h, row + 8 * x, m[x], lx);
             }
             if (r0 < Sq) hp_store_o(mp, o, inv, so, wg, tid, r0, w.h, w.b, D, DT, BM);
             idx = next;
@@ -668,16 +666,19 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
              int items) {                                                                          \
         hp_body(mp, a, ws, nrb, items, DT, D, NC, BN, DYN, SO);                                    \
     }
-/* the six kernels of one type (hp_which's order) */
-#define HP_KERNELS(t, DT)                                                                          \
-    HP_KERNEL(hp_##t##_d64_nc2, DT, 64, 2, HP_BN, true, false)                                     \
-    HP_KERNEL(hp_##t##_d64, DT, 64, HP_NC64, HP_BN, true, false)                                   \
-    HP_KERNEL(hp_##t##_d128, DT, 128, 2, HP_BN, true, false)                                       \
-    HP_KERNEL(hp_##t##_d128_short, DT, 128, 2, HP_BN, true, true)                                  \
-    HP_KERNEL(hp_##t##_d128_rr, DT, 128, 2, HP_BN, false, true)                                    \
-    HP_KERNEL(hp_##t##_d128_wide, DT, 128, 2, HP_BN_WIDE, false, false)
-HP_KERNELS(f16, KR_F16)
-HP_KERNELS(bf16, KR_BF16)
+/* The six kernels of one type t, in hp_which's order: name suffix, type,
+ * head_dim, consumers, keys per tile, work counter, O staged (X: what to make
+ * of each — the kernel, or its entry in a host table). */
+#define HP_KERNEL_TABLE(X, t, DT)                                                                  \
+    X(t, d64_nc2, DT, 64, 2, HP_BN, true, false)                                                   \
+    X(t, d64, DT, 64, HP_NC64, HP_BN, true, false)                                                 \
+    X(t, d128, DT, 128, 2, HP_BN, true, false)                                                     \
+    X(t, d128_short, DT, 128, 2, HP_BN, true, true)                                                \
+    X(t, d128_rr, DT, 128, 2, HP_BN, false, true)                                                  \
+    X(t, d128_wide, DT, 128, 2, HP_BN_WIDE, false, false)
+#define HP_DEFINE(t, sfx, DT, D, NC, BN, DYN, SO) HP_KERNEL(hp_##t##_##sfx, DT, D, NC, BN, DYN, SO)
+HP_KERNEL_TABLE(HP_DEFINE, f16, KR_F16)
+HP_KERNEL_TABLE(HP_DEFINE, bf16, KR_BF16)
 
 typedef void (*hp_fn)(hp_maps, kr_cu_attention, kr_cu_prefill_ws, int, int);
 
@@ -711,13 +712,13 @@ static int hp_which(const kr_cu_attention *a, int nc) {
     if (hp_uneven(a)) return a->Skv > HP_STAGE_O_MAX_KEYS ? 2 : 3;
     return hp_wide(a) ? 5 : 4;
 }
-static const bool hp_which_stages_o[6] = {false, false, false, true, true, false};
+#define HP_FN(t, sfx, DT, D, NC, BN, DYN, SO) hp_##t##_##sfx,
+#define HP_SO(t, sfx, DT, D, NC, BN, DYN, SO) SO,
+static const bool hp_which_stages_o[] = {HP_KERNEL_TABLE(HP_SO, f16, KR_F16)};
 
 static hp_fn hp_kernel(const kr_cu_attention *a, int nc) {
-    static const hp_fn fns[2][6] = {{hp_f16_d64_nc2, hp_f16_d64, hp_f16_d128, hp_f16_d128_short,
-                                     hp_f16_d128_rr, hp_f16_d128_wide},
-                                    {hp_bf16_d64_nc2, hp_bf16_d64, hp_bf16_d128, hp_bf16_d128_short,
-                                     hp_bf16_d128_rr, hp_bf16_d128_wide}};
+    static const hp_fn fns[2][6] = {{HP_KERNEL_TABLE(HP_FN, f16, KR_F16)},
+                                    {HP_KERNEL_TABLE(HP_FN, bf16, KR_BF16)}};
     return fns[a->k.dtype == KR_BF16][hp_which(a, nc)];
 }
 

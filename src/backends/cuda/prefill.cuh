@@ -24,6 +24,14 @@ __device__ __forceinline__ void pf_range(const kr_cu_attention &a, int L, int i,
     *hi = h < l ? l : h;
 }
 
+/* Row r's LSE (natural log) from its log2-domain max m and sum l: -inf for a
+ * row that saw no key. */
+__device__ __forceinline__ void pf_store_lse(const kr_cu_attention &a, int64_t b, int64_t h,
+                                             int64_t r, float m, float l) {
+    ((float *)a.lse.data)[cu_off(a.lse, b, h, r, 0)] =
+        m == -INFINITY ? -INFINITY : (m + log2f(l)) * PF_LN2;
+}
+
 /* One row's output and LSE: o / l, or zeros and -inf when the row saw no key
  * (m stays -inf; a NaN score makes m NaN and passes through). */
 __device__ __forceinline__ void pf_store_row(const kr_cu_attention &a, int64_t b, int64_t h,
@@ -51,9 +59,7 @@ __device__ __forceinline__ void pf_store_row(const kr_cu_attention &a, int64_t b
                          o[n][2 * half + e] * inv * (chan ? chan[c] : 1.0f));
             }
     }
-    if (a.has_lse && q4 == 0)
-        ((float *)a.lse.data)[cu_off(a.lse, b, h, r, 0)] =
-            empty ? -INFINITY : (m + log2f(l)) * PF_LN2;
+    if (a.has_lse && q4 == 0) pf_store_lse(a, b, h, r, m, l);
 }
 
 /* A split's share of one row, for pf_merge: o / l and its log2-domain LSE
