@@ -9,7 +9,9 @@
 #   default args: --op prefill --batch 32 --seq 512 --head-dim 128
 #   KRSERVE_PLUGIN_PATH picks the plugin (build it with -lineinfo, e.g.
 #   OUT=build/lab bench/prefill_lab.sh build "li:-lineinfo", so that the
-#   instructions carry their source lines).
+#   instructions carry their source lines). KR_PROF_KERNEL: the prefix of
+#   krserve's kernel names (default hp_; dm_ for the fp16 decode, e.g. with
+#   --batch 1 --kv-len 4096).
 # Writes $OUT (default /tmp/krserve-prof): prof.ncu-rep, raw.csv,
 # source-*.csv, summary.txt; prints the summary.
 set -uo pipefail
@@ -19,22 +21,23 @@ args=("$@")
 [ ${#args[@]} = 0 ] && args=(--op prefill --batch 32 --seq 512 --head-dim 128)
 OUT=${OUT:-/tmp/krserve-prof}
 here=$(cd "$(dirname "$0")/../.." && pwd)
+K=${KR_PROF_KERNEL:-hp_}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH="$here/$B:$here/$B/deps${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-ncu --nvtx --nvtx-include "prof/" -k 'regex:hp_|cudnn' --section SpeedOfLight \
+ncu --nvtx --nvtx-include "prof/" -k "regex:^$K|cudnn|lean_reduction" --section SpeedOfLight \
   --section WarpStateStats --section SourceCounters --import-source yes -f -o "$OUT/prof" \
   python3 "$here/tests/gpu/profile_decode.py" --lib "$here/$B/libkrserve.so" "${args[@]}" \
   >"$OUT/ncu.log" 2>&1 || { echo "ncu failed (see $OUT/ncu.log)"; tail -20 "$OUT/ncu.log"; exit 1; }
 ncu -i "$OUT/prof.ncu-rep" --page raw --csv >"$OUT/raw.csv" 2>"$OUT/raw.err"
-for k in hp_ cudnn; do
+for k in "$K" cudnn; do
   ncu -i "$OUT/prof.ncu-rep" -k "regex:$k" --page source --csv --print-source sass \
     >"$OUT/source-$k.csv" 2>"$OUT/source-$k.err" ||
     ncu -i "$OUT/prof.ncu-rep" -k "regex:$k" --page source --csv >"$OUT/source-$k.csv" \
       2>>"$OUT/source-$k.err"
 done
-python3 - "$OUT" <<'PY' | tee "$OUT/summary.txt"
+python3 - "$OUT" "$K" <<'PY' | tee "$OUT/summary.txt"
 import csv, io, os, sys
-out = sys.argv[1]
+out, ours = sys.argv[1], sys.argv[2]
 
 def table(path):
     text = open(path, errors="replace").read()
@@ -46,9 +49,9 @@ rows = table(os.path.join(out, "raw.csv"))
 if rows:
     head = rows[0]
     for r in rows[1:]:
-        if len(r) != len(head) or not any(c.startswith("hp_") or "cudnn" in c for c in r):
+        if len(r) != len(head) or not any(c.startswith(ours) or "cudnn" in c for c in r):
             continue
-        name = next(c for c in r if c.startswith("hp_") or "cudnn" in c)[:70]
+        name = next(c for c in r if c.startswith(ours) or "cudnn" in c)[:70]
         d = dict(zip(head, r))
         stalls = {}
         for k, v in d.items():
@@ -63,7 +66,7 @@ if rows:
             print("   %-28s %6.1f %%" % (k, 100.0 * v / tot))
 
 # krserve's instructions with the most stall samples, and the totals by source line.
-for k in ("hp_",):
+for k in (ours,):
     rows = table(os.path.join(out, "source-%s.csv" % k))
     # a "Kernel Name" line comes first, then the header row (Address, Source, ...)
     at = next((i for i, r in enumerate(rows) if r and r[0] == "Address"), None)

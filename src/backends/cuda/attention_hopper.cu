@@ -155,6 +155,12 @@ typedef struct hp_maps {
  * counter kernel compiled with the staging code ran 4-15 % slower from 2K
  * keys even where it did not stage, so masked calls over more than
  * HP_STAGE_O_MAX_KEYS keys take a kernel built without it. */
+/* With two consumers, the row sums reduced once before the epilogue's
+ * branch (1), or in each branch (0, session 13's form); the lab compares
+ * them. */
+#ifndef HP_LSUM_ONCE
+#define HP_LSUM_ONCE 1
+#endif
 #ifndef HP_STAGE_O_MAX_KEYS
 #define HP_STAGE_O_MAX_KEYS 1024
 #endif
@@ -619,6 +625,38 @@ __device__ __forceinline__ void hp_body(const hp_maps &mp, const kr_cu_attention
             if (lane == 0) hp_bar_arrive(HP_EMPTY_V(sp));
         }
         it += nt;
+        /* The row sums over the 4 lanes of a row: with two consumers reduced
+         * once for either epilogue (+2-5 % at head_dim 64, 512-1K rows), with
+         * three in each branch (hoisted, head_dim 64 at 32K lost 3-4 %). */
+        if (HP_LSUM_ONCE && NC == 2) {
+            float ls[2];
+#pragma unroll
+            for (int x = 0; x < 2; x++) {
+                ls[x] = l[x] + __shfl_xor_sync(0xffffffffu, l[x], 1);
+                ls[x] += __shfl_xor_sync(0xffffffffu, ls[x], 2);
+            }
+            if (STAGE_O) {
+                float inv[2];
+#pragma unroll
+                for (int x = 0; x < 2; x++) {
+                    inv[x] = m[x] == -INFINITY ? 0.0f : 1.0f / ls[x];
+                    if (a.has_lse && q4 == 0 && row + 8 * x < Sq)
+                        pf_store_lse(a, w.b, w.h, row + 8 * x, m[x], ls[x]);
+                }
+                if (r0 < Sq) hp_store_o(mp, o, inv, so, wg, tid, r0, w.h, w.b, D, DT, BM);
+            } else {
+#pragma unroll
+                for (int x = 0; x < 2; x++) {
+                    if (ws.splits > 1)
+                        pf_store_part(a, ws, w.split, w.b, w.h, row + 8 * x, m[x], ls[x], o, x,
+                                      NULL, D);
+                    else
+                        pf_store_row(a, w.b, w.h, row + 8 * x, m[x], ls[x], o, x, NULL, D);
+                }
+            }
+            idx = next;
+            continue;
+        }
         if (STAGE_O) {
             float inv[2];
 #pragma unroll
