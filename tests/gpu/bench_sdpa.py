@@ -152,7 +152,10 @@ KR_ONLY = False  # --kr-only: time krserve alone (the kernel lab compares its va
 
 # ---- timing ------------------------------------------------------------------------------
 FLUSH = None
-SLEEP_CYCLES = 400000  # ~200 us at H100/H200 clocks
+# ~1 ms at H100/H200 clocks: longer than any implementation's host time per call. Until
+# 2026-11-28 it was ~200 us, and torch's flash path takes 110-280 us of host time a decode
+# call (tests/gpu/kernel_times.py), so some of its small-cell repeats timed host work.
+SLEEP_CYCLES = 2000000
 
 
 def time_once(fn):

@@ -48,7 +48,7 @@ def trace_kernels(fn, reps):
         fn()
     torch.cuda.synchronize()
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=acts) as prof:
+    with torch.profiler.profile(activities=acts, acc_events=True) as prof:
         for _ in range(reps):
             timed_call()
         torch.cuda.synchronize()
@@ -82,7 +82,7 @@ def summarise(label, kernels, harness, ev_ms, host_us, reps):
     spans, gaps = [], []
     sleep_end, first, last = None, None, None
     for n, ts, d in kernels:
-        if n in harness and "sleep" in n.lower():
+        if n in harness and ("sleep" in n.lower() or "spin_kernel" in n):
             if first is not None and sleep_end is not None:
                 gaps.append(first - sleep_end)
                 spans.append(last - first)

@@ -138,6 +138,13 @@ __device__ __forceinline__ float dc_warp_sum(float x) {
     return x;
 }
 
+/* The last split's merge reads DC_MERGE_BATCH(D) splits at a time. */
+#ifndef DC_MERGE_BATCH
+/* 16 at head_dim 128 (one round trip for the 16 splits of 1 x 4K); 12
+ * elsewhere, where 16 made ptxas spill (head_dim 64 with 8 rows) */
+#define DC_MERGE_BATCH(D) ((D) == 128 ? 16 : 12)
+#endif
+
 /* The end of a block, once every warp's (m, l, acc) is in shared memory
  * (ml: [NW][ROWS][2] max and sum, accs: [NW][ROWS][D] unnormalised output):
  * the warps are merged; with one split the result is stored, else the
@@ -149,7 +156,7 @@ __device__ __forceinline__ void dc_merge(const kr_cu_attention &a, int64_t split
                                          int64_t b, const int ROWS, const int DT, const int D) {
     const int NW = KR_CU_DECODE_WARPS;
     const int tid = threadIdx.x;
-    const int64_t G = a.H / a.Hkv, R = G * a.Sq;
+    const int Sq = (int)a.Sq, G = (int)a.H / (int)a.Hkv, R = G * Sq;
     const int64_t split = blockIdx.x;
     __shared__ int is_last;
     __syncthreads();
@@ -167,15 +174,15 @@ __device__ __forceinline__ void dc_merge(const kr_cu_attention &a, int64_t split
             O += w * accs[(st * ROWS + r) * D + c];
         }
         const bool empty = M == -INFINITY;
-        const float o = empty ? 0.0f : O / Lsum;
+        const float o = empty ? 0.0f : O * __frcp_rn(Lsum);
         const float lse2 = empty ? -INFINITY : M + log2f(Lsum);
-        const int64_t row = chunk * ROWS + r;
+        const int row = (int)chunk * ROWS + r;
         if (n_part) {
             float *po = ws.part_o + ((unit * splits + split) * ROWS + r) * D;
             po[c] = o;
             if (c == 0) ws.part_lse[(unit * splits + split) * ROWS + r] = lse2;
         } else if (row < R) {
-            const int64_t h = hk * G + row / a.Sq, i = row % a.Sq;
+            const int64_t h = hk * G + (Sq == 1 ? row : row / Sq), i = Sq == 1 ? 0 : row % Sq;
             const float f = DT == KR_I8 ? a.v8.chan[hk * a.D + c] : 1.0f;
             cu_store(a.out.data, a.out.dtype, cu_off(a.out, b, i, h, c), o * f);
             if (a.has_lse && c == 0)
@@ -191,47 +198,50 @@ __device__ __forceinline__ void dc_merge(const kr_cu_attention &a, int64_t split
     __syncthreads();
     if (!is_last) return;
     __threadfence();
-    /* Two passes, so that no load waits on a running maximum: a warp per row
-     * finds the largest split LSE and the sum of the weights; then every
-     * thread sums 4 channels of one row over the splits, its loads
-     * independent of each other. */
-    __shared__ float row_m[8], row_w[8];
+    /* One pass: a thread takes 4 channels of one row and reads every split's
+     * LSE and partial for them, DC_MERGE_BATCH(D) splits at a time with all
+     * loads of a batch independent (one round trip to L2 for up to that many
+     * splits), folding each batch in by its maximum. */
     const float *lse_of = ws.part_lse + unit * splits * ROWS;
-    for (int r = tid / 32; r < ROWS; r += NW) {
-        const int lane = tid % 32;
-        float mx = -INFINITY, w = 0.0f;
-        for (int64_t sp = lane; sp < splits; sp += 32)
-            mx = cu_nanmax(mx, __ldcg(lse_of + sp * ROWS + r));
-        mx = dc_warp_max(mx);
-        for (int64_t sp = lane; sp < splits; sp += 32) {
-            const float ls = __ldcg(lse_of + sp * ROWS + r);
-            w += ls == -INFINITY ? 0.0f : exp2f(ls - mx);
-        }
-        w = dc_warp_sum(w);
-        if (lane == 0) row_m[r] = mx, row_w[r] = w;
-    }
-    __syncthreads();
     for (int e = 4 * tid; e < ROWS * D; e += 4 * DC_THREADS) {
         const int r = e / D, c = e % D;
-        const int64_t row = chunk * ROWS + r;
+        const int row = (int)chunk * ROWS + r;
         if (row >= R) continue;
-        const float M = row_m[r], W = row_w[r];
         const float *po = ws.part_o + (unit * splits * ROWS + r) * D + c;
-        float O[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll 8
-        for (int64_t sp = 0; sp < splits; sp++) {
-            const float ls = __ldcg(lse_of + sp * ROWS + r);
-            const float4 os = __ldcg((const float4 *)(po + sp * ROWS * D));
-            const float w = ls == -INFINITY ? 0.0f : exp2f(ls - M);
-            O[0] = fmaf(w, os.x, O[0]), O[1] = fmaf(w, os.y, O[1]);
-            O[2] = fmaf(w, os.z, O[2]), O[3] = fmaf(w, os.w, O[3]);
+        float M = -INFINITY, W = 0.0f, O[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int64_t s0 = 0; s0 < splits; s0 += DC_MERGE_BATCH(D)) {
+            float ls[16]; /* DC_MERGE_BATCH(D) <= 16 used */
+            float4 os[16];
+#pragma unroll
+            for (int i = 0; i < DC_MERGE_BATCH(D); i++) {
+                const bool ok = s0 + i < splits;
+                ls[i] = ok ? __ldcg(lse_of + (s0 + i) * ROWS + r) : -INFINITY;
+                os[i] = ok ? __ldcg((const float4 *)(po + (s0 + i) * ROWS * D))
+                           : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
+            float mn = M;
+#pragma unroll
+            for (int i = 0; i < DC_MERGE_BATCH(D); i++) mn = cu_nanmax(mn, ls[i]);
+            if (mn == -INFINITY) continue;     /* every split so far saw no key */
+            const float alpha = exp2f(M - mn); /* 0 while M is -inf */
+            W *= alpha;
+            for (int k = 0; k < 4; k++) O[k] *= alpha;
+#pragma unroll
+            for (int i = 0; i < DC_MERGE_BATCH(D); i++) {
+                const float w = exp2f(ls[i] - mn);
+                W += w;
+                O[0] = fmaf(w, os[i].x, O[0]), O[1] = fmaf(w, os[i].y, O[1]);
+                O[2] = fmaf(w, os[i].z, O[2]), O[3] = fmaf(w, os[i].w, O[3]);
+            }
+            M = mn;
         }
         const bool empty = M == -INFINITY;
-        const int64_t h = hk * G + row / a.Sq, i = row % a.Sq;
+        const int64_t h = hk * G + (Sq == 1 ? row : row / Sq), i = Sq == 1 ? 0 : row % Sq;
+        const float inv = __frcp_rn(W);
         for (int k = 0; k < 4; k++) {
             const float f = DT == KR_I8 ? a.v8.chan[hk * a.D + c + k] : 1.0f;
             cu_store(a.out.data, a.out.dtype, cu_off(a.out, b, i, h, c + k),
-                     empty ? 0.0f : O[k] / W * f);
+                     empty ? 0.0f : O[k] * inv * f);
         }
         if (a.has_lse && c == 0)
             ((float *)a.lse.data)[cu_off(a.lse, b, h, i, 0)] =
@@ -415,6 +425,13 @@ __device__ __forceinline__ void dp_load_tile(const kr_cu_attention &a, char *ks_
     const int64_t sk = 2 * RPP * a.k.stride[1], sv = 2 * RPP * a.v.stride[1];
     const char *kp = (const char *)a.k.data + 2 * cu_off(a.k, b, j0 + r0, hk, 8 * c);
     const char *vp = (const char *)a.v.data + 2 * cu_off(a.v, b, j0 + r0, hk, 8 * c);
+    if (j0 + BT <= ke) { /* a whole tile: no key to zero-fill */
+        for (int r = r0; r < BT; r += RPP, kp += sk, vp += sv) {
+            tc_cp16(ks_ + r * P + 16 * c, kp, true);
+            tc_cp16(vs_ + r * P + 16 * c, vp, true);
+        }
+        return;
+    }
     for (int r = r0; r < BT; r += RPP, kp += sk, vp += sv) {
         const bool ok = j0 + r < ke;
         tc_cp16(ks_ + r * P + 16 * c, ok ? kp : (const char *)a.k.data, ok);
@@ -603,32 +620,41 @@ typedef struct dm_unit {
 __device__ __forceinline__ dm_unit dm_unit_of(const kr_cu_attention &a, int64_t splits,
                                               const int ROWS) {
     dm_unit u;
-    u.G = a.H / a.Hkv, u.R = u.G * a.Sq;
-    const int64_t n_chunks = (u.R + ROWS - 1) / ROWS;
-    u.hk = blockIdx.y / n_chunks, u.chunk = blockIdx.y % n_chunks, u.b = blockIdx.z;
+    /* 32-bit index arithmetic (heads, rows and chunks are small): every
+     * 64-bit division here cost a range check and a branch on top of the
+     * 32-bit one, on the chain before the first tile's loads */
+    const int Sq = (int)a.Sq, G = (int)a.H / (int)a.Hkv, R = G * Sq;
+    const unsigned n_chunks = (unsigned)(R + ROWS - 1) / ROWS, hk = blockIdx.y / n_chunks;
+    u.G = G, u.R = R, u.hk = hk, u.chunk = blockIdx.y - hk * n_chunks, u.b = blockIdx.z;
     u.unit = (u.b * a.Hkv + u.hk) * n_chunks + u.chunk;
     const int64_t L = a.has_lens ? cu_len(a.lens, u.b) : a.Skv;
     const int myr = (threadIdx.x % 32) / 4;
     int64_t kmin = L, kmax = 0;
     u.mylo = u.myhi = 0;
     u.uniform = true;
-    /* the rows' ranges are computed twice rather than kept in arrays, which
-     * would go to local memory */
+    if (!a.causal && a.window_left < 0 && a.window_right < 0) {
+        /* no mask: every row sees [0, L) (what cu_row_range gives) */
+        kmin = 0, kmax = L, u.mylo = 0, u.myhi = L;
+    } else {
+        /* the rows' ranges are computed twice rather than kept in arrays,
+         * which would go to local memory */
+        const int r0 = (int)u.chunk * ROWS;
 #pragma unroll
-    for (int r = 0; r < ROWS; r++) {
-        int64_t lo = 0, hi = 0;
-        if (u.chunk * ROWS + r < u.R) cu_row_range(a, L, (u.chunk * ROWS + r) % a.Sq, &lo, &hi);
-        if (hi > lo) kmin = min(kmin, lo), kmax = max(kmax, hi);
-    }
-    if (kmax < kmin) kmax = kmin;
-#pragma unroll
-    for (int r = 0; r < ROWS; r++) {
-        int64_t lo = 0, hi = 0;
-        if (u.chunk * ROWS + r < u.R) {
-            cu_row_range(a, L, (u.chunk * ROWS + r) % a.Sq, &lo, &hi);
-            if (lo != kmin || hi != kmax) u.uniform = false;
+        for (int r = 0; r < ROWS; r++) {
+            int64_t lo = 0, hi = 0;
+            if (r0 + r < R) cu_row_range(a, L, (r0 + r) % Sq, &lo, &hi);
+            if (hi > lo) kmin = min(kmin, lo), kmax = max(kmax, hi);
         }
-        if (r == myr) u.mylo = lo, u.myhi = hi;
+        if (kmax < kmin) kmax = kmin;
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) {
+            int64_t lo = 0, hi = 0;
+            if (r0 + r < R) {
+                cu_row_range(a, L, (r0 + r) % Sq, &lo, &hi);
+                if (lo != kmin || hi != kmax) u.uniform = false;
+            }
+            if (r == myr) u.mylo = lo, u.myhi = hi;
+        }
     }
     u.live = myr < ROWS && u.chunk * ROWS + myr < u.R;
     const int64_t per = (kmax - kmin + splits - 1) / splits;
@@ -645,8 +671,8 @@ __device__ __forceinline__ void dm_q_frags(const kr_cu_attention &a, const dm_un
                                            const int ROWS, const int DT, const int D,
                                            const bool PERM) {
     for (int r = 0; r < ROWS; r++) {
-        const int64_t row = u.chunk * ROWS + r;
-        const int64_t h = u.hk * u.G + row / a.Sq, i = row % a.Sq;
+        const int row = (int)u.chunk * ROWS + r, Sq = (int)a.Sq;
+        const int64_t h = u.hk * u.G + (Sq == 1 ? row : row / Sq), i = Sq == 1 ? 0 : row % Sq;
         for (int c = threadIdx.x; c < D; c += DC_THREADS)
             qs[r * D + c] = row < u.R ? cu_load(a.q.data, a.q.dtype, cu_off(a.q, u.b, i, h, c)) *
                                             (chan ? chan[c] : 1.0f)
@@ -672,15 +698,27 @@ __device__ __forceinline__ float dm_mask_max(float (*sc)[2], const int NT, int64
                                              const dm_unit &u, float qscale) {
     const int q4 = threadIdx.x % 4;
     float tmax = -INFINITY;
+    if (u.live && u.uniform && j0 + 8 * NT <= u.ke) {
+        /* a real row that sees every key of the block, none past the split */
 #pragma unroll
-    for (int n = 0; n < NT; n++)
+        for (int n = 0; n < NT; n++)
 #pragma unroll
-        for (int e = 0; e < 2; e++) {
-            const int64_t j = j0 + 8 * n + 2 * q4 + e;
-            const bool hidden = !u.live || j >= u.ke || (!u.uniform && (j < u.mylo || j >= u.myhi));
-            sc[n][e] = hidden ? -INFINITY : sc[n][e] * qscale;
-            tmax = cu_nanmax(tmax, sc[n][e]);
-        }
+            for (int e = 0; e < 2; e++) {
+                sc[n][e] *= qscale;
+                tmax = cu_nanmax(tmax, sc[n][e]);
+            }
+    } else {
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int64_t j = j0 + 8 * n + 2 * q4 + e;
+                const bool hidden =
+                    !u.live || j >= u.ke || (!u.uniform && (j < u.mylo || j >= u.myhi));
+                sc[n][e] = hidden ? -INFINITY : sc[n][e] * qscale;
+                tmax = cu_nanmax(tmax, sc[n][e]);
+            }
+    }
     tmax = cu_nanmax(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
     return cu_nanmax(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));
 }
@@ -1082,9 +1120,13 @@ extern "C" int kr_cu_decode_supported(const kr_cu_attention *a, char *why, size_
         snprintf(why, n, "decode kernel takes no additive mask");
         return 0;
     }
-    if (a->Hkv > 65535 / 16 || a->B > 65535) {
-        snprintf(why, n, "decode kernel grid: Hkv %lld or batch %lld too large", (long long)a->Hkv,
-                 (long long)a->B);
+    /* grid y: kv heads x row chunks (this also keeps H under 2^20, which the
+     * kernels' 32-bit index arithmetic needs) */
+    const int64_t chunks = ((a->H / a->Hkv) * a->Sq + dc_rows(a) - 1) / dc_rows(a);
+    if (a->Hkv > 65535 / 16 || a->Hkv * chunks > 65535 || a->B > 65535) {
+        snprintf(why, n,
+                 "decode kernel grid: %lld kv heads x %lld row chunks or batch %lld too large",
+                 (long long)a->Hkv, (long long)chunks, (long long)a->B);
         return 0;
     }
     if (!a->int8) {
