@@ -689,6 +689,20 @@ def report(res):
     return "\n".join(lines) + "\n"
 
 
+def open_krserve(lib):
+    """A krserve context on a torch stream of our own (torch's default is the legacy
+    NULL stream, which a NULL handle cannot name through kr_context_set_stream: NULL
+    means the context's own stream), the L2-flush buffer allocated; None, after a
+    SKIP line, where torch sees no CUDA device."""
+    global FLUSH
+    if not torch.cuda.is_available():
+        print("SKIP: torch sees no CUDA device")
+        return None
+    FLUSH = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    torch.cuda.set_stream(torch.cuda.Stream())
+    return Krserve(lib)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lib", required=True)
@@ -701,18 +715,11 @@ def main():
     ap.add_argument("--kr-only", action="store_true",
                     help="prefill: time krserve only (results still checked against flash)")
     a = ap.parse_args()
-    global KR_ONLY, FLUSH
+    global KR_ONLY
     KR_ONLY = a.kr_only
-    if not torch.cuda.is_available():
-        print("SKIP: torch sees no CUDA device")
+    kr = open_krserve(a.lib)
+    if kr is None:
         return 0
-    FLUSH = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
-    # A stream of our own: torch's default is the legacy NULL stream, which a
-    # NULL handle cannot name through kr_context_set_stream (NULL = the
-    # context's own stream).
-    stream = torch.cuda.Stream()
-    torch.cuda.set_stream(stream)
-    kr = Krserve(a.lib)
     only = a.only.split(",")
     global KR80
     if torch.cuda.get_device_capability() == (9, 0) and "prefill" in only and not a.ab:

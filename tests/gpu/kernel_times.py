@@ -115,13 +115,9 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", default=None, help="write the summary as JSON here")
     a = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("SKIP: torch sees no CUDA device")
+    kr = bs.open_krserve(a.lib)
+    if kr is None:
         return 0
-    stream = torch.cuda.Stream()
-    torch.cuda.set_stream(stream)
-    bs.FLUSH = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
-    kr = bs.Krserve(a.lib)
     harness = {n for n, _, _ in trace_kernels(lambda: None, 5)[0]}
     print("harness kernels: %s" % ", ".join(sorted(harness)))
     print("card: %s" % torch.cuda.get_device_name())

@@ -32,12 +32,9 @@ def main():
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--causal", action="store_true")
     a = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("SKIP: torch sees no CUDA device")
+    kr = bs.open_krserve(a.lib)
+    if kr is None:
         return 0
-    stream = torch.cuda.Stream()
-    torch.cuda.set_stream(stream)
-    kr = bs.Krserve(a.lib)
     if a.op == "prefill":
         return prefill(kr, a)
     if a.op == "append":
