@@ -406,6 +406,14 @@ static void test_attention_grid(void **state) {
          * takes the output's strides; 400 rows clip the last row block */
         {3, 400, 700, 24, 8, 128, KR_BF16, 1, 0, 0, 0, 1, -1, 786},
         {3, 400, 400, 24, 8, 128, KR_F16, 0, 0, 0, 1, 1, -1, 787},
+        /* decode grids of more blocks than the SMs hold (several waves): one
+         * split (320 blocks, output stored directly), four splits of head_dim
+         * 64 with ragged lengths (merged by the last split), a window, five
+         * query rows */
+        {40, 1, 1000, 32, 8, 128, KR_F16, 0, 0, 0, 1, 0, -1, 788},
+        {24, 1, 3000, 16, 8, 64, KR_BF16, 1, 0, 1, 0, 1, -1, 789},
+        {16, 1, 2000, 32, 8, 128, KR_BF16, 1, 0, 0, 1, 0, 100, 790},
+        {16, 5, 2000, 32, 8, 128, KR_F16, 1, 0, 1, 1, 0, -1, 791},
     };
     for (size_t i = 0; i < sizeof many / sizeof many[0]; i++)
         if (only_sq == many[i].Sq || (!kt_quick() && only_sq < 0)) run_attention(&many[i]);
