@@ -7,8 +7,9 @@ range named "prof", so
       python3 tests/gpu/profile_decode.py --lib build/libkrserve.so --batch 8 --kv-len 32768
 
 profiles only those kernels. Decode shape: 32 q heads / 8 kv heads, head_dim 128, fp16, BHSD
-layout (what bench_sdpa.py times). Prefill: --batch x --seq tokens, 2048 / --head-dim heads,
-fp16, BSHD, --causal or not (bench_sdpa.py's FA3-paper shapes).
+layout (what bench_sdpa.py times); --op int8: the same over an int8 cache (BSHD K/V appended).
+Prefill: --batch x --seq tokens, 2048 / --head-dim heads, fp16, BSHD, --causal or not
+(bench_sdpa.py's FA3-paper shapes).
 """
 import argparse
 import ctypes as C
@@ -27,7 +28,7 @@ def main():
     ap.add_argument("--lib", required=True)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--kv-len", type=int, default=32768)
-    ap.add_argument("--op", choices=("decode", "prefill", "append"), default="decode")
+    ap.add_argument("--op", choices=("decode", "int8", "prefill", "append"), default="decode")
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--causal", action="store_true")
@@ -39,6 +40,8 @@ def main():
         return prefill(kr, a)
     if a.op == "append":
         return append(kr, a)
+    if a.op == "int8":
+        return int8(kr, a)
     B, H, Hkv, D, L = a.batch, 32, 8, 128, a.kv_len
     q = torch.randn(B, H, 1, D, dtype=torch.float16, device="cuda")
     k = torch.randn(B, Hkv, L, D, dtype=torch.float16, device="cuda")
@@ -58,6 +61,32 @@ def main():
     torch.cuda.nvtx.range_pop()
     torch.cuda.synchronize()
     print("profiled B=%d L=%d" % (B, L))
+    return 0
+
+
+def int8(kr, a):
+    """Decode over an int8 cache (--batch x --kv-len, 32:8 heads, head_dim 128), and cuDNN over
+    the same K/V in fp16 (bench_sdpa.py's int8 part)."""
+    B, H, Hkv, D, L = a.batch, 32, 8, 128, a.kv_len
+    k, v = (torch.randn(B, L, Hkv, D, dtype=torch.float16, device="cuda") for _ in range(2))
+    q = torch.randn(B, 1, H, D, dtype=torch.float16, device="cuda")
+    out = torch.empty_like(q)
+    c8 = bs.make_cache(kr, B, L, Hkv, D, bs.KR_I8)
+    tk, tv, tq, to = kr.bshd(k), kr.bshd(v), kr.bshd(q), kr.bshd(out)
+    kr.check(kr.lib.kr_kv_cache_append(kr.ctx, c8, 0, C.byref(tk), C.byref(tv), None, None, None))
+    run8 = lambda: kr.check(kr.lib.kr_kv_cache_attention(kr.ctx, c8, 0, C.byref(tq), C.byref(to),
+                                                         None))
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    run8()
+    bs.sdpa(SDPBackend.CUDNN_ATTENTION, qt, kt, vt)
+    torch.cuda.synchronize()
+    torch.cuda.nvtx.range_push("prof")
+    run8()
+    bs.sdpa(SDPBackend.CUDNN_ATTENTION, qt, kt, vt)
+    torch.cuda.nvtx.range_pop()
+    torch.cuda.synchronize()
+    kr.lib.kr_kv_cache_free(c8)
+    print("profiled int8 B=%d L=%d" % (B, L))
     return 0
 
 

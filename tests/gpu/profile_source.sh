@@ -10,7 +10,8 @@
 #   KRSERVE_PLUGIN_PATH picks the plugin (build it with -lineinfo, e.g.
 #   OUT=build/lab bench/prefill_lab.sh build "li:-lineinfo", so that the
 #   instructions carry their source lines). KR_PROF_KERNEL: the prefix of
-#   krserve's kernel names (default hp_; dm_ for the fp16 decode, e.g. with
+#   krserve's kernel names (default hp_; dq_ for the int8 decode with --op
+#   int8 --batch 8 --kv-len 32768; dm_ for the fp16 decode, e.g. with
 #   --batch 1 --kv-len 4096).
 # Writes $OUT (default /tmp/krserve-prof): prof.ncu-rep, raw.csv,
 # source-*.csv, summary.txt; prints the summary.
