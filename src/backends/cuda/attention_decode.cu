@@ -1033,7 +1033,9 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
             for (int e = 0; e < 2; e++)
 #pragma unroll
                 for (int g = 0; g < NG; g++) gmax = fmaxf(gmax, gv[(8 * n + 2 * q4 + e) * NG + g]);
-        for (int x = 1; x < 32; x <<= 1) gmax = fmaxf(gmax, __shfl_xor_sync(0xffffffffu, gmax, x));
+        /* a lane's keys depend on lane % 4 only: the four lanes of a row hold the warp's 32 */
+        gmax = fmaxf(gmax, __shfl_xor_sync(0xffffffffu, gmax, 1));
+        gmax = fmaxf(gmax, __shfl_xor_sync(0xffffffffu, gmax, 2));
         const int ex = (__float_as_int(gmax) >> 23) & 0xff;
         const float cn =
             gmax > 0.0f && ex >= 1 && ex <= 253 ? __int_as_float((253 - ex) << 23) : cf;
