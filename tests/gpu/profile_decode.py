@@ -23,6 +23,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_sdpa as bs  # noqa: E402
 
 
+def profiled(runs, warm=None):
+    """Each of warm (default: runs) once, then runs inside the NVTX range "prof"."""
+    for f in runs if warm is None else warm:
+        f()
+    torch.cuda.synchronize()
+    torch.cuda.nvtx.range_push("prof")
+    for f in runs:
+        f()
+    torch.cuda.nvtx.range_pop()
+    torch.cuda.synchronize()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lib", required=True)
@@ -50,16 +62,9 @@ def main():
     tq, tk, tv, to = kr.bhsd(q), kr.bhsd(k), kr.bhsd(v), kr.bshd(out)
     run_kr = lambda: kr.check(kr.lib.kr_attention(kr.ctx, C.byref(tq), C.byref(tk), C.byref(tv),
                                                   C.byref(to), None))
-    run_kr()  # warm-up: workspace, function attributes
-    bs.sdpa(SDPBackend.CUDNN_ATTENTION, q, k, v)
-    bs.sdpa(SDPBackend.FLASH_ATTENTION, q, k, v)
-    torch.cuda.synchronize()
-    torch.cuda.nvtx.range_push("prof")
-    run_kr()
-    bs.sdpa(SDPBackend.CUDNN_ATTENTION, q, k, v)
-    bs.sdpa(SDPBackend.FLASH_ATTENTION, q, k, v)
-    torch.cuda.nvtx.range_pop()
-    torch.cuda.synchronize()
+    # the warm-up call sets up the workspace and the function attributes
+    profiled([run_kr, lambda: bs.sdpa(SDPBackend.CUDNN_ATTENTION, q, k, v),
+              lambda: bs.sdpa(SDPBackend.FLASH_ATTENTION, q, k, v)])
     print("profiled B=%d L=%d" % (B, L))
     return 0
 
@@ -77,14 +82,7 @@ def int8(kr, a):
     run8 = lambda: kr.check(kr.lib.kr_kv_cache_attention(kr.ctx, c8, 0, C.byref(tq), C.byref(to),
                                                          None))
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    run8()
-    bs.sdpa(SDPBackend.CUDNN_ATTENTION, qt, kt, vt)
-    torch.cuda.synchronize()
-    torch.cuda.nvtx.range_push("prof")
-    run8()
-    bs.sdpa(SDPBackend.CUDNN_ATTENTION, qt, kt, vt)
-    torch.cuda.nvtx.range_pop()
-    torch.cuda.synchronize()
+    profiled([run8, lambda: bs.sdpa(SDPBackend.CUDNN_ATTENTION, qt, kt, vt)])
     kr.lib.kr_kv_cache_free(c8)
     print("profiled int8 B=%d L=%d" % (B, L))
     return 0
@@ -100,16 +98,8 @@ def prefill(kr, a):
     run_kr = lambda: kr.check(kr.lib.kr_attention(kr.ctx, C.byref(tq), C.byref(tk), C.byref(tv),
                                                   C.byref(to), C.byref(prm)))
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    run_kr()
-    bs.sdpa(SDPBackend.CUDNN_ATTENTION, qt, kt, vt, a.causal)
-    bs.sdpa(SDPBackend.FLASH_ATTENTION, qt, kt, vt, a.causal)
-    torch.cuda.synchronize()
-    torch.cuda.nvtx.range_push("prof")
-    run_kr()
-    bs.sdpa(SDPBackend.CUDNN_ATTENTION, qt, kt, vt, a.causal)
-    bs.sdpa(SDPBackend.FLASH_ATTENTION, qt, kt, vt, a.causal)
-    torch.cuda.nvtx.range_pop()
-    torch.cuda.synchronize()
+    profiled([run_kr, lambda: bs.sdpa(SDPBackend.CUDNN_ATTENTION, qt, kt, vt, a.causal),
+              lambda: bs.sdpa(SDPBackend.FLASH_ATTENTION, qt, kt, vt, a.causal)])
     print("profiled prefill B=%d S=%d D=%d causal=%d" % (B, S, D, a.causal))
     return 0
 
@@ -134,14 +124,7 @@ def append(kr, a):
                                            C.byref(p)))
     app = lambda c: kr.check(kr.lib.kr_kv_cache_append(kr.ctx, c, 0, C.byref(tk), C.byref(tv),
                                                        None, None, C.byref(p)))
-    rope()
-    torch.cuda.synchronize()
-    torch.cuda.nvtx.range_push("prof")
-    rope()
-    for c in caches:
-        app(c)
-    torch.cuda.nvtx.range_pop()
-    torch.cuda.synchronize()
+    profiled([rope] + [lambda c=c: app(c) for c in caches], warm=[rope])
     for c in caches:
         kr.lib.kr_kv_cache_free(c)
     print("profiled rope / append T=%d" % T)
