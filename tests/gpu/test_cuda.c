@@ -673,7 +673,8 @@ static void test_kv_cache(void **state) {
  * back as ref's. The first append (clean, outlier channel 5) fixes the
  * channel factors; the second carries the non-finite values. Cases: the
  * warp-per-token kernel (head_dim 128, f16/bf16, both layouts, full and
- * partial rotary, no RoPE) and the staged one (80, 256, f32 input). */
+ * partial rotary, no RoPE) and the staged one (80, 256, f32 input, and
+ * head_dim 128 with 24 rotated pairs: half % 16 != 0). */
 static void test_int8_nonfinite(void **state) {
     (void)state;
     NEED_GPU();
@@ -688,6 +689,7 @@ static void test_int8_nonfinite(void **state) {
         {128, KR_F16, KR_ROPE_HALF_SPLIT, 64},  {128, KR_BF16, KR_ROPE_HALF_SPLIT, 96},
         {128, KR_F16, KR_ROPE_INTERLEAVED, 32}, {128, KR_BF16, KR_ROPE_HALF_SPLIT, -1},
         {80, KR_F16, KR_ROPE_HALF_SPLIT, 0},    {256, KR_F32, KR_ROPE_INTERLEAVED, 0},
+        {128, KR_F16, KR_ROPE_HALF_SPLIT, 48},
     };
     double worst = 0;
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {

@@ -556,24 +556,26 @@ __global__ void __launch_bounds__(AP_THREADS, 2)
 /* ---- the int8 cache at head_dim 128 from f16/bf16 K and V: a warp a token
  *
  * The common case of the int8 append without shared staging or block
- * barriers: a warp takes one token, two rows an iteration (lanes 0-15 row
- * 2p, 16-31 row 2p + 1; K rows first, then V), a lane 8 channels of its row
- * read from global memory by one 16-byte load, the rows of the next two
- * iterations in flight while one is quantised. The token's cos/sin are
- * built by the warp into its own slice of shared memory. Half-split
- * partners (channel c +- half) are the lane half / 8 away: a shuffle. Needs
- * D == 128, 16-byte aligned unit-stride rows, half % 8 == 0 (RoPE) —
- * aq_fits; everything else takes ap_kernel_i8. */
+ * barriers: a warp takes one token, four rows an iteration (K rows first,
+ * then V): lanes 8 q .. 8 q + 7 row 4 p + q, lane l8 = lane % 8 channels
+ * [16 l8, 16 l8 + 16) read from global memory by two 16-byte loads, the
+ * next iteration's rows in flight while one is quantised. The per-row and
+ * per-group scale chains (row amax, f16 row scale, u8 share, reciprocal)
+ * are paid once per 16 channels; a 32-channel group is two lanes. The
+ * token's cos/sin are built by the warp into its own slice of shared
+ * memory. Half-split partners (channel c +- half) are the lane half / 16
+ * away: a shuffle. Codes are rounded by adding 1.5 * 2^23 (round to
+ * nearest even, as rintf) and packed from the sums' low bytes, without a
+ * clamp: a finite row's step is at least its group's amax / 127 up to a
+ * few roundings, so |y / step| < 127.5 and every code is in [-127, 127]; a
+ * row that is not finite has the reciprocal 0, and its codes are set to 0
+ * (NaN * 0 would not round to 0). Needs D == 128, 16-byte aligned
+ * unit-stride rows, half % 16 == 0 (RoPE; a lane's 16 channels on one side
+ * of their pairs) — aq_fits; everything else takes ap_kernel_i8. */
 #define AQ_WARPS 8
 #ifndef AQ_MIN_BLOCKS /* lab knob (bench/append_lab.sh): 4 caps it at 64 registers */
 #define AQ_MIN_BLOCKS 4
 #endif
-
-__device__ __forceinline__ uint4 aq_load(const char *kt, const char *vt, int64_t ks, int64_t vs,
-                                         unsigned Hkv, unsigned r) {
-    const char *row = r < Hkv ? kt + (int64_t)r * ks : vt + (int64_t)(r - Hkv) * vs;
-    return __ldg((const uint4 *)(row + 16 * (threadIdx.x % 16)));
-}
 
 __device__ __forceinline__ void aq_unpack(uint4 raw, const int DT, float *f) {
     const unsigned w[4] = {raw.x, raw.y, raw.z, raw.w};
@@ -593,19 +595,83 @@ __device__ __forceinline__ bool aq_ones(const kr_cu_append &a, unsigned r) {
     return h < 64 && ((is_k ? a.k_ones : a.v_ones) >> h & 1u);
 }
 
+__device__ __forceinline__ void aq_load(const char *kt, const char *vt, int64_t ks, int64_t vs,
+                                        unsigned Hkv, unsigned r, uint4 *raw) {
+    const char *row = r < Hkv ? kt + (int64_t)r * ks : vt + (int64_t)(r - Hkv) * vs;
+    const uint4 *p = (const uint4 *)(row + 32 * (threadIdx.x % 8));
+    raw[0] = __ldg(p);
+    raw[1] = __ldg(p + 1);
+}
+
+/* The 4 low bytes of the words a..d (codes in the low byte of each). */
+__device__ __forceinline__ unsigned aq_pack(float a, float b, float c, float d) {
+    return __byte_perm(__byte_perm(__float_as_uint(a), __float_as_uint(b), 0x0040),
+                       __byte_perm(__float_as_uint(c), __float_as_uint(d), 0x0040), 0x5410);
+}
+
+/* kr_ref_quantize_row's arithmetic (see ap_quantize_y) over a row held as
+ * 16 channels a lane, 8 lanes a row: y[j] is channel 16 l8 + j; live: this
+ * lane's row exists (else it computes on a copy and stores nothing). */
+__device__ __forceinline__ void aq_quantize(float *y, const float *chan, int8_t *q, uint8_t *meta,
+                                            bool live, bool ones) {
+    const unsigned l8 = threadIdx.x % 8;
+    if (!ones) { /* warp-uniform; most factors are 1, dividing by 1 is exact */
+#pragma unroll
+        for (int j = 0; j < 16; j += 4) {
+            const float4 v = __ldg((const float4 *)(chan + 16 * l8 + j));
+            const float f[4] = {v.x, v.y, v.z, v.w};
+            if (__any_sync(0xffffffffu,
+                           f[0] != 1.0f || f[1] != 1.0f || f[2] != 1.0f || f[3] != 1.0f)) {
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    if (f[i] != 1.0f) y[j + i] = y[j + i] / f[i];
+            }
+        }
+    }
+    float gmax = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 16; j++) gmax = ap_max_nan(gmax, fabsf(y[j]));
+    gmax = ap_max_nan(gmax, __shfl_xor_sync(0xffffffffu, gmax, 1));
+    float amax = ap_max_nan(gmax, __shfl_xor_sync(0xffffffffu, gmax, 2));
+    amax = ap_max_nan(amax, __shfl_xor_sync(0xffffffffu, amax, 4));
+    const bool fin = isfinite(amax);
+    unsigned short rh =
+        __half_as_ushort(__float2half_rn(fin ? ap_div127(amax) : __int_as_float(0x7fc00000)));
+    if (fin && __fmul_rn(__half2float(__ushort_as_half(rh)), 127.0f) < amax) rh++;
+    const float row_scale = __half2float(__ushort_as_half(rh));
+    float u = row_scale > 0.0f
+                  ? ceilf(__fdiv_rn(__fmul_rn(255.0f, gmax), __fmul_rn(127.0f, row_scale)))
+                  : 0.0f;
+    if (!(u <= 255.0f)) u = 255.0f;
+    const uint8_t ub = (uint8_t)u;
+    const float s = __fmul_rn(row_scale, __fmul_rn((float)ub, 1.0f / 255.0f));
+    const float inv = s > 0.0f && isfinite(s) ? 1.0f / s : 0.0f;
+    const float magic = 12582912.0f; /* 1.5 * 2^23: v + magic rounds v to an integer */
+    float r[16];
+#pragma unroll
+    for (int j = 0; j < 16; j++) r[j] = __fadd_rn(__fmul_rn(y[j], inv), magic);
+    uint4 w = make_uint4(aq_pack(r[0], r[1], r[2], r[3]), aq_pack(r[4], r[5], r[6], r[7]),
+                         aq_pack(r[8], r[9], r[10], r[11]), aq_pack(r[12], r[13], r[14], r[15]));
+    if (!fin) w = make_uint4(0, 0, 0, 0); /* NaN * 0: the row's codes are 0 */
+    if (!live) return;
+    *(uint4 *)(q + 16 * l8) = w;
+    if (l8 % 2 == 0) meta[2 + l8 / 2] = ub;
+    if (l8 == 0) *(unsigned short *)meta = rh; /* little-endian: meta[0] low byte */
+}
+
 __device__ __forceinline__ void aq_body(const kr_cu_append &a, const int DT, const bool SPLIT) {
     __shared__ __align__(16) float2 aq_cs[AQ_WARPS][64];
-    const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32, hl = lane % 16, b = blockIdx.y,
+    const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32, l8 = lane % 8, b = blockIdx.y,
                    t = blockIdx.x * AQ_WARPS + warp;
     if (t >= cu_len(a.n_new, b)) return; /* warp-uniform; no block barrier below */
-    const unsigned Hkv = (unsigned)a.Hkv, half = (unsigned)a.half;
+    const unsigned Hkv = (unsigned)a.Hkv, half = (unsigned)a.half, R2 = 2 * Hkv;
+    const unsigned iters = (R2 + 3) / 4, side = lane / 8; /* the iteration's row */
     const int64_t slot = cu_len(a.len, b) + t;
     const char *kt = (const char *)a.k.data + cu_off(a.k, b, t, 0, 0) * 2,
                *vt = (const char *)a.v.data + cu_off(a.v, b, t, 0, 0) * 2;
     const int64_t ks = a.k.stride[2] * 2, vs = a.v.stride[2] * 2;
-    const unsigned side = lane / 16; /* which row of the pair */
-    uint4 c0 = aq_load(kt, vt, ks, vs, Hkv, side), c1 = c0;
-    if (Hkv > 1) c1 = aq_load(kt, vt, ks, vs, Hkv, 2 + side);
+    uint4 next[2];
+    aq_load(kt, vt, ks, vs, Hkv, min(side, R2 - 1), next);
     float2 *cs = aq_cs[warp];
     if (a.inv_freq) {
         const double pos = a.positions ? (double)a.positions[b * a.S + t] : (double)slot;
@@ -616,54 +682,62 @@ __device__ __forceinline__ void aq_body(const kr_cu_append &a, const int DT, con
         }
         __syncwarp();
     }
-    /* this lane's channels [8 hl, 8 hl + 8): rotated when below 2 half; the
-     * half-split side and the lane holding the partners */
-    const unsigned c8 = 8 * hl;
-    const bool in_rot = c8 < 2 * half, first = c8 < half;
-    const unsigned i0 = SPLIT ? (first ? c8 : c8 - half) : c8 / 2;
+    /* this lane's channels [16 l8, 16 l8 + 16): rotated when below 2 half;
+     * the half-split side and the lane holding the partners */
+    const unsigned c16 = 16 * l8;
+    const bool in_rot = c16 < 2 * half, first = c16 < half;
+    const unsigned i0 = SPLIT ? (first ? c16 : c16 - half) : c16 / 2;
     const int partner =
-        (int)(lane & 16) + (int)(in_rot ? (first ? hl + half / 8 : hl - half / 8) : hl);
+        (int)(lane & 24) + (int)(in_rot ? (first ? l8 + half / 16 : l8 - half / 16) : l8);
     const int64_t row0 = ((int64_t)b * a.capacity + slot) * Hkv; /* the token's cache rows */
-    for (unsigned p = 0; p < Hkv; p++) {
-        const uint4 raw = c0;
-        c0 = c1;
-        if (p + 2 < Hkv) c1 = aq_load(kt, vt, ks, vs, Hkv, 2 * (p + 2) + side);
-        const unsigned r = 2 * p + side;
+    for (unsigned p = 0; p < iters; p++) {
+        const uint4 raw[2] = {next[0], next[1]};
+        if (p + 1 < iters) aq_load(kt, vt, ks, vs, Hkv, min(4 * (p + 1) + side, R2 - 1), next);
+        const bool live = 4 * p + side < R2;
+        const unsigned r = live ? 4 * p + side : R2 - 1;
         const bool is_k = r < Hkv;
         const unsigned h = is_k ? r : r - Hkv;
-        float y[1][8];
-        aq_unpack(raw, DT, y[0]);
+        float y[16];
         if (SPLIT && a.inv_freq) { /* the shuffles by every lane, before any branch */
-            uint4 pr;
-            pr.x = __shfl_sync(0xffffffffu, raw.x, partner);
-            pr.y = __shfl_sync(0xffffffffu, raw.y, partner);
-            pr.z = __shfl_sync(0xffffffffu, raw.z, partner);
-            pr.w = __shfl_sync(0xffffffffu, raw.w, partner);
-            if (is_k && in_rot) {
-                float w[8];
-                aq_unpack(pr, DT, w);
 #pragma unroll
-                for (int j = 0; j < 8; j += 2) {
-                    const float4 cc = *(const float4 *)(cs + i0 + j); /* pairs i0+j, i0+j+1 */
-                    y[0][j] = rp_rotate_side(y[0][j], w[j], cc.x, cc.y, first);
-                    y[0][j + 1] = rp_rotate_side(y[0][j + 1], w[j + 1], cc.z, cc.w, first);
+            for (int k = 0; k < 2; k++) {
+                uint4 pr;
+                pr.x = __shfl_sync(0xffffffffu, raw[k].x, partner);
+                pr.y = __shfl_sync(0xffffffffu, raw[k].y, partner);
+                pr.z = __shfl_sync(0xffffffffu, raw[k].z, partner);
+                pr.w = __shfl_sync(0xffffffffu, raw[k].w, partner);
+                aq_unpack(raw[k], DT, y + 8 * k);
+                if (is_k && in_rot) {
+                    float w[8];
+                    aq_unpack(pr, DT, w);
+#pragma unroll
+                    for (int j = 0; j < 8; j += 2) {
+                        const float4 cc = *(const float4 *)(cs + i0 + 8 * k + j);
+                        y[8 * k + j] = rp_rotate_side(y[8 * k + j], w[j], cc.x, cc.y, first);
+                        y[8 * k + j + 1] =
+                            rp_rotate_side(y[8 * k + j + 1], w[j + 1], cc.z, cc.w, first);
+                    }
                 }
             }
-        } else if (!SPLIT && a.inv_freq && is_k && in_rot) {
+        } else {
+            aq_unpack(raw[0], DT, y);
+            aq_unpack(raw[1], DT, y + 8);
+        }
+        if (!SPLIT && a.inv_freq && is_k && in_rot) {
 #pragma unroll
-            for (int j = 0; j < 8; j += 4) {
+            for (int j = 0; j < 16; j += 4) {
                 const float4 cc = *(const float4 *)(cs + i0 + j / 2); /* pairs of j, j + 2 */
-                rp_rotate(y[0][j], y[0][j + 1], cc.x, cc.y, &y[0][j], &y[0][j + 1]);
-                rp_rotate(y[0][j + 2], y[0][j + 3], cc.z, cc.w, &y[0][j + 2], &y[0][j + 3]);
+                rp_rotate(y[j], y[j + 1], cc.x, cc.y, &y[j], &y[j + 1]);
+                rp_rotate(y[j + 2], y[j + 3], cc.z, cc.w, &y[j + 2], &y[j + 3]);
             }
         }
         const int64_t dr = row0 + h;
-        /* the division by channel factors is skipped for a pair of rows whose
-         * heads have every factor 1 (the host recorded it when it fixed them) */
-        ap_quantize_y(128, y, (is_k ? a.k_chan : a.v_chan) + h * 128,
-                      (int8_t *)(is_k ? a.k_dst : a.v_dst) + dr * 128,
-                      (is_k ? a.k_meta : a.v_meta) + dr * KR_KV_INT8_META_BYTES(128), true, 1,
-                      aq_ones(a, 2 * p) && aq_ones(a, 2 * p + 1));
+        /* the division by channel factors is skipped when the iteration's rows'
+         * heads all have every factor 1 (the host recorded it when it fixed them) */
+        const bool ones = __all_sync(0xffffffffu, aq_ones(a, r));
+        aq_quantize(y, (is_k ? a.k_chan : a.v_chan) + h * 128,
+                    (int8_t *)(is_k ? a.k_dst : a.v_dst) + dr * 128,
+                    (is_k ? a.k_meta : a.v_meta) + dr * KR_KV_INT8_META_BYTES(128), live, ones);
     }
 }
 
@@ -691,7 +765,7 @@ static bool ap_rows16(const kr_tensor *t, int64_t D) {
 static bool aq_fits(const kr_cu_append *a, bool rows16) {
     return a->dtype == KR_I8 && a->D == 128 && rows16 && a->k.dtype == a->v.dtype &&
            (a->k.dtype == KR_F16 || a->k.dtype == KR_BF16) &&
-           (!a->inv_freq || (a->half % 8 == 0 && a->half <= 64));
+           (!a->inv_freq || (a->half % 16 == 0 && a->half <= 64));
 }
 
 static kr_status ap_launch(const kr_cu_append *a, float *amax_k, float *amax_v, void *stream,
