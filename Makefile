@@ -62,7 +62,7 @@ test-asan: deps
 valgrind: deps
 	cmake -S . -B $(DEBUG) -DCMAKE_BUILD_TYPE=RelWithDebInfo
 	cmake --build $(DEBUG) -j $(JOBS)
-	cd $(DEBUG) && for t in tests/test_attention tests/test_rope tests/test_kv_cache tests/test_api tests/test_accel tests/test_cpu_backend tests/test_bench tests/test_model_files tests/test_engine tests/test_tokenizer tests/test_fixtures; do \
+	cd $(DEBUG) && for t in tests/test_attention tests/test_rope tests/test_kv_cache tests/test_api tests/test_accel tests/test_cpu_backend tests/test_bench tests/test_model_files tests/test_engine tests/test_tokenizer tests/test_fixtures tests/test_int8_codes; do \
 	  [ -x "$$t" ] || continue; echo "valgrind $$t"; \
 	  KR_TEST_QUICK=1 valgrind -q --suppressions=$(CURDIR)/tests/valgrind.supp --leak-check=full --show-leak-kinds=definite,indirect,possible \
 	    --errors-for-leak-kinds=definite,indirect,possible --error-exitcode=3 ./$$t >/dev/null || exit 1; \

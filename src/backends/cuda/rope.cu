@@ -569,7 +569,8 @@ __global__ void __launch_bounds__(AP_THREADS, 2)
  * clamp: a finite row's step is at least its group's amax / 127 up to a
  * few roundings, so |y / step| < 127.5 and every code is in [-127, 127]; a
  * row that is not finite has the reciprocal 0, and its codes are set to 0
- * (NaN * 0 would not round to 0). Needs D == 128, 16-byte aligned
+ * (NaN * 0 would not round to 0); tests/test_int8_codes.c checks both
+ * against the reference quantiser on the CPU. Needs D == 128, 16-byte aligned
  * unit-stride rows, half % 16 == 0 (RoPE; a lane's 16 channels on one side
  * of their pairs) — aq_fits; everything else takes ap_kernel_i8. */
 #define AQ_WARPS 8
