@@ -297,6 +297,35 @@ __device__ __forceinline__ int ap_code(float v) {
     return max(r, -127);
 }
 
+/* The f16 row scale of a row whose largest |y| is amax (NaN when amax is
+ * not finite), kr_ref_quantize_row's: amax / 127 rounded to nearest, one
+ * step up if it falls short. Its bits go to *rh. */
+__device__ __forceinline__ float ap_row_scale(float amax, unsigned short *rh) {
+    const bool fin = isfinite(amax);
+    unsigned short h =
+        __half_as_ushort(__float2half_rn(fin ? ap_div127(amax) : __int_as_float(0x7fc00000)));
+    if (fin && __fmul_rn(__half2float(__ushort_as_half(h)), 127.0f) < amax) h++;
+    *rh = h;
+    return __half2float(__ushort_as_half(h));
+}
+
+/* A group's u8 share of the row scale: ceil(255 gmax / (127 row_scale)),
+ * at most 255, 0 without a positive row scale. */
+__device__ __forceinline__ uint8_t ap_group_share(float gmax, float row_scale) {
+    float u = row_scale > 0.0f
+                  ? ceilf(__fdiv_rn(__fmul_rn(255.0f, gmax), __fmul_rn(127.0f, row_scale)))
+                  : 0.0f;
+    if (!(u <= 255.0f)) u = 255.0f;
+    return (uint8_t)u;
+}
+
+/* The reciprocal of a group's step row_scale * ub / 255 (0 where the step
+ * is 0 or not finite). */
+__device__ __forceinline__ float ap_group_inv(float row_scale, uint8_t ub) {
+    const float s = __fmul_rn(row_scale, __fmul_rn((float)ub, 1.0f / 255.0f));
+    return s > 0.0f && isfinite(s) ? 1.0f / s : 0.0f;
+}
+
 /* Quantises a row, given as a lane's values y[k][j] of channels
  * 8 hl + 128 k + j (hl = lane % 16, j < 8, k < KB: D <= 128 KB, KB
  * compile-time; 0 past D), into q[D] and meta with kr_ref_quantize_row's
@@ -351,11 +380,8 @@ __device__ __forceinline__ void ap_quantize_y(int D, float (*y)[8], const float 
     float amax = KB > 1 ? ap_max_nan(gmax[0], gmax[1]) : gmax[0];
     amax = ap_max_nan(amax, __shfl_xor_sync(0xffffffffu, amax, 4));
     amax = ap_max_nan(amax, __shfl_xor_sync(0xffffffffu, amax, 8));
-    const bool fin = isfinite(amax);
-    unsigned short rh =
-        __half_as_ushort(__float2half_rn(fin ? ap_div127(amax) : __int_as_float(0x7fc00000)));
-    if (fin && __fmul_rn(__half2float(__ushort_as_half(rh)), 127.0f) < amax) rh++;
-    const float row_scale = __half2float(__ushort_as_half(rh));
+    unsigned short rh;
+    const float row_scale = ap_row_scale(amax, &rh);
     if (live && hl == 0) {
         meta[0] = (uint8_t)(rh & 0xff);
         meta[1] = (uint8_t)(rh >> 8);
@@ -364,14 +390,9 @@ __device__ __forceinline__ void ap_quantize_y(int D, float (*y)[8], const float 
     for (int k = 0; k < KB; k++) {
         const int c0 = 8 * hl + 128 * k, g = c0 / KR_KV_INT8_GROUP;
         if (g >= groups) continue;
-        float u = row_scale > 0.0f
-                      ? ceilf(__fdiv_rn(__fmul_rn(255.0f, gmax[k]), __fmul_rn(127.0f, row_scale)))
-                      : 0.0f;
-        if (!(u <= 255.0f)) u = 255.0f;
-        const uint8_t ub = (uint8_t)u;
+        const uint8_t ub = ap_group_share(gmax[k], row_scale);
         if (live && hl % 4 == 0) meta[2 + g] = ub;
-        const float s = __fmul_rn(row_scale, __fmul_rn((float)ub, 1.0f / 255.0f));
-        const float inv = s > 0.0f && isfinite(s) ? 1.0f / s : 0.0f;
+        const float inv = ap_group_inv(row_scale, ub);
         int code[8];
 #pragma unroll
         for (int j = 0; j < 8; j++) code[j] = ap_code(__fmul_rn(y[k][j], inv));
@@ -636,17 +657,10 @@ __device__ __forceinline__ void aq_quantize(float *y, const float *chan, int8_t 
     float amax = ap_max_nan(gmax, __shfl_xor_sync(0xffffffffu, gmax, 2));
     amax = ap_max_nan(amax, __shfl_xor_sync(0xffffffffu, amax, 4));
     const bool fin = isfinite(amax);
-    unsigned short rh =
-        __half_as_ushort(__float2half_rn(fin ? ap_div127(amax) : __int_as_float(0x7fc00000)));
-    if (fin && __fmul_rn(__half2float(__ushort_as_half(rh)), 127.0f) < amax) rh++;
-    const float row_scale = __half2float(__ushort_as_half(rh));
-    float u = row_scale > 0.0f
-                  ? ceilf(__fdiv_rn(__fmul_rn(255.0f, gmax), __fmul_rn(127.0f, row_scale)))
-                  : 0.0f;
-    if (!(u <= 255.0f)) u = 255.0f;
-    const uint8_t ub = (uint8_t)u;
-    const float s = __fmul_rn(row_scale, __fmul_rn((float)ub, 1.0f / 255.0f));
-    const float inv = s > 0.0f && isfinite(s) ? 1.0f / s : 0.0f;
+    unsigned short rh;
+    const float row_scale = ap_row_scale(amax, &rh);
+    const uint8_t ub = ap_group_share(gmax, row_scale);
+    const float inv = ap_group_inv(row_scale, ub);
     const float magic = 12582912.0f; /* 1.5 * 2^23: v + magic rounds v to an integer */
     float r[16];
 #pragma unroll
