@@ -131,7 +131,8 @@ static void test_shortcut_codes(void **state) {
                 amax = a != a || amax != amax ? NAN : fmaxf(amax, a);
             }
             const bool fin = isfinite(amax);
-            if (poison && fin) fail_msg("D %lld row %d: the poisoned row is finite", (long long)D, row);
+            if (poison && fin)
+                fail_msg("D %lld row %d: the poisoned row is finite", (long long)D, row);
             nonfinite_rows += !fin;
             for (int64_t g = 0; g < G; g++) {
                 const float s = kr_kv_int8_group_scale(meta, g);
@@ -141,9 +142,10 @@ static void test_shortcut_codes(void **state) {
                     const int8_t want = q[c];
                     if (!fin) {
                         if (want != 0)
-                            fail_msg("D %lld row %d (mode %d) channel %lld: a non-finite row's code "
-                                     "%d, not 0",
-                                     (long long)D, row, mode, (long long)c, want);
+                            fail_msg(
+                                "D %lld row %d (mode %d) channel %lld: a non-finite row's code "
+                                "%d, not 0",
+                                (long long)D, row, mode, (long long)c, want);
                         continue;
                     }
                     volatile float v = y * inv;
