@@ -31,12 +31,20 @@ const kr_cpu_kernels *kr_cpu_avx2_kernels(void);
  *     (int8: codes times the group scales gk[j * ng + g]);
  * pv: O[r] = O[r] * corr[r] + sum_{j_lo <= j < j_hi} P[r * 64 + j] V[j]
  *     (int8: codes times gv[j * ng + g]).
- * R is 1, 4 or 6; head_dim a multiple of 16. */
+ * R is 1, 4 or 6; head_dim a multiple of 16.
+ * pf (NULL: none): bytes of the next tile to prefetch while the kernel
+ * works, spread over its keys (CPU history 20). */
+typedef struct kr_cpu_pf {
+    const char *p, *end; /* prefetch [p, end) ... */
+    int64_t step;        /* ... step bytes (a multiple of 64) with each key the kernel takes */
+} kr_cpu_pf;
+
 typedef struct kr_cpu_decode_kernels {
     void (*qk)(const float *q, int64_t D, const char *const *krow, const float *gk, int64_t ng,
-               int64_t n, float *S, kr_dtype dt, int R);
+               int64_t n, float *S, kr_dtype dt, int R, const kr_cpu_pf *pf);
     void (*pv)(const float *P, int64_t j_lo, int64_t j_hi, const char *const *vrow, const float *gv,
-               int64_t ng, int64_t D, float *O, const float *corr, kr_dtype dt, int R);
+               int64_t ng, int64_t D, float *O, const float *corr, kr_dtype dt, int R,
+               const kr_cpu_pf *pf);
     /* The tiled (prefill) path's register kernel at 32 columns, or NULL:
      * C[r][0..32) = (scale ? C[r][0..32) * scale[r] : 0) + sum_{k < K} A[r][k] B[k][0..32)
      * for 6 rows (the driver's block). */

@@ -531,22 +531,77 @@ static void prefetch_tile(const kr_attention_args *a, int64_t b, int64_t hk0, in
         }
 }
 
+/* Where keys [j0, j0 + n) of every kv head of sequence b lie, K (which 0)
+ * or V (1), when that is one stretch of memory (positions adjacent, heads
+ * packed): *len bytes from the return value; NULL otherwise. */
+static const char *tile_stretch(const kr_attention_args *a, int which, int64_t b, int64_t j0,
+                                int64_t n, size_t *len) {
+    const int64_t D = a->D, row = a->Hkv * D;
+    if (a->k8) {
+        const kr_kv_int8_view *t = which ? a->v8 : a->k8;
+        *len = (size_t)(n * row);
+        return (const char *)(t->data + (b * t->capacity + j0) * row);
+    }
+    const kr_tensor *t = which ? a->v : a->k;
+    if (t->stride[2] != D || t->stride[1] != row) return NULL;
+    const size_t es = kr_dtype_size(t->dtype);
+    *len = (size_t)(n * row) * es;
+    return (const char *)t->data + (size_t)(b * t->stride[0] + j0 * row) * es;
+}
+
+/* Head hh's share of the stretch [s, s + len) split over nh heads, to be
+ * prefetched over the n keys of that head's kernel call. */
+static kr_cpu_pf pf_share(const char *s, size_t len, int64_t hh, int64_t nh, int64_t n) {
+    const size_t share = (len / (size_t)nh + 64) & ~(size_t)63; /* lines, rounded up */
+    const size_t a = (size_t)hh * share < len ? (size_t)hh * share : len;
+    const size_t e = a + share < len ? a + share : len;
+    kr_cpu_pf pf = {s + a, s + e, (int64_t)(((share + (size_t)n - 1) / (size_t)n + 63) & ~63u)};
+    return pf;
+}
+
+static void pf_all(const kr_cpu_pf *pf) {
+    if (pf->end > pf->p) prefetch_bytes(pf->p, (size_t)(pf->end - pf->p));
+}
+
 /* Decode: each kv head's rows are one block; K and V are read in place. */
 static void unit_run_direct(const att_plan *p, int64_t b, int64_t hk0, int64_t lo, int64_t hi,
                             att_scratch *w) {
     const kr_attention_args *a = p->a;
     const int64_t D = a->D;
     const int R = (int)p->rows_pad;
+    /* Each kv head reads its rows Hkv rows apart, too far for the hardware
+     * prefetchers; the unit's heads together cover every position's rows,
+     * one contiguous stretch of K and one of V per tile. The next tile's
+     * stretches are prefetched while this one is computed: by a wider
+     * variant's kernels, spread over their keys in address order (a burst
+     * of the whole tile, as the AVX2 kernels are given, fills the line
+     * buffers and stalls the products; CPU history 20), else in one burst.
+     * The first tile is a burst either way. */
+    const bool spread = p->dk && hk0 == 0 && p->hpu == a->Hkv;
+    if (spread && lo < hi) prefetch_tile(a, b, hk0, p->hpu, lo, hi - lo < p->tk ? hi - lo : p->tk);
     for (int64_t j0 = lo; j0 < hi; j0 += p->tk) {
         const int64_t n = hi - j0 < p->tk ? hi - j0 : p->tk;
-        /* Each kv head reads its rows Hkv rows apart, too far for the
-         * hardware prefetchers; the unit's heads together cover every
-         * position's rows, one contiguous stretch per tile. Stream the next
-         * tile's stretch into L2 while this one is computed. */
-        if (j0 + p->tk < hi)
-            prefetch_tile(a, b, hk0, p->hpu, j0 + p->tk,
-                          hi - j0 - p->tk < p->tk ? hi - j0 - p->tk : p->tk);
+        const int64_t nx = hi - j0 - n < p->tk ? hi - j0 - n : p->tk; /* the next tile's keys */
+        size_t k_len = 0, v_len = 0;
+        const char *k_next = NULL, *v_next = NULL;
+        if (spread && nx > 0) {
+            k_next = tile_stretch(a, 0, b, j0 + n, nx, &k_len);
+            v_next = tile_stretch(a, 1, b, j0 + n, nx, &v_len);
+        }
+        if (nx > 0 && (!k_next || !v_next))
+            prefetch_tile(a, b, hk0, p->hpu, j0 + n, nx);
+        else if (nx > 0 && a->k8) { /* the int8 rows' metadata: a few lines, at once */
+            const int64_t M = KR_KV_INT8_META_BYTES(D), r = (b * a->k8->capacity + j0 + n) * a->Hkv;
+            prefetch_bytes((const char *)(a->k8->meta + r * M), (size_t)(nx * a->Hkv * M));
+            prefetch_bytes((const char *)(a->v8->meta + r * M), (size_t)(nx * a->Hkv * M));
+        }
         for (int64_t hh = 0; hh < p->hpu; hh++) {
+            kr_cpu_pf kpf = {NULL, NULL, 0}, vpf = {NULL, NULL, 0};
+            const bool pf = k_next && v_next;
+            if (pf) {
+                kpf = pf_share(k_next, k_len, hh, p->hpu, n);
+                vpf = pf_share(v_next, v_len, hh, p->hpu, n);
+            }
             const int64_t rb = hh * p->rows_pad;
             bool any = false, full = a->mask == NULL;
             for (int r = 0; r < R; r++) { /* padding rows (qi < 0) as in unit_run */
@@ -554,21 +609,30 @@ static void unit_run_direct(const att_plan *p, int64_t b, int64_t hk0, int64_t l
                 if (rl < j0 + n && rh > j0 && rl < rh) any = true;
                 if (w->qi[rb + r] >= 0 && !(rl <= j0 && rh >= j0 + n)) full = false;
             }
-            if (!any) continue;
+            if (!any) {
+                if (pf) { /* this head's share of the next tile all the same */
+                    pf_all(&kpf);
+                    pf_all(&vpf);
+                }
+                continue;
+            }
             direct_rows(a, b, hk0 + hh, j0, n, w);
             float *S = w->S;
             const int64_t ng = (D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
             if (p->dk)
-                p->dk->qk(w->Qp + rb * D, D, w->krow, w->gk, ng, n, S, p->kv_dt, R);
+                p->dk->qk(w->Qp + rb * D, D, w->krow, w->gk, ng, n, S, p->kv_dt, R,
+                          pf ? &kpf : NULL);
             else
                 qk_direct_dispatch(w->Qp + rb * D, D, w, n, S, p->kv_dt, R);
             for (int r = 0; r < R; r++)
                 softmax_row(a, b, w, rb + r, S + r * TK, j0, n, full, &w->corr[r], p->dk);
             if (full && p->dk) {
-                p->dk->pv(S, 0, n, w->vrow, w->gv, ng, D, w->Op + rb * D, w->corr, p->kv_dt, R);
+                p->dk->pv(S, 0, n, w->vrow, w->gv, ng, D, w->Op + rb * D, w->corr, p->kv_dt, R,
+                          pf ? &vpf : NULL);
             } else if (full) {
                 pv_direct_dispatch(S, 0, n, w, D, w->Op + rb * D, w->corr, p->kv_dt, R);
             } else { /* each row over its own visible keys: no 0 * inf */
+                if (pf) pf_all(&vpf);
                 for (int r = 0; r < R; r++) {
                     int64_t jl = w->lo[rb + r] - j0, jh = w->hi[rb + r] - j0;
                     if (jl < 0) jl = 0;
@@ -576,7 +640,7 @@ static void unit_run_direct(const att_plan *p, int64_t b, int64_t hk0, int64_t l
                     if (jh < jl) jh = jl;
                     if (p->dk)
                         p->dk->pv(S + r * TK, jl, jh, w->vrow, w->gv, ng, D, w->Op + (rb + r) * D,
-                                  w->corr + r, p->kv_dt, 1);
+                                  w->corr + r, p->kv_dt, 1, NULL);
                     else
                         pv_direct_dispatch(S + r * TK, jl, jh, w, D, w->Op + (rb + r) * D,
                                            w->corr + r, p->kv_dt, 1);

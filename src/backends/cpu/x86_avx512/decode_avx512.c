@@ -88,10 +88,19 @@ KR_INLINE void qk4(const float *q, int64_t D, const char *const *k, const float 
     }
 }
 
+/* pf's share of keys [j, j + nk): in address order, at most to pf->end. */
+KR_INLINE void pf_keys(const kr_cpu_pf *pf, int64_t j, int nk) {
+    const char *x = pf->p + j * pf->step, *e = x + nk * pf->step;
+    if (e > pf->end) e = pf->end;
+    for (; x < e; x += 64) _mm_prefetch(x, _MM_HINT_T1);
+}
+
 KR_INLINE void qk_all(const float *q, int64_t D, const char *const *krow, const float *gk,
-                      int64_t ng, int64_t n, float *S, kr_dtype dt, const int R) {
+                      int64_t ng, int64_t n, float *S, kr_dtype dt, const int R,
+                      const kr_cpu_pf *pf) {
     for (int64_t j = 0; j < n; j += 4) {
         const int nk = n - j < 4 ? (int)(n - j) : 4;
+        if (pf) pf_keys(pf, j, 4);
         const char *k[4];
         const float *g[4];
         for (int x = 0; x < 4; x++) {
@@ -106,7 +115,7 @@ KR_INLINE void qk_all(const float *q, int64_t D, const char *const *krow, const 
 /* O[r][c .. c + 16 C) = O * corr[r] + sum_j P[r][j] V[j][c ..] for R rows. */
 KR_INLINE void pv_chunk(const float *P, int64_t j_lo, int64_t j_hi, const char *const *vrow,
                         const float *gv, int64_t ng, kr_dtype dt, int64_t c, float *O, int64_t D,
-                        const float *corr, const int R, const int C) {
+                        const float *corr, const int R, const int C, const kr_cpu_pf *pf) {
     __m512 acc[MR][4];
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++) {
@@ -116,6 +125,7 @@ KR_INLINE void pv_chunk(const float *P, int64_t j_lo, int64_t j_hi, const char *
             acc[r][x] = _mm512_mul_ps(_mm512_loadu_ps(O + r * D + c + 16 * x), cr);
     }
     for (int64_t j = j_lo; j < j_hi; j++) {
+        if (pf) pf_keys(pf, j - j_lo, 1);
         __m512 v[4];
 #pragma GCC unroll 4
         for (int x = 0; x < C; x++) {
@@ -139,10 +149,12 @@ KR_INLINE void pv_chunk(const float *P, int64_t j_lo, int64_t j_hi, const char *
 
 KR_INLINE void pv_all(const float *P, int64_t j_lo, int64_t j_hi, const char *const *vrow,
                       const float *gv, int64_t ng, int64_t D, float *O, const float *corr,
-                      kr_dtype dt, const int R) {
-    int64_t c = 0;
-    for (; c + 64 <= D; c += 64) pv_chunk(P, j_lo, j_hi, vrow, gv, ng, dt, c, O, D, corr, R, 4);
-    for (; c < D; c += 16) pv_chunk(P, j_lo, j_hi, vrow, gv, ng, dt, c, O, D, corr, R, 1);
+                      kr_dtype dt, const int R, const kr_cpu_pf *pf) {
+    int64_t c = 0; /* the first pass over the keys takes pf */
+    for (; c + 64 <= D; c += 64, pf = NULL)
+        pv_chunk(P, j_lo, j_hi, vrow, gv, ng, dt, c, O, D, corr, R, 4, pf);
+    for (; c < D; c += 16, pf = NULL)
+        pv_chunk(P, j_lo, j_hi, vrow, gv, ng, dt, c, O, D, corr, R, 1, pf);
 }
 
 #define KR_AVX512_CASES(X)                                                                         \
@@ -154,10 +166,10 @@ KR_INLINE void pv_all(const float *P, int64_t j_lo, int64_t j_hi, const char *co
     X(KR_F16, 6) X(KR_BF16, 6) X(KR_I8, 6) X(KR_F32, 1) X(KR_F16, 1) X(KR_BF16, 1) X(KR_I8, 1)
 
 static void qk_direct(const float *q, int64_t D, const char *const *krow, const float *gk,
-                      int64_t ng, int64_t n, float *S, kr_dtype dt, int R) {
+                      int64_t ng, int64_t n, float *S, kr_dtype dt, int R, const kr_cpu_pf *pf) {
 #define X(DT, RR)                                                                                  \
     if (dt == (DT) && R == (RR)) {                                                                 \
-        qk_all(q, D, krow, gk, ng, n, S, DT, RR);                                                  \
+        qk_all(q, D, krow, gk, ng, n, S, DT, RR, pf);                                              \
         return;                                                                                    \
     }
     KR_AVX512_CASES(X)
@@ -166,10 +178,10 @@ static void qk_direct(const float *q, int64_t D, const char *const *krow, const 
 
 static void pv_direct(const float *P, int64_t j_lo, int64_t j_hi, const char *const *vrow,
                       const float *gv, int64_t ng, int64_t D, float *O, const float *corr,
-                      kr_dtype dt, int R) {
+                      kr_dtype dt, int R, const kr_cpu_pf *pf) {
 #define X(DT, RR)                                                                                  \
     if (dt == (DT) && R == (RR)) {                                                                 \
-        pv_all(P, j_lo, j_hi, vrow, gv, ng, D, O, corr, DT, RR);                                   \
+        pv_all(P, j_lo, j_hi, vrow, gv, ng, D, O, corr, DT, RR, pf);                               \
         return;                                                                                    \
     }
     KR_AVX512_CASES(X)
