@@ -39,6 +39,14 @@ typedef struct kr_cpu_pf {
     int64_t step;        /* ... step bytes (a multiple of 64) with each key the kernel takes */
 } kr_cpu_pf;
 
+/* pf's share of keys [j, j + nk) of a kernel call, in address order, not
+ * past pf->end (into L2: prefetcht1 on x86). */
+static inline void kr_cpu_pf_keys(const kr_cpu_pf *pf, int64_t j, int nk) {
+    const char *x = pf->p + j * pf->step, *e = x + nk * pf->step;
+    if (e > pf->end) e = pf->end;
+    for (; x < e; x += 64) __builtin_prefetch(x, 0, 2);
+}
+
 typedef struct kr_cpu_decode_kernels {
     void (*qk)(const float *q, int64_t D, const char *const *krow, const float *gk, int64_t ng,
                int64_t n, float *S, kr_dtype dt, int R, const kr_cpu_pf *pf);

@@ -212,7 +212,7 @@ KR_INLINE void qk_direct(const float *q, int64_t D, const char *k0, const char *
  * V read from the cache rows vrow[j] (int8: scaled by gv[j][group]). */
 KR_INLINE void pv_direct(const float *P, int64_t j_lo, int64_t j_hi, const char *const *vrow,
                          const float *gv, int64_t n_groups, kr_dtype dt, int64_t c, float *O,
-                         int64_t D, const float *corr, const int R) {
+                         int64_t D, const float *corr, const int R, const kr_cpu_pf *pf) {
     __m256 acc[MR][2];
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++) {
@@ -221,6 +221,7 @@ KR_INLINE void pv_direct(const float *P, int64_t j_lo, int64_t j_hi, const char 
         acc[r][1] = _mm256_mul_ps(_mm256_loadu_ps(O + r * D + c + 8), cr);
     }
     for (int64_t j = j_lo; j < j_hi; j++) {
+        if (pf) kr_cpu_pf_keys(pf, j - j_lo, 1);
         __m256 v0 = ld8(vrow[j], c, dt), v1 = ld8(vrow[j], c + 8, dt);
         if (dt == KR_I8) {
             const __m256 g = _mm256_broadcast_ss(gv + j * n_groups + c / KR_KV_INT8_GROUP);
@@ -269,22 +270,25 @@ static void direct_rows(const kr_attention_args *a, int64_t b, int64_t hk, int64
 /* Scores of R rows against n keys read from the cache; dt and R are
  * constants in each instantiation below. */
 KR_INLINE void qk_direct_all(const float *q, int64_t D, const att_scratch *w, int64_t n, float *S,
-                             const kr_dtype dt, const int R) {
+                             const kr_dtype dt, const int R, const kr_cpu_pf *pf) {
     const int64_t ng = (D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
     int64_t j = 0;
-    for (; j + 2 <= n; j += 2)
+    for (; j + 2 <= n; j += 2) {
+        if (pf) kr_cpu_pf_keys(pf, j, 2);
         qk_direct(q, D, w->krow[j], w->krow[j + 1], w->gk + j * ng, w->gk + (j + 1) * ng, dt, S + j,
                   R);
+    }
+    if (pf && j < n) kr_cpu_pf_keys(pf, j, 2);
     if (j < n)
         qk_direct(q, D, w->krow[j], w->krow[j], w->gk + j * ng, w->gk + j * ng, dt, S + j, R);
 }
 
 KR_INLINE void pv_direct_all(const float *P, int64_t j_lo, int64_t j_hi, const att_scratch *w,
                              int64_t D, float *O, const float *corr, const kr_dtype dt,
-                             const int R) {
+                             const int R, const kr_cpu_pf *pf) {
     const int64_t ng = (D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
-    for (int64_t c = 0; c < D; c += 16)
-        pv_direct(P, j_lo, j_hi, w->vrow, w->gv, ng, dt, c, O, D, corr, R);
+    for (int64_t c = 0; c < D; c += 16, pf = NULL) /* the first pass over the keys takes pf */
+        pv_direct(P, j_lo, j_hi, w->vrow, w->gv, ng, dt, c, O, D, corr, R, pf);
 }
 
 #define KR_DIRECT_CASES(X)                                                                         \
@@ -296,10 +300,10 @@ KR_INLINE void pv_direct_all(const float *P, int64_t j_lo, int64_t j_hi, const a
     X(KR_F16, 6) X(KR_BF16, 6) X(KR_I8, 6) X(KR_F32, 1) X(KR_F16, 1) X(KR_BF16, 1) X(KR_I8, 1)
 
 static void qk_direct_dispatch(const float *q, int64_t D, const att_scratch *w, int64_t n, float *S,
-                               kr_dtype dt, int R) {
+                               kr_dtype dt, int R, const kr_cpu_pf *pf) {
 #define X(DT, RR)                                                                                  \
     if (dt == (DT) && R == (RR)) {                                                                 \
-        qk_direct_all(q, D, w, n, S, DT, RR);                                                      \
+        qk_direct_all(q, D, w, n, S, DT, RR, pf);                                                  \
         return;                                                                                    \
     }
     KR_DIRECT_CASES(X)
@@ -307,10 +311,11 @@ static void qk_direct_dispatch(const float *q, int64_t D, const att_scratch *w, 
 }
 
 static void pv_direct_dispatch(const float *P, int64_t j_lo, int64_t j_hi, const att_scratch *w,
-                               int64_t D, float *O, const float *corr, kr_dtype dt, int R) {
+                               int64_t D, float *O, const float *corr, kr_dtype dt, int R,
+                               const kr_cpu_pf *pf) {
 #define X(DT, RR)                                                                                  \
     if (dt == (DT) && R == (RR)) {                                                                 \
-        pv_direct_all(P, j_lo, j_hi, w, D, O, corr, DT, RR);                                       \
+        pv_direct_all(P, j_lo, j_hi, w, D, O, corr, DT, RR, pf);                                   \
         return;                                                                                    \
     }
     KR_DIRECT_CASES(X)
@@ -572,12 +577,12 @@ static void unit_run_direct(const att_plan *p, int64_t b, int64_t hk0, int64_t l
     /* Each kv head reads its rows Hkv rows apart, too far for the hardware
      * prefetchers; the unit's heads together cover every position's rows,
      * one contiguous stretch of K and one of V per tile. The next tile's
-     * stretches are prefetched while this one is computed: by a wider
-     * variant's kernels, spread over their keys in address order (a burst
-     * of the whole tile, as the AVX2 kernels are given, fills the line
-     * buffers and stalls the products; CPU history 20), else in one burst.
-     * The first tile is a burst either way. */
-    const bool spread = p->dk && hk0 == 0 && p->hpu == a->Hkv;
+     * stretches are prefetched while this one is computed, each head's
+     * kernels taking that head's share a few lines a key, in address order
+     * (a burst of the whole tile fills the line buffers and stalls the
+     * products: CPU history 20); where a tile is not one stretch, in one
+     * burst. The first tile is a burst either way. */
+    const bool spread = hk0 == 0 && p->hpu == a->Hkv;
     if (spread && lo < hi) prefetch_tile(a, b, hk0, p->hpu, lo, hi - lo < p->tk ? hi - lo : p->tk);
     for (int64_t j0 = lo; j0 < hi; j0 += p->tk) {
         const int64_t n = hi - j0 < p->tk ? hi - j0 : p->tk;
@@ -623,14 +628,15 @@ static void unit_run_direct(const att_plan *p, int64_t b, int64_t hk0, int64_t l
                 p->dk->qk(w->Qp + rb * D, D, w->krow, w->gk, ng, n, S, p->kv_dt, R,
                           pf ? &kpf : NULL);
             else
-                qk_direct_dispatch(w->Qp + rb * D, D, w, n, S, p->kv_dt, R);
+                qk_direct_dispatch(w->Qp + rb * D, D, w, n, S, p->kv_dt, R, pf ? &kpf : NULL);
             for (int r = 0; r < R; r++)
                 softmax_row(a, b, w, rb + r, S + r * TK, j0, n, full, &w->corr[r], p->dk);
             if (full && p->dk) {
                 p->dk->pv(S, 0, n, w->vrow, w->gv, ng, D, w->Op + rb * D, w->corr, p->kv_dt, R,
                           pf ? &vpf : NULL);
             } else if (full) {
-                pv_direct_dispatch(S, 0, n, w, D, w->Op + rb * D, w->corr, p->kv_dt, R);
+                pv_direct_dispatch(S, 0, n, w, D, w->Op + rb * D, w->corr, p->kv_dt, R,
+                                   pf ? &vpf : NULL);
             } else { /* each row over its own visible keys: no 0 * inf */
                 if (pf) pf_all(&vpf);
                 for (int r = 0; r < R; r++) {
@@ -643,7 +649,7 @@ static void unit_run_direct(const att_plan *p, int64_t b, int64_t hk0, int64_t l
                                   w->corr + r, p->kv_dt, 1, NULL);
                     else
                         pv_direct_dispatch(S + r * TK, jl, jh, w, D, w->Op + (rb + r) * D,
-                                           w->corr + r, p->kv_dt, 1);
+                                           w->corr + r, p->kv_dt, 1, NULL);
                 }
             }
         }

@@ -88,19 +88,12 @@ KR_INLINE void qk4(const float *q, int64_t D, const char *const *k, const float 
     }
 }
 
-/* pf's share of keys [j, j + nk): in address order, at most to pf->end. */
-KR_INLINE void pf_keys(const kr_cpu_pf *pf, int64_t j, int nk) {
-    const char *x = pf->p + j * pf->step, *e = x + nk * pf->step;
-    if (e > pf->end) e = pf->end;
-    for (; x < e; x += 64) _mm_prefetch(x, _MM_HINT_T1);
-}
-
 KR_INLINE void qk_all(const float *q, int64_t D, const char *const *krow, const float *gk,
                       int64_t ng, int64_t n, float *S, kr_dtype dt, const int R,
                       const kr_cpu_pf *pf) {
     for (int64_t j = 0; j < n; j += 4) {
         const int nk = n - j < 4 ? (int)(n - j) : 4;
-        if (pf) pf_keys(pf, j, 4);
+        if (pf) kr_cpu_pf_keys(pf, j, 4);
         const char *k[4];
         const float *g[4];
         for (int x = 0; x < 4; x++) {
@@ -125,7 +118,7 @@ KR_INLINE void pv_chunk(const float *P, int64_t j_lo, int64_t j_hi, const char *
             acc[r][x] = _mm512_mul_ps(_mm512_loadu_ps(O + r * D + c + 16 * x), cr);
     }
     for (int64_t j = j_lo; j < j_hi; j++) {
-        if (pf) pf_keys(pf, j - j_lo, 1);
+        if (pf) kr_cpu_pf_keys(pf, j - j_lo, 1);
         __m512 v[4];
 #pragma GCC unroll 4
         for (int x = 0; x < C; x++) {
