@@ -51,9 +51,11 @@ int64_t kr_kv_cache_seq_len(const kr_kv_cache *c, int64_t layer, int64_t b) {
     return c->len[layer * c->o.batch + b];
 }
 
-/* Storage of the cache's device: host malloc, or the plugin's allocator. */
+/* Storage of the cache's device: host memory aligned to a cache line (a row
+ * of 2^k bytes then never straddles one, and the CPU kernels' vector loads
+ * are not split across two), or the plugin's allocator. */
 static void *storage_alloc(const kr_kv_cache *c, size_t bytes) {
-    if (!c->dev_ops) return malloc(bytes);
+    if (!c->dev_ops) return aligned_alloc(64, (bytes + 63) / 64 * 64);
     void *p = NULL;
     char err[KR_ERRMSG_LEN];
     return c->dev_ops->alloc(c->o.device.index, bytes, &p, err, sizeof err) ? NULL : p;
