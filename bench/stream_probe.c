@@ -82,9 +82,22 @@ static void pf_pages(const char *p, size_t n) {
     }
 }
 
-enum { M_SEQ, M_L1, M_NONE, M_BURST, M_SPREAD, M_PAGES, M_PAGES2, M_WALK, M_FINE, M_FINEKV, M_ROWS, M_COUNT };
-static const char *names[M_COUNT] = {"seq",   "l1",     "none", "burst", "spread",
-                                     "pages", "pages2", "walk", "fine", "finekv", "rows"};
+enum {
+    M_SEQ,
+    M_L1,
+    M_NONE,
+    M_BURST,
+    M_SPREAD,
+    M_PAGES,
+    M_PAGES2,
+    M_WALK,
+    M_FINE,
+    M_FINEKV,
+    M_ROWS,
+    M_COUNT
+};
+static const char *names[M_COUNT] = {"seq",    "l1",   "none", "burst",  "spread", "pages",
+                                     "pages2", "walk", "fine", "finekv", "rows"};
 
 /* Where row (position j, head h) is; mode l1 keeps every row in the first
  * 32 positions (pure compute). */
@@ -149,7 +162,8 @@ static float run(int mode, const char *K, const char *V, int64_t lo, int64_t hi)
                     }
                 if (mode == M_ROWS && j < nx)
                     for (size_t l = 0; l < ROW_BYTES; l += 64)
-                        _mm_prefetch(K + tile_off + (size_t)j * POS_BYTES + (size_t)h * ROW_BYTES + l,
+                        _mm_prefetch(K + tile_off + (size_t)j * POS_BYTES + (size_t)h * ROW_BYTES +
+                                         l,
                                      _MM_HINT_T1);
                 if (mode == M_FINEKV && nx > 0)
                     for (size_t l = 0; l < tile_len / (size_t)(HKV * n); l += 64)
@@ -159,7 +173,8 @@ static float run(int mode, const char *K, const char *V, int64_t lo, int64_t hi)
             for (int64_t j = 0; j < n; j++) {
                 if (mode == M_ROWS && j < nx)
                     for (size_t l = 0; l < ROW_BYTES; l += 64)
-                        _mm_prefetch(V + tile_off + (size_t)j * POS_BYTES + (size_t)h * ROW_BYTES + l,
+                        _mm_prefetch(V + tile_off + (size_t)j * POS_BYTES + (size_t)h * ROW_BYTES +
+                                         l,
                                      _MM_HINT_T1);
                 if (mode == M_FINEKV && nx > 0) { /* V's half of the lines here */
                     const size_t step = tile_len / (size_t)(HKV * n);

@@ -284,8 +284,8 @@ KR_INLINE void qk_direct_all(const float *q, int64_t D, const att_scratch *w, in
 }
 
 KR_INLINE void pv_direct_all(const float *P, int64_t j_lo, int64_t j_hi, const att_scratch *w,
-                             int64_t D, float *O, const float *corr, const kr_dtype dt,
-                             const int R, const kr_cpu_pf *pf) {
+                             int64_t D, float *O, const float *corr, const kr_dtype dt, const int R,
+                             const kr_cpu_pf *pf) {
     const int64_t ng = (D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
     for (int64_t c = 0; c < D; c += 16, pf = NULL) /* the first pass over the keys takes pf */
         pv_direct(P, j_lo, j_hi, w->vrow, w->gv, ng, dt, c, O, D, corr, R, pf);
