@@ -557,10 +557,11 @@ static const char *tile_stretch(const kr_attention_args *a, int which, int64_t b
 /* Head hh's share of the stretch [s, s + len) split over nh heads, to be
  * prefetched over the n keys of that head's kernel call. */
 static kr_cpu_pf pf_share(const char *s, size_t len, int64_t hh, int64_t nh, int64_t n) {
-    const size_t share = (len / (size_t)nh + 64) & ~(size_t)63; /* lines, rounded up */
+    const size_t line = ~(size_t)63;
+    const size_t share = ((len + (size_t)nh - 1) / (size_t)nh + 63) & line; /* whole lines */
     const size_t a = (size_t)hh * share < len ? (size_t)hh * share : len;
     const size_t e = a + share < len ? a + share : len;
-    kr_cpu_pf pf = {s + a, s + e, (int64_t)(((share + (size_t)n - 1) / (size_t)n + 63) & ~63u)};
+    kr_cpu_pf pf = {s + a, s + e, (int64_t)(((share + (size_t)n - 1) / (size_t)n + 63) & line)};
     return pf;
 }
 
