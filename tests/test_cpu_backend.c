@@ -77,6 +77,26 @@ static void fill(kt_rng *r, kt_buf *b, double *d) {
 
 static double tol_for(kr_dtype dt) { return dt == KR_F32 ? 1e-5 : dt == KR_F16 ? 1e-3 : 8e-3; }
 
+/* Whether ctx's cpu backend takes integer dot products for the int8 decode
+ * (AVX512_VNNI; its probe reason names them). */
+static bool int8_dot(kr_context *ctx) {
+    for (int32_t i = 0; i < kr_accel_backend_count(ctx); i++) {
+        kr_backend_info bi;
+        if (kr_accel_backend_info(ctx, i, &bi) == KR_OK && !strcmp(bi.name, "cpu"))
+            return bi.available && strstr(bi.reason, "avx512vnni") != NULL;
+    }
+    return false;
+}
+
+/* cpu vs ref on the int8 cache with integer dot products: q and P are
+ * quantised per call into two 8-bit digits each (x86_avx512/decode_vnni.c),
+ * an error of at most 1/508 of a q group's step and 1/510 of a P step per
+ * value; over these grids' normal data the normwise error is 2e-5 .. 3e-5
+ * (printed; one digit each gave 6.6e-3), so 1e-4 leaves a factor of three.
+ * With the float kernels (KRSERVE_CPU_INT8_DOT=0, or no VNNI) the bar is
+ * 1e-5. */
+#define INT8_DOT_TOL 1e-4
+
 /* ---- attention ---------------------------------------------------------------- */
 
 typedef struct acase {
@@ -236,18 +256,19 @@ static void test_attention_grid(void **state) {
 
 /* ---- KV cache: decode and chunked prefill --------------------------------------- */
 
-static void test_kv_cache_attention(void **state) {
-    (void)state;
-    if (!cpu_available(KR_FEATURE_FLASH_ATTENTION)) skip();
+/* Decode and chunked prefill over every cache dtype, cpu (context ctx) vs
+ * ref; only_int8: the int8 cases alone. Returns the worst int8 error. */
+static double kv_cache_cases(kr_context *ctx, bool only_int8, double int8_tol) {
     const kr_dtype dts[] = {KR_F32, KR_F16, KR_BF16, KR_I8};
     const int64_t lens[] = {1, 37, 1500, 4100};
     const int64_t sqs[] = {1, 3, 16, 40};
-    double worst = 0;
+    double worst = 0, worst8 = 0;
     uint64_t id = 80000;
     for (int d = 0; d < 4; d++)
         for (int l = 0; l < 4; l++)
             for (int s = 0; s < 4; s++, id++) {
                 if (kt_quick() && lens[l] > 1500) continue;
+                if (only_int8 && dts[d] != KR_I8) continue;
                 const int64_t B = 2, Hkv = 2, G = GQA[(d + l + s) % 3], H = Hkv * G,
                               D = s % 2 ? 64 : 128;
                 const int64_t Sq = sqs[s], L = lens[l];
@@ -281,12 +302,15 @@ static void test_kv_cache_attention(void **state) {
                 p.causal = 1;
                 const bool fits = n_new[1] >= Sq;
                 const kr_status s1 = kr_kv_cache_attention(ctx_ref, cache, 0, &tq, &t1, &p);
-                const int64_t before = accelerated(KR_FEATURE_FLASH_ATTENTION);
-                const kr_status s2 = kr_kv_cache_attention(ctx_cpu, cache, 0, &tq, &t2, &p);
+                kr_feature_info fi;
+                kr_accel_feature_info(ctx, KR_FEATURE_FLASH_ATTENTION, &fi);
+                const int64_t before = fi.counters.accelerated;
+                const kr_status s2 = kr_kv_cache_attention(ctx, cache, 0, &tq, &t2, &p);
                 if (s1 != KR_OK || s2 != KR_OK)
                     fail_msg("%s: status %s / %s (%s)", desc, kr_status_name(s1),
-                             kr_status_name(s2), kr_context_last_error(ctx_cpu));
-                if (accelerated(KR_FEATURE_FLASH_ATTENTION) != before + 1)
+                             kr_status_name(s2), kr_context_last_error(ctx));
+                kr_accel_feature_info(ctx, KR_FEATURE_FLASH_ATTENTION, &fi);
+                if (fi.counters.accelerated != before + 1)
                     fail_msg("%s: the cpu backend did not serve the call", desc);
                 double *a = malloc(sizeof(double) * (size_t)q.n),
                        *b = malloc(sizeof(double) * (size_t)q.n);
@@ -295,8 +319,11 @@ static void test_kv_cache_attention(void **state) {
                     b[i] = kt_get(&oref, i);
                 }
                 const double e = kt_rel_err(a, b, q.n);
-                if (!(e <= 1e-5)) fail_msg("%s: cpu vs ref %.3g > 1e-5 (fits %d)", desc, e, fits);
-                if (e > worst) worst = e;
+                const double tol = dts[d] == KR_I8 ? int8_tol : 1e-5;
+                if (!(e <= tol))
+                    fail_msg("%s: cpu vs ref %.3g > %.1g (fits %d)", desc, e, tol, fits);
+                if (dts[d] == KR_I8 && e > worst8) worst8 = e;
+                if (dts[d] != KR_I8 && e > worst) worst = e;
                 free(a);
                 free(b);
                 kt_buf_free(&k);
@@ -306,10 +333,131 @@ static void test_kv_cache_attention(void **state) {
                 kt_buf_free(&ocpu);
                 kr_kv_cache_free(cache);
             }
-    printf(
-        "# cpu kv-cache attention (decode, chunked prefill, f32/f16/bf16/int8): worst vs ref %.2g "
-        "(tol 1e-5)\n",
-        worst);
+    if (!only_int8)
+        printf("# cpu kv-cache attention (decode, chunked prefill, f32/f16/bf16): worst vs ref "
+               "%.2g (tol 1e-5)\n",
+               worst);
+    printf("# cpu kv-cache attention over int8 (%s): worst vs ref %.2g (tol %.1g)\n",
+           int8_tol > 1e-5 ? "integer dot products" : "float kernels", worst8, int8_tol);
+    return worst8;
+}
+
+static void test_kv_cache_attention(void **state) {
+    (void)state;
+    if (!cpu_available(KR_FEATURE_FLASH_ATTENTION)) skip();
+    kv_cache_cases(ctx_cpu, false, int8_dot(ctx_cpu) ? INT8_DOT_TOL : 1e-5);
+}
+
+/* The int8 decode over the head dims the integer kernels take (64, 128,
+ * 256) and one they leave to the float kernels (96), GQA 1/4/8, lengths
+ * around the 16-key and 64-key steps, Sq 1 and 2; then a NaN in one query
+ * head and an inf in one cached V row: NaN exactly where ref has it. */
+static void test_kv_cache_int8_grid(void **state) {
+    (void)state;
+    if (!cpu_available(KR_FEATURE_FLASH_ATTENTION)) skip();
+    const double tol = int8_dot(ctx_cpu) ? INT8_DOT_TOL : 1e-5;
+    const int64_t dims[] = {64, 96, 128, 256}, gs[] = {1, 4, 8}, lens[] = {1, 15, 17, 64, 65, 700};
+    double worst = 0;
+    int64_t n_cases = 0;
+    uint64_t id = 81000;
+    for (int di = 0; di < 4; di++)
+        for (int gi = 0; gi < 3; gi++)
+            for (int li = 0; li < 6; li++)
+                for (int64_t Sq = 1; Sq <= 2; Sq++)
+                    for (int poison = 0; poison < 3; poison++, id++) {
+                        if (poison && (li != 4 || Sq != 1)) continue;
+                        const int64_t B = 1, Hkv = 2, G = gs[gi], H = Hkv * G, D = dims[di];
+                        const int64_t L = lens[li];
+                        char desc[200];
+                        snprintf(desc, sizeof desc,
+                                 "int8 grid D %lld G %lld len %lld Sq %lld poison %d seed %llu",
+                                 (long long)D, (long long)G, (long long)L, (long long)Sq, poison,
+                                 (unsigned long long)id);
+                        kt_rng r = kt_rng_for(id);
+                        kr_kv_cache_options o = {1, B, L + Sq, Hkv, D, KR_I8, {KR_DEVICE_CPU, 0}};
+                        kr_kv_cache *cache = NULL;
+                        assert_int_equal(kr_kv_cache_create(ctx_ref, &o, &cache), KR_OK);
+                        kt_buf k = kt_buf_new(KR_F32, B * L * Hkv * D),
+                               v = kt_buf_new(KR_F32, B * L * Hkv * D);
+                        fill(&r, &k, NULL);
+                        fill(&r, &v, NULL);
+                        if (poison == 2) /* key L/2 of kv head 1: an inf in V */
+                            kt_set(&v, ((L / 2) * Hkv + 1) * D + 3, INFINITY);
+                        kr_tensor tk = kr_tensor_bshd(k.data, KR_F32, B, L, Hkv, D);
+                        kr_tensor tv = kr_tensor_bshd(v.data, KR_F32, B, L, Hkv, D);
+                        kr_rope_params rp = kr_rope_params_default();
+                        assert_int_equal(
+                            kr_kv_cache_append(ctx_ref, cache, 0, &tk, &tv, NULL, NULL, &rp),
+                            KR_OK);
+                        kt_buf q = kt_buf_new(KR_F32, B * Sq * H * D);
+                        fill(&r, &q, NULL);
+                        if (poison == 1) kt_set(&q, 0 * D + 5, NAN); /* query head 0 */
+                        kt_buf oref = kt_buf_new(KR_F32, q.n), ocpu = kt_buf_new(KR_F32, q.n);
+                        kt_poison(&oref);
+                        kt_poison(&ocpu);
+                        kr_tensor tq = kr_tensor_bshd(q.data, KR_F32, B, Sq, H, D);
+                        kr_tensor t1 = kr_tensor_bshd(oref.data, KR_F32, B, Sq, H, D);
+                        kr_tensor t2 = kr_tensor_bshd(ocpu.data, KR_F32, B, Sq, H, D);
+                        kr_attention_params p = kr_attention_params_default();
+                        p.causal = 1;
+                        const int64_t before = accelerated(KR_FEATURE_FLASH_ATTENTION);
+                        const kr_status s1 = kr_kv_cache_attention(ctx_ref, cache, 0, &tq, &t1, &p);
+                        const kr_status s2 = kr_kv_cache_attention(ctx_cpu, cache, 0, &tq, &t2, &p);
+                        if (s1 != KR_OK || s2 != KR_OK)
+                            fail_msg("%s: status %s / %s (%s)", desc, kr_status_name(s1),
+                                     kr_status_name(s2), kr_context_last_error(ctx_cpu));
+                        if (accelerated(KR_FEATURE_FLASH_ATTENTION) != before + 1)
+                            fail_msg("%s: the cpu backend did not serve the call", desc);
+                        double *a = malloc(sizeof(double) * (size_t)q.n),
+                               *b = malloc(sizeof(double) * (size_t)q.n);
+                        int64_t n_fin = 0, n_nan = 0;
+                        for (int64_t i = 0; i < q.n; i++) {
+                            const double x = kt_get(&ocpu, i), y = kt_get(&oref, i);
+                            if (isnan(x) != isnan(y))
+                                fail_msg("%s: element %lld cpu %g, ref %g (NaN in one only)", desc,
+                                         (long long)i, x, y);
+                            if (isnan(y)) {
+                                n_nan++;
+                                continue;
+                            }
+                            a[n_fin] = x;
+                            b[n_fin++] = y;
+                        }
+                        if (poison && n_nan == 0) fail_msg("%s: ref gave no NaN", desc);
+                        const double e = n_fin ? kt_rel_err(a, b, n_fin) : 0.0;
+                        if (!(e <= tol)) fail_msg("%s: cpu vs ref %.3g > %.1g", desc, e, tol);
+                        if (e > worst) worst = e;
+                        n_cases++;
+                        free(a);
+                        free(b);
+                        kt_buf_free(&k);
+                        kt_buf_free(&v);
+                        kt_buf_free(&q);
+                        kt_buf_free(&oref);
+                        kt_buf_free(&ocpu);
+                        kr_kv_cache_free(cache);
+                    }
+    printf("# cpu int8 decode grid (%lld cases, head_dim 64/96/128/256, NaN/inf inputs): worst vs "
+           "ref %.2g (tol %.1g)\n",
+           (long long)n_cases, worst, tol);
+}
+
+/* KRSERVE_CPU_INT8_DOT=0 keeps the float kernels: the int8 cases at 1e-5.
+ * (The variable is read at probe time, so ctx_cpu is re-made after.) */
+static void test_kv_cache_int8_dot_off(void **state) {
+    (void)state;
+    if (!cpu_available(KR_FEATURE_FLASH_ATTENTION)) skip();
+    const bool was_on = int8_dot(ctx_cpu);
+    setenv("KRSERVE_CPU_INT8_DOT", "0", 1);
+    kr_context *off = make(true);
+    const bool off_on = int8_dot(off);
+    kv_cache_cases(off, true, 1e-5);
+    kr_context_free(off);
+    unsetenv("KRSERVE_CPU_INT8_DOT");
+    kr_context_free(ctx_cpu);
+    ctx_cpu = make(true);
+    if (off_on) fail_msg("KRSERVE_CPU_INT8_DOT=0: the cpu backend still names avx512vnni");
+    if (int8_dot(ctx_cpu) != was_on) fail_msg("int8 dot products not restored after the variable");
 }
 
 /* ---- RoPE ------------------------------------------------------------------------ */
@@ -637,6 +785,8 @@ int main(void) {
         cmocka_unit_test(test_kv_cache_attention),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_kv_append),
+        cmocka_unit_test(test_kv_cache_int8_grid),
+        cmocka_unit_test(test_kv_cache_int8_dot_off),
         cmocka_unit_test(test_kv_append_int8_edges),
         cmocka_unit_test(test_kv_append_int8_shapes),
         cmocka_unit_test(test_declined_case),

@@ -120,8 +120,20 @@ const kr_cpu_append_kernels *kr_cpu_avx512_append_kernels(void);
 
 /* The AVX-512 variant (x86_avx512/): the AVX2 kernels with AVX-512 decode
  * micro-kernels; NULL when the build has none. Call only when the CPU has
- * AVX-512 F, BW and VL besides the AVX2 variant's features. */
-const kr_cpu_kernels *kr_cpu_avx512_kernels(void);
+ * AVX-512 F, BW and VL besides the AVX2 variant's features; int8_dot only
+ * when it also has AVX512_VNNI (the int8 decode then takes integer dot
+ * products: x86_avx512/decode_vnni.c). */
+const kr_cpu_kernels *kr_cpu_avx512_kernels(bool int8_dot);
+
+/* decode_vnni.c: kr_cpu_decode_kernels.qk / .pv for int8 rows by integer
+ * dot products (q and P quantised per call); false when the case is not
+ * theirs (head_dim not a multiple of 64, R not 1, 4 or 6, more than 64
+ * keys, no keys) or an input is not finite; nothing is written then. */
+bool kr_cpu_vnni_qk(const float *q, int64_t D, const char *const *krow, const float *gk, int64_t ng,
+                    int64_t n, float *S, int R, const kr_cpu_pf *pf);
+bool kr_cpu_vnni_pv(const float *P, int64_t j_lo, int64_t j_hi, const char *const *vrow,
+                    const float *gv, int64_t ng, int64_t D, float *O, const float *corr, int R,
+                    const kr_cpu_pf *pf);
 
 /* Largest head_dim the tiled kernels hold in their scratch tiles. */
 #define KR_CPU_MAX_HEAD_DIM 256

@@ -14,7 +14,10 @@ static const kr_cpu_kernels *chosen;
 
 #if !KR_CPU_HAVE_AVX2
 const kr_cpu_kernels *kr_cpu_avx2_kernels(void) { return NULL; }
-const kr_cpu_kernels *kr_cpu_avx512_kernels(void) { return NULL; }
+const kr_cpu_kernels *kr_cpu_avx512_kernels(bool int8_dot) {
+    (void)int8_dot;
+    return NULL;
+}
 #endif
 
 static int cpu_probe(char *reason, size_t n) {
@@ -41,10 +44,16 @@ static int cpu_probe(char *reason, size_t n) {
     /* AVX-512 (F, BW, VL) adds wider decode kernels; KRSERVE_CPU_ISA=avx2 keeps
      * the AVX2 ones (for comparisons on one machine) */
     const char *isa = getenv("KRSERVE_CPU_ISA");
-    const kr_cpu_kernels *avx512_kernels = kr_cpu_avx512_kernels();
-    if (avx512_kernels && !(isa && strcmp(isa, "avx2") == 0) && __builtin_cpu_supports("avx512f") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
-        chosen = avx512_kernels;
+    /* AVX512_VNNI adds integer dot products to the int8 decode (q and P
+     * quantised per call: decode_vnni.c); KRSERVE_CPU_INT8_DOT=0 keeps the
+     * float kernels on the same codes */
+    const char *dot = getenv("KRSERVE_CPU_INT8_DOT");
+    const bool int8_dot = __builtin_cpu_supports("avx512vnni") && !(dot && strcmp(dot, "0") == 0);
+    if (!(isa && strcmp(isa, "avx2") == 0) && __builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
+        const kr_cpu_kernels *avx512_kernels = kr_cpu_avx512_kernels(int8_dot);
+        if (avx512_kernels) chosen = avx512_kernels;
+    }
     snprintf(reason, n,
              "%s kernels: tiled flash attention, decode over fp16/bf16/fp32/int8 caches, "
              "fused RoPE (+ quantise + append)",

@@ -295,8 +295,28 @@ static void dequant_row(const int8_t *q, const uint8_t *meta, const float *chan,
 static const kr_cpu_decode_kernels avx512_decode = {qk_direct, pv_direct,    gemm6x32,
                                                     gemm6x64,  softmax_full, dequant_row};
 
+/* With AVX512_VNNI: int8 rows by integer dot products where decode_vnni.c
+ * takes the case, the float kernels above otherwise. */
+static void qk_int8_dot(const float *q, int64_t D, const char *const *krow, const float *gk,
+                        int64_t ng, int64_t n, float *S, kr_dtype dt, int R, const kr_cpu_pf *pf) {
+    if (dt == KR_I8 && kr_cpu_vnni_qk(q, D, krow, gk, ng, n, S, R, pf)) return;
+    qk_direct(q, D, krow, gk, ng, n, S, dt, R, pf);
+}
+
+static void pv_int8_dot(const float *P, int64_t j_lo, int64_t j_hi, const char *const *vrow,
+                        const float *gv, int64_t ng, int64_t D, float *O, const float *corr,
+                        kr_dtype dt, int R, const kr_cpu_pf *pf) {
+    if (dt == KR_I8 && kr_cpu_vnni_pv(P, j_lo, j_hi, vrow, gv, ng, D, O, corr, R, pf)) return;
+    pv_direct(P, j_lo, j_hi, vrow, gv, ng, D, O, corr, dt, R, pf);
+}
+
+static const kr_cpu_decode_kernels avx512_vnni_decode = {qk_int8_dot, pv_int8_dot,  gemm6x32,
+                                                         gemm6x64,    softmax_full, dequant_row};
+
+static const kr_cpu_decode_kernels *decode_kernels = &avx512_decode;
+
 static kr_status attention(const kr_attention_args *a, char *err, size_t err_len) {
-    return kr_cpu_tiled_attention(a, &avx512_decode, err, err_len);
+    return kr_cpu_tiled_attention(a, decode_kernels, err, err_len);
 }
 
 static kr_status kv_append(const kr_kv_append_args *a, char *err, size_t err_len) {
@@ -305,12 +325,16 @@ static kr_status kv_append(const kr_kv_append_args *a, char *err, size_t err_len
 
 static kr_cpu_kernels avx512_kernels;
 
-const kr_cpu_kernels *kr_cpu_avx512_kernels(void) {
+const kr_cpu_kernels *kr_cpu_avx512_kernels(bool int8_dot) {
     const kr_cpu_kernels *base = kr_cpu_avx2_kernels();
     if (!base) return NULL;
     avx512_kernels = *base;
+    decode_kernels = int8_dot ? &avx512_vnni_decode : &avx512_decode;
     avx512_kernels.isa =
-        "avx512f+avx512bw+avx512vl (decode, tile products, softmax, int8 append) / avx2+fma+f16c";
+        int8_dot ? "avx512f+avx512bw+avx512vl (decode, tile products, softmax, int8 append), "
+                   "avx512vnni (int8 decode dot products) / avx2+fma+f16c"
+                 : "avx512f+avx512bw+avx512vl (decode, tile products, softmax, int8 append) / "
+                   "avx2+fma+f16c";
     avx512_kernels.attention = attention;
     avx512_kernels.kv_append = kv_append;
     return &avx512_kernels;
