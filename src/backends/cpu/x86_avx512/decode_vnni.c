@@ -134,7 +134,7 @@ KR_INLINE void transpose16(__m512i t[16]) {
 /* S[r][j0 .. j0 + nk) for R rows against 16 keys (fewer: the last row
  * repeated, its lanes not stored). */
 KR_INLINE void qk16(const q8_row *qr, int64_t D, const char *const *krow, const float *gk,
-                    int64_t ng, int64_t j0, int nk, float *S, const int R) {
+                    int64_t ng, int64_t j0, int nk, float *S, const int R, const kr_cpu_pf *pf) {
     const __m512i bias = _mm512_set1_epi8((char)0x80);
     const __m512i idx = _mm512_mullo_epi32(
         _mm512_min_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -144,6 +144,12 @@ KR_INLINE void qk16(const q8_row *qr, int64_t D, const char *const *krow, const 
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++) s[r] = _mm512_setzero_ps();
     for (int64_t h = 0; h < D / 64; h++) {
+        /* the prefetch share of the 16 keys, spread over the halves (a
+         * 16-key burst stalls the loads: CPU history 20) */
+        if (pf) {
+            const int64_t nh = D / 64, a = j0 + 16 * h / nh, e = j0 + 16 * (h + 1) / nh;
+            kr_cpu_pf_keys(pf, a, (int)(e - a));
+        }
         __m512i t[16];
 #pragma GCC unroll 16
         for (int x = 0; x < 16; x++)
@@ -185,10 +191,8 @@ KR_INLINE bool qk_rows(const float *q, int64_t D, const char *const *krow, const
     q8_row qr[MAXR];
     for (int r = 0; r < R; r++)
         if (!quantise_q(q + r * D, D, &qr[r])) return false;
-    for (int64_t j = 0; j < n; j += 16) {
-        if (pf) kr_cpu_pf_keys(pf, j, 16);
-        qk16(qr, D, krow, gk, ng, j, n - j < 16 ? (int)(n - j) : 16, S, R);
-    }
+    for (int64_t j = 0; j < n; j += 16)
+        qk16(qr, D, krow, gk, ng, j, n - j < 16 ? (int)(n - j) : 16, S, R, pf);
     return true;
 }
 
