@@ -256,9 +256,92 @@ static void test_attention_grid(void **state) {
 
 /* ---- KV cache: decode and chunked prefill --------------------------------------- */
 
-/* Decode and chunked prefill over every cache dtype, cpu (context ctx) vs
- * ref; only_int8: the int8 cases alone. Returns the worst int8 error. */
-static double kv_cache_cases(kr_context *ctx, bool only_int8, double int8_tol) {
+/* One KV-cache attention case: a cache of dtype dt filled by ref with
+ * seeded normal K/V (n_new: per-sequence lengths, NULL: all L), decode or
+ * chunked prefill of Sq causal rows on ref and on ctx's cpu backend.
+ * poison 1: a NaN in query head 0's first row; 2: an inf in V at key L / 2
+ * of kv head 1 (both only for batch 1). Fails unless cpu served the call,
+ * its NaNs are exactly ref's (none without poison) and the rest is within
+ * tol normwise of ref; returns that error. */
+typedef struct kv_case {
+    kr_dtype dt;
+    int64_t B, Hkv, G, D, L, Sq;
+    const int64_t *n_new;
+    int poison;
+    uint64_t id;
+} kv_case;
+
+static double kv_case_run(kr_context *ctx, const kv_case *c, double tol) {
+    const int64_t B = c->B, Hkv = c->Hkv, H = Hkv * c->G, D = c->D, L = c->L, Sq = c->Sq;
+    char desc[240];
+    snprintf(desc, sizeof desc, "kv %s B %lld len %lld Sq %lld G %lld D %lld poison %d seed %llu",
+             kr_dtype_name(c->dt), (long long)B, (long long)L, (long long)Sq, (long long)c->G,
+             (long long)D, c->poison, (unsigned long long)c->id);
+    kt_rng r = kt_rng_for(c->id);
+    kr_kv_cache_options o = {1, B, L + Sq, Hkv, D, c->dt, {KR_DEVICE_CPU, 0}};
+    kr_kv_cache *cache = NULL;
+    assert_int_equal(kr_kv_cache_create(ctx_ref, &o, &cache), KR_OK);
+    kt_buf k = kt_buf_new(KR_F32, B * L * Hkv * D), v = kt_buf_new(KR_F32, B * L * Hkv * D);
+    fill(&r, &k, NULL);
+    fill(&r, &v, NULL);
+    if (c->poison == 2) kt_set(&v, ((L / 2) * Hkv + 1) * D + 3, INFINITY);
+    kr_tensor tk = kr_tensor_bshd(k.data, KR_F32, B, L, Hkv, D);
+    kr_tensor tv = kr_tensor_bshd(v.data, KR_F32, B, L, Hkv, D);
+    kr_rope_params rp = kr_rope_params_default();
+    assert_int_equal(kr_kv_cache_append(ctx_ref, cache, 0, &tk, &tv, c->n_new, NULL, &rp), KR_OK);
+    kt_buf q = kt_buf_new(KR_F32, B * Sq * H * D);
+    fill(&r, &q, NULL);
+    if (c->poison == 1) kt_set(&q, 5, NAN);
+    kt_buf oref = kt_buf_new(KR_F32, q.n), ocpu = kt_buf_new(KR_F32, q.n);
+    kt_poison(&oref);
+    kt_poison(&ocpu);
+    kr_tensor tq = kr_tensor_bshd(q.data, KR_F32, B, Sq, H, D);
+    kr_tensor t1 = kr_tensor_bshd(oref.data, KR_F32, B, Sq, H, D);
+    kr_tensor t2 = kr_tensor_bshd(ocpu.data, KR_F32, B, Sq, H, D);
+    kr_attention_params p = kr_attention_params_default();
+    p.causal = 1;
+    const kr_status s1 = kr_kv_cache_attention(ctx_ref, cache, 0, &tq, &t1, &p);
+    kr_feature_info fi;
+    kr_accel_feature_info(ctx, KR_FEATURE_FLASH_ATTENTION, &fi);
+    const int64_t before = fi.counters.accelerated;
+    const kr_status s2 = kr_kv_cache_attention(ctx, cache, 0, &tq, &t2, &p);
+    if (s1 != KR_OK || s2 != KR_OK)
+        fail_msg("%s: status %s / %s (%s)", desc, kr_status_name(s1), kr_status_name(s2),
+                 kr_context_last_error(ctx));
+    kr_accel_feature_info(ctx, KR_FEATURE_FLASH_ATTENTION, &fi);
+    if (fi.counters.accelerated != before + 1)
+        fail_msg("%s: the cpu backend did not serve the call", desc);
+    double *a = malloc(sizeof(double) * (size_t)q.n), *b = malloc(sizeof(double) * (size_t)q.n);
+    int64_t n_fin = 0, n_nan = 0;
+    for (int64_t i = 0; i < q.n; i++) {
+        const double x = kt_get(&ocpu, i), y = kt_get(&oref, i);
+        if (isnan(x) != isnan(y))
+            fail_msg("%s: element %lld cpu %g, ref %g (NaN in one only)", desc, (long long)i, x, y);
+        if (isnan(y)) {
+            n_nan++;
+            continue;
+        }
+        a[n_fin] = x;
+        b[n_fin++] = y;
+    }
+    if ((c->poison != 0) != (n_nan != 0))
+        fail_msg("%s: %lld NaN outputs on ref with poison %d", desc, (long long)n_nan, c->poison);
+    const double e = n_fin ? kt_rel_err(a, b, n_fin) : 0.0;
+    if (!(e <= tol)) fail_msg("%s: cpu vs ref %.3g > %.1g", desc, e, tol);
+    free(a);
+    free(b);
+    kt_buf_free(&k);
+    kt_buf_free(&v);
+    kt_buf_free(&q);
+    kt_buf_free(&oref);
+    kt_buf_free(&ocpu);
+    kr_kv_cache_free(cache);
+    return e;
+}
+
+/* Decode and chunked prefill over every cache dtype, ragged lengths, cpu
+ * (context ctx) vs ref; only_int8: the int8 cases alone. */
+static void kv_cache_cases(kr_context *ctx, bool only_int8, double int8_tol) {
     const kr_dtype dts[] = {KR_F32, KR_F16, KR_BF16, KR_I8};
     const int64_t lens[] = {1, 37, 1500, 4100};
     const int64_t sqs[] = {1, 3, 16, 40};
@@ -269,69 +352,13 @@ static double kv_cache_cases(kr_context *ctx, bool only_int8, double int8_tol) {
             for (int s = 0; s < 4; s++, id++) {
                 if (kt_quick() && lens[l] > 1500) continue;
                 if (only_int8 && dts[d] != KR_I8) continue;
-                const int64_t B = 2, Hkv = 2, G = GQA[(d + l + s) % 3], H = Hkv * G,
-                              D = s % 2 ? 64 : 128;
-                const int64_t Sq = sqs[s], L = lens[l];
-                char desc[200];
-                snprintf(desc, sizeof desc, "kv %s len %lld Sq %lld G %lld D %lld seed %llu",
-                         kr_dtype_name(dts[d]), (long long)L, (long long)Sq, (long long)G,
-                         (long long)D, (unsigned long long)id);
-                kt_rng r = kt_rng_for(id);
-                kr_kv_cache_options o = {1, B, L + Sq, Hkv, D, dts[d], {KR_DEVICE_CPU, 0}};
-                kr_kv_cache *cache = NULL;
-                assert_int_equal(kr_kv_cache_create(ctx_ref, &o, &cache), KR_OK);
-                kt_buf k = kt_buf_new(KR_F32, B * L * Hkv * D),
-                       v = kt_buf_new(KR_F32, B * L * Hkv * D);
-                fill(&r, &k, NULL);
-                fill(&r, &v, NULL);
-                kr_tensor tk = kr_tensor_bshd(k.data, KR_F32, B, L, Hkv, D);
-                kr_tensor tv = kr_tensor_bshd(v.data, KR_F32, B, L, Hkv, D);
-                int64_t n_new[2] = {L, L > 1 ? L - L / 3 : 1}; /* ragged */
-                kr_rope_params rp = kr_rope_params_default();
-                assert_int_equal(kr_kv_cache_append(ctx_ref, cache, 0, &tk, &tv, n_new, NULL, &rp),
-                                 KR_OK);
-                kt_buf q = kt_buf_new(KR_F32, B * Sq * H * D);
-                fill(&r, &q, NULL);
-                kt_buf oref = kt_buf_new(KR_F32, q.n), ocpu = kt_buf_new(KR_F32, q.n);
-                kt_poison(&oref);
-                kt_poison(&ocpu);
-                kr_tensor tq = kr_tensor_bshd(q.data, KR_F32, B, Sq, H, D);
-                kr_tensor t1 = kr_tensor_bshd(oref.data, KR_F32, B, Sq, H, D);
-                kr_tensor t2 = kr_tensor_bshd(ocpu.data, KR_F32, B, Sq, H, D);
-                kr_attention_params p = kr_attention_params_default();
-                p.causal = 1;
-                const bool fits = n_new[1] >= Sq;
-                const kr_status s1 = kr_kv_cache_attention(ctx_ref, cache, 0, &tq, &t1, &p);
-                kr_feature_info fi;
-                kr_accel_feature_info(ctx, KR_FEATURE_FLASH_ATTENTION, &fi);
-                const int64_t before = fi.counters.accelerated;
-                const kr_status s2 = kr_kv_cache_attention(ctx, cache, 0, &tq, &t2, &p);
-                if (s1 != KR_OK || s2 != KR_OK)
-                    fail_msg("%s: status %s / %s (%s)", desc, kr_status_name(s1),
-                             kr_status_name(s2), kr_context_last_error(ctx));
-                kr_accel_feature_info(ctx, KR_FEATURE_FLASH_ATTENTION, &fi);
-                if (fi.counters.accelerated != before + 1)
-                    fail_msg("%s: the cpu backend did not serve the call", desc);
-                double *a = malloc(sizeof(double) * (size_t)q.n),
-                       *b = malloc(sizeof(double) * (size_t)q.n);
-                for (int64_t i = 0; i < q.n; i++) {
-                    a[i] = kt_get(&ocpu, i);
-                    b[i] = kt_get(&oref, i);
-                }
-                const double e = kt_rel_err(a, b, q.n);
-                const double tol = dts[d] == KR_I8 ? int8_tol : 1e-5;
-                if (!(e <= tol))
-                    fail_msg("%s: cpu vs ref %.3g > %.1g (fits %d)", desc, e, tol, fits);
+                const int64_t L = lens[l];
+                const int64_t n_new[2] = {L, L > 1 ? L - L / 3 : 1}; /* ragged */
+                const kv_case c = {dts[d], 2, 2, GQA[(d + l + s) % 3], s % 2 ? 64 : 128, L, sqs[s],
+                                   n_new,  0, id};
+                const double e = kv_case_run(ctx, &c, dts[d] == KR_I8 ? int8_tol : 1e-5);
                 if (dts[d] == KR_I8 && e > worst8) worst8 = e;
                 if (dts[d] != KR_I8 && e > worst) worst = e;
-                free(a);
-                free(b);
-                kt_buf_free(&k);
-                kt_buf_free(&v);
-                kt_buf_free(&q);
-                kt_buf_free(&oref);
-                kt_buf_free(&ocpu);
-                kr_kv_cache_free(cache);
             }
     if (!only_int8)
         printf("# cpu kv-cache attention (decode, chunked prefill, f32/f16/bf16): worst vs ref "
@@ -339,7 +366,6 @@ static double kv_cache_cases(kr_context *ctx, bool only_int8, double int8_tol) {
                worst);
     printf("# cpu kv-cache attention over int8 (%s): worst vs ref %.2g (tol %.1g)\n",
            int8_tol > 1e-5 ? "integer dot products" : "float kernels", worst8, int8_tol);
-    return worst8;
 }
 
 static void test_kv_cache_attention(void **state) {
@@ -366,76 +392,11 @@ static void test_kv_cache_int8_grid(void **state) {
                 for (int64_t Sq = 1; Sq <= 2; Sq++)
                     for (int poison = 0; poison < 3; poison++, id++) {
                         if (poison && (li != 4 || Sq != 1)) continue;
-                        const int64_t B = 1, Hkv = 2, G = gs[gi], H = Hkv * G, D = dims[di];
-                        const int64_t L = lens[li];
-                        char desc[200];
-                        snprintf(desc, sizeof desc,
-                                 "int8 grid D %lld G %lld len %lld Sq %lld poison %d seed %llu",
-                                 (long long)D, (long long)G, (long long)L, (long long)Sq, poison,
-                                 (unsigned long long)id);
-                        kt_rng r = kt_rng_for(id);
-                        kr_kv_cache_options o = {1, B, L + Sq, Hkv, D, KR_I8, {KR_DEVICE_CPU, 0}};
-                        kr_kv_cache *cache = NULL;
-                        assert_int_equal(kr_kv_cache_create(ctx_ref, &o, &cache), KR_OK);
-                        kt_buf k = kt_buf_new(KR_F32, B * L * Hkv * D),
-                               v = kt_buf_new(KR_F32, B * L * Hkv * D);
-                        fill(&r, &k, NULL);
-                        fill(&r, &v, NULL);
-                        if (poison == 2) /* key L/2 of kv head 1: an inf in V */
-                            kt_set(&v, ((L / 2) * Hkv + 1) * D + 3, INFINITY);
-                        kr_tensor tk = kr_tensor_bshd(k.data, KR_F32, B, L, Hkv, D);
-                        kr_tensor tv = kr_tensor_bshd(v.data, KR_F32, B, L, Hkv, D);
-                        kr_rope_params rp = kr_rope_params_default();
-                        assert_int_equal(
-                            kr_kv_cache_append(ctx_ref, cache, 0, &tk, &tv, NULL, NULL, &rp),
-                            KR_OK);
-                        kt_buf q = kt_buf_new(KR_F32, B * Sq * H * D);
-                        fill(&r, &q, NULL);
-                        if (poison == 1) kt_set(&q, 0 * D + 5, NAN); /* query head 0 */
-                        kt_buf oref = kt_buf_new(KR_F32, q.n), ocpu = kt_buf_new(KR_F32, q.n);
-                        kt_poison(&oref);
-                        kt_poison(&ocpu);
-                        kr_tensor tq = kr_tensor_bshd(q.data, KR_F32, B, Sq, H, D);
-                        kr_tensor t1 = kr_tensor_bshd(oref.data, KR_F32, B, Sq, H, D);
-                        kr_tensor t2 = kr_tensor_bshd(ocpu.data, KR_F32, B, Sq, H, D);
-                        kr_attention_params p = kr_attention_params_default();
-                        p.causal = 1;
-                        const int64_t before = accelerated(KR_FEATURE_FLASH_ATTENTION);
-                        const kr_status s1 = kr_kv_cache_attention(ctx_ref, cache, 0, &tq, &t1, &p);
-                        const kr_status s2 = kr_kv_cache_attention(ctx_cpu, cache, 0, &tq, &t2, &p);
-                        if (s1 != KR_OK || s2 != KR_OK)
-                            fail_msg("%s: status %s / %s (%s)", desc, kr_status_name(s1),
-                                     kr_status_name(s2), kr_context_last_error(ctx_cpu));
-                        if (accelerated(KR_FEATURE_FLASH_ATTENTION) != before + 1)
-                            fail_msg("%s: the cpu backend did not serve the call", desc);
-                        double *a = malloc(sizeof(double) * (size_t)q.n),
-                               *b = malloc(sizeof(double) * (size_t)q.n);
-                        int64_t n_fin = 0, n_nan = 0;
-                        for (int64_t i = 0; i < q.n; i++) {
-                            const double x = kt_get(&ocpu, i), y = kt_get(&oref, i);
-                            if (isnan(x) != isnan(y))
-                                fail_msg("%s: element %lld cpu %g, ref %g (NaN in one only)", desc,
-                                         (long long)i, x, y);
-                            if (isnan(y)) {
-                                n_nan++;
-                                continue;
-                            }
-                            a[n_fin] = x;
-                            b[n_fin++] = y;
-                        }
-                        if (poison && n_nan == 0) fail_msg("%s: ref gave no NaN", desc);
-                        const double e = n_fin ? kt_rel_err(a, b, n_fin) : 0.0;
-                        if (!(e <= tol)) fail_msg("%s: cpu vs ref %.3g > %.1g", desc, e, tol);
+                        const kv_case c = {KR_I8,    1,  2,    gs[gi], dims[di],
+                                           lens[li], Sq, NULL, poison, id};
+                        const double e = kv_case_run(ctx_cpu, &c, tol);
                         if (e > worst) worst = e;
                         n_cases++;
-                        free(a);
-                        free(b);
-                        kt_buf_free(&k);
-                        kt_buf_free(&v);
-                        kt_buf_free(&q);
-                        kt_buf_free(&oref);
-                        kt_buf_free(&ocpu);
-                        kr_kv_cache_free(cache);
                     }
     printf("# cpu int8 decode grid (%lld cases, head_dim 64/96/128/256, NaN/inf inputs): worst vs "
            "ref %.2g (tol %.1g)\n",

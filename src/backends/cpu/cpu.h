@@ -127,8 +127,9 @@ const kr_cpu_kernels *kr_cpu_avx512_kernels(bool int8_dot);
 
 /* decode_vnni.c: kr_cpu_decode_kernels.qk / .pv for int8 rows by integer
  * dot products (q and P quantised per call); false when the case is not
- * theirs (head_dim not a multiple of 64, R not 1, 4 or 6, more than 64
- * keys, no keys) or an input is not finite; nothing is written then. */
+ * theirs (head_dim not a multiple of 64, ng not head_dim / 32, R not 1, 4
+ * or 6, more than 64 keys, no keys) or an input is not finite; nothing is
+ * written then. */
 bool kr_cpu_vnni_qk(const float *q, int64_t D, const char *const *krow, const float *gk, int64_t ng,
                     int64_t n, float *S, int R, const kr_cpu_pf *pf);
 bool kr_cpu_vnni_pv(const float *P, int64_t j_lo, int64_t j_hi, const char *const *vrow,

@@ -198,7 +198,7 @@ KR_INLINE bool qk_rows(const float *q, int64_t D, const char *const *krow, const
 
 bool kr_cpu_vnni_qk(const float *q, int64_t D, const char *const *krow, const float *gk, int64_t ng,
                     int64_t n, float *S, int R, const kr_cpu_pf *pf) {
-    if (D % 64 || D > KR_CPU_MAX_HEAD_DIM || n > TK) return false;
+    if (D % 64 || D > KR_CPU_MAX_HEAD_DIM || ng != D / G || n > TK || n < 1) return false;
     switch (R) {
     case 1: return qk_rows(q, D, krow, gk, ng, n, S, 1, pf);
     case 4: return qk_rows(q, D, krow, gk, ng, n, S, 4, pf);
@@ -338,6 +338,7 @@ KR_INLINE bool pv_rows(const float *P, int64_t j_lo, int64_t j_hi, const char *c
                        const float *gv, int64_t ng, int64_t D, float *O, const float *corr,
                        const int R, const kr_cpu_pf *pf) {
     p8 pq;
+    memset(pq.ps, 0, sizeof pq.ps);
     const int64_t n = j_hi - j_lo;
     if (!quantise_p(P, j_lo, n, gv, ng, &pq, R)) return false;
     for (int64_t h = 0; h < D / 64; h++, pf = NULL) { /* the first pass over the keys takes pf */
@@ -350,7 +351,8 @@ KR_INLINE bool pv_rows(const float *P, int64_t j_lo, int64_t j_hi, const char *c
 bool kr_cpu_vnni_pv(const float *P, int64_t j_lo, int64_t j_hi, const char *const *vrow,
                     const float *gv, int64_t ng, int64_t D, float *O, const float *corr, int R,
                     const kr_cpu_pf *pf) {
-    if (D % 64 || D > KR_CPU_MAX_HEAD_DIM || j_hi - j_lo > TK || j_hi <= j_lo) return false;
+    if (D % 64 || D > KR_CPU_MAX_HEAD_DIM || ng != D / G || j_hi - j_lo > TK || j_hi <= j_lo)
+        return false;
     switch (R) {
     case 1: return pv_rows(P, j_lo, j_hi, vrow, gv, ng, D, O, corr, 1, pf);
     case 4: return pv_rows(P, j_lo, j_hi, vrow, gv, ng, D, O, corr, 4, pf);
