@@ -5,14 +5,18 @@
 # opposite orders (clock drift falls on both), the prefill turn about in one
 # process. Logs under $OUT (default /tmp/krserve-ab); short tables last.
 #
-# Usage: OUT=... LAB=build/lab bench/lab_ab.sh [BUILD_DIR] A B [C ...]
+# Usage: OUT=... LAB=build/lab bench/lab_ab.sh [BUILD_DIR] A [B ...]
 #   LAB: where $LAB/A/libkrserve-cuda.so, $LAB/B/... are.
-#   KR_AB_PARTS: any of times,decode,int8,prefill (default times,decode,prefill).
+#   KR_AB_PARTS: any of check,times,decode,int8,prefill (default
+#   times,decode,prefill). check: the conformance driver (BUILD_DIR/tests/test_cuda,
+#   full grid) and compute-sanitizer racecheck and memcheck on its quick grid,
+#   with each plugin (a variant the lab times must pass the tests, not only
+#   the lab's comparison with flash).
 #   KR_AB_SHAPES: kernel_times.py's decode shapes (default 1x1024,1x4096,8x32768).
 set -euo pipefail
 B=build
 if [ $# -gt 0 ] && [ -d "$1" ] && [ -f "$1/libkrserve.so" ]; then B=$1; shift; fi
-[ $# -ge 2 ] || { echo "usage: bench/lab_ab.sh [BUILD_DIR] A B [C ...]" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: bench/lab_ab.sh [BUILD_DIR] A [B ...]" >&2; exit 2; }
 names=("$@") rev=()
 for ((i = $# - 1; i >= 0; i--)); do rev+=("${names[$i]}"); done
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,6 +29,21 @@ for v in "${names[@]}"; do
 done
 export LD_LIBRARY_PATH="$here/$B:$here/$B/deps${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 has() { [[ ",$PARTS," == *",$1,"* ]]; }
+
+if has check; then
+  for v in "${names[@]}"; do
+    p="$LAB/$v/libkrserve-cuda.so"
+    q=() # KR_AB_CHECK_QUICK=1: the driver's quick grid too (the full one takes ~5 minutes)
+    [ "${KR_AB_CHECK_QUICK:-0}" = 1 ] && q=(KR_TEST_QUICK=1)
+    env "${q[@]}" KRSERVE_PLUGIN_PATH="$p" timeout "${KR_AB_TEST_TIMEOUT:-400}" "$B/tests/test_cuda" \
+      >"$OUT/check-$v.log" 2>&1 || echo "test_cuda failed: $v (see $OUT/check-$v.log)"
+    for tool in racecheck memcheck; do
+      KRSERVE_PLUGIN_PATH="$p" KR_TEST_QUICK=1 timeout "${KR_AB_SAN_TIMEOUT:-200}" \
+        compute-sanitizer --tool $tool --error-exitcode 9 "$B/tests/test_cuda" \
+        >"$OUT/$tool-$v.log" 2>&1 || echo "$tool failed: $v (see $OUT/$tool-$v.log)"
+    done
+  done
+fi
 
 if has times; then
   for v in "${names[@]}"; do
@@ -63,6 +82,14 @@ if has prefill; then
 fi
 
 # short tables last
+if has check; then
+  for v in "${names[@]}"; do
+    echo "== check, $v: $(grep -E 'PASSED|FAILED' "$OUT/check-$v.log" | tail -2 | tr '\n' ' ')"
+    for tool in racecheck memcheck; do
+      echo "   $tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool-$v.log" | tail -1)"
+    done
+  done
+fi
 if has times; then
   for v in "${names[@]}"; do echo "== kernel times, $v"; grep -E '^(krserve|cudnn|flash|==)' "$OUT/times-$v.log" || true; done
 fi
