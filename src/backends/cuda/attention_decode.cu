@@ -439,6 +439,82 @@ __device__ __forceinline__ void dp_load_tile(const kr_cu_attention &a, char *ks_
     }
 }
 
+/* DP_TMA (lab variant, sm_90 and up): the tensor-core kernels' f16/bf16
+ * tiles come in by bulk tensor copies (TMA) completing on one mbarrier per
+ * stage, issued by one thread, instead of every thread's 16-byte cp.async
+ * (32 a thread a tile at head_dim 128, with their address arithmetic). A
+ * tile is D / 64 boxes of [BT keys][64 channels] as the 128-byte swizzle
+ * writes them (16-byte chunk c of row r at c ^ (r % 8)); keys past the
+ * split are loaded (rows past the tensor come in as zeros) and their V rows
+ * zeroed after the copy lands (a V row of garbage could hold NaN, which a
+ * zero weight would not cancel). A 1-d bulk copy per row (cp.async.bulk)
+ * was measured first: 2.8x slower (docs/PERFORMANCE.md, CUDA history 57). */
+#ifndef DP_TMA
+#define DP_TMA 0
+#endif
+#if DP_TMA && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define DP_USE_TMA 1
+#else
+#define DP_USE_TMA 0
+#endif
+/* the K and V maps of a TMA call (kernel parameters: __grid_constant__) */
+typedef struct dp_maps {
+    CUtensorMap k, v;
+} dp_maps;
+
+/* Byte offset of 16-byte chunk c of key row r (s = r % 8) in a TMA tile of BT rows. */
+__device__ __forceinline__ int dp_sw(int r, int c, int s, const int BT) {
+    return (c / 8) * BT * 128 + r * 128 + (((c % 8) ^ s) * 16);
+}
+
+#if DP_USE_TMA
+__device__ __forceinline__ unsigned dp_smem(const void *p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+/* Thread 0: the stages' mbarriers, one arrival each (the expect_tx of the
+ * thread that issues the tile). */
+__device__ __forceinline__ void dp_bars_init(uint64_t *bars, const int n) {
+    for (int s = 0; s < n; s++)
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(dp_smem(bars + s)));
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+/* Thread 0: the tile of keys j0 .. j0 + BT into the K and V stages. The
+ * stage was last read by ldmatrix and written by the zeroing of the generic
+ * proxy before the block's barrier: the proxy fence orders those accesses
+ * before the copies' writes. */
+__device__ __forceinline__ void dp_tma_tile(const dp_maps *mp, char *ks_, char *vs_, int b, int hk,
+                                            int j0, uint64_t *bar, const int BT, const int NB) {
+    /* NB boxes of 128-byte rows a tile (D / 64 for f16/bf16; 1 for the int8
+     * codes at head_dim 128) */
+    const unsigned sb = dp_smem(bar);
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(sb),
+                 "r"((unsigned)(2 * NB * BT * 128))
+                 : "memory");
+#pragma unroll
+    for (int h = 0; h < NB; h++) {
+        asm volatile(
+            "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::"
+            "bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dp_smem(ks_ + h * BT * 128)),
+            "l"(&mp->k), "r"(64 * h), "r"(j0), "r"(hk), "r"(b), "r"(sb)
+            : "memory");
+        asm volatile(
+            "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::"
+            "bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dp_smem(vs_ + h * BT * 128)),
+            "l"(&mp->v), "r"(64 * h), "r"(j0), "r"(hk), "r"(b), "r"(sb)
+            : "memory");
+    }
+}
+/* Spin until the stage's phase of the given parity has completed. */
+__device__ __forceinline__ void dp_bar_wait(uint64_t *bar, unsigned parity) {
+    asm volatile("{\n.reg .pred p;\nDP_WAIT:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+                 "@!p bra DP_WAIT;\n}\n" ::"r"(dp_smem(bar)),
+                 "r"(parity)
+                 : "memory");
+}
+#endif
+
 __device__ __forceinline__ void dp_cvt8(const uint4 x, const int DT, float *f) {
     const unsigned w[4] = {x.x, x.y, x.z, x.w};
     for (int i = 0; i < 4; i++) {
@@ -753,27 +829,46 @@ __device__ __forceinline__ void dm_finish(const kr_cu_attention &a, int64_t spli
     dc_merge(a, splits, ws, ml, accs, u.unit, u.chunk, u.hk, u.b, ROWS, DT, D);
 }
 
+/* mp: the K/V maps of the TMA variant (DP_TMA), else NULL (cp.async). */
 __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits,
-                                        const kr_cu_decode_ws &ws, const int ROWS, const int DT,
-                                        const int D) {
+                                        const kr_cu_decode_ws &ws, const dp_maps *mp,
+                                        const int ROWS, const int DT, const int D) {
     extern __shared__ __align__(16) float sh[];
+    const bool tma = DP_USE_TMA && mp != NULL;
     const int NW = KR_CU_DECODE_WARPS;
-    const int BT = DP_BT(D), P = DP_PITCH(D), KPW = BT / NW;
+    const int BT = DP_BT(D), P = tma ? 128 : DP_PITCH(D), KPW = BT / NW;
     const int NT = KPW / 8;                 /* 8-key blocks of a warp's share of a tile */
     const int NC = D / 8;                   /* 8-channel blocks of the output */
     float *qs = sh;                         /* [ROWS][D] */
     char *stages = (char *)(sh + ROWS * D); /* [STAGES][K tile, V tile] */
-    const int STB = 2 * BT * P;
+    /* TMA: the stages' mbarriers, then the stages at the next 1024 bytes (the
+     * swizzle atom: a row's swizzle is its address bits 7-9) */
+#if DP_USE_TMA
+    uint64_t *bars = (uint64_t *)(void *)stages;
+    if (tma) stages = (char *)(((uintptr_t)(stages + 64) + 1023) & ~(uintptr_t)1023);
+#endif
+    const int STB = tma ? 2 * BT * 2 * D : 2 * BT * P;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const dm_unit u = dm_unit_of(a, splits, ROWS);
     const int64_t b = u.b, hk = u.hk, ks = u.ks, ke = u.ke;
     const int64_t nt = (ke - ks + BT - 1) / BT;
 
-    for (int t = 0; t < DP_STAGES - 1; t++) {
-        if (t < nt)
-            dp_load_tile(a, stages + t * STB, stages + t * STB + BT * P, b, hk,
-                         ks + (int64_t)t * BT, ke, D);
-        tc_commit();
+    if (tma) {
+#if DP_USE_TMA
+        if (threadIdx.x == 0) {
+            dp_bars_init(bars, DP_STAGES);
+            for (int t = 0; t < DP_STAGES - 1 && t < nt; t++)
+                dp_tma_tile(mp, stages + t * STB, stages + t * STB + STB / 2, (int)b, (int)hk,
+                            (int)(ks + (int64_t)t * BT), bars + t, BT, D / 64);
+        }
+#endif
+    } else {
+        for (int t = 0; t < DP_STAGES - 1; t++) {
+            if (t < nt)
+                dp_load_tile(a, stages + t * STB, stages + t * STB + BT * P, b, hk,
+                             ks + (int64_t)t * BT, ke, D);
+            tc_commit();
+        }
     }
     unsigned qa[8][2]; /* D / 16 <= 8 used */
     dm_q_frags(a, u, NULL, qs, qa, ROWS, DT, D, false);
@@ -783,16 +878,41 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
 #pragma unroll
     for (int n = 0; n < NC; n++) o[n][0] = o[n][1] = 0.0f;
     for (int64_t t = 0; t < nt; t++) {
-        dp_wait_ahead();
-        __syncthreads();
-        {
+        if (tma) {
+#if DP_USE_TMA
+            /* every warp is done with tile t - 1's stage: refill it with tile
+             * t + STAGES - 1, then wait for tile t (its stage's use t / STAGES) */
+            __syncthreads();
+            const int64_t tn = t + DP_STAGES - 1;
+            char *st = stages + (tn % DP_STAGES) * STB;
+            if (threadIdx.x == 0 && tn < nt)
+                dp_tma_tile(mp, st, st + STB / 2, (int)b, (int)hk, (int)(ks + tn * BT),
+                            bars + tn % DP_STAGES, BT, D / 64);
+            dp_bar_wait(bars + t % DP_STAGES, (unsigned)(t / DP_STAGES) & 1u);
+            const int64_t past = ks + (t + 1) * BT - ke; /* keys of the tile past the split */
+            if (past > 0) {
+                /* whole 128-byte rows (each box's): the swizzle stays inside a row */
+                char *vz = stages + (t % DP_STAGES) * STB + STB / 2;
+                const int r0 = BT - (int)past, nch = (int)past * (D / 8);
+                for (int i = threadIdx.x; i < nch; i += DC_THREADS) {
+                    const int r = r0 + i / (D / 8), c = i % (D / 8);
+                    *(uint4 *)(void *)(vz + (c / 8) * BT * 128 + r * 128 + (c % 8) * 16) =
+                        make_uint4(0, 0, 0, 0);
+                }
+                __syncthreads();
+            }
+#endif
+        } else {
+            dp_wait_ahead();
+            __syncthreads();
             const int64_t tn = t + DP_STAGES - 1;
             char *st = stages + (tn % DP_STAGES) * STB;
             if (tn < nt) dp_load_tile(a, st, st + BT * P, b, hk, ks + tn * BT, ke, D);
             tc_commit();
         }
+        /* TMA: tiles of D / 64 boxes, rows of 128 bytes; else rows of P bytes */
         const char *kt = stages + (t % DP_STAGES) * STB + warp * KPW * P;
-        const char *vt = kt + BT * P;
+        const char *vt = stages + (t % DP_STAGES) * STB + (tma ? STB / 2 : BT * P) + warp * KPW * P;
         const int64_t j0 = ks + t * BT + warp * KPW;
         /* S = Q K^T over this warp's KPW keys, 16 keys (two 8-key blocks) a step */
         float sc[4][2]; /* NT <= 4 used */
@@ -801,11 +921,12 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
 #pragma unroll
         for (int n = 0; n < NT; n += 2) {
             /* lane's ldmatrix row: matrix lane / 8 = (key block, channel half) */
-            const char *kr = kt + (8 * (n + (lane / 16)) + lane % 8) * P + ((lane / 8) % 2) * 16;
+            const int kr_row = 8 * (n + (lane / 16)) + lane % 8, kc = (lane / 8) % 2;
+            const char *kr = kt + kr_row * P + kc * 16;
 #pragma unroll
             for (int k = 0; k < D / 16; k++) {
                 unsigned f[4];
-                tc_ldsm4(kr + 32 * k, f);
+                tc_ldsm4(tma ? kt + dp_sw(kr_row, kc + 2 * k, lane % 8, BT) : kr + 32 * k, f);
                 dm_mma(sc[n], qa[k][0], qa[k][1], f[0], f[1], DT);
                 dm_mma(sc[n + 1], qa[k][0], qa[k][1], f[2], f[3], DT);
             }
@@ -829,28 +950,44 @@ __device__ __forceinline__ void dm_body(const kr_cu_attention &a, int64_t splits
 /* O += P V, 16 keys a step, two 8-channel blocks per ldmatrix.trans */
 #pragma unroll
         for (int k = 0; k < NT / 2; k++) {
-            const char *vr =
-                vt + (16 * k + (lane % 8) + 8 * ((lane / 8) % 2)) * P + (lane / 16) * 16;
+            const int vr_row = 16 * k + (lane % 8) + 8 * ((lane / 8) % 2), vc = lane / 16;
+            const char *vr = vt + vr_row * P + vc * 16;
 #pragma unroll
             for (int n = 0; n < NC; n += 2) {
                 unsigned f[4];
-                tc_ldsm4_t(vr + 16 * n, f);
+                tc_ldsm4_t(tma ? vt + dp_sw(vr_row, vc + n, lane % 8, BT) : vr + 16 * n, f);
                 dm_mma(o[n], pa[2 * k], pa[2 * k + 1], f[0], f[1], DT);
                 dm_mma(o[n + 1], pa[2 * k], pa[2 * k + 1], f[2], f[3], DT);
             }
         }
     }
-    tc_wait(0);
+    if (!tma) tc_wait(0);
     dm_finish(a, splits, ws, u, (float *)stages, m, l, o, 1.0f, ROWS, DT, D, false);
 }
 
+/* The TMA variant's kernels take the maps as a kernel parameter. */
+#define DM_TMA_KERNEL(name, body)                                                                  \
+    __global__ void __launch_bounds__(DC_THREADS)                                                  \
+        name(kr_cu_attention a, int64_t splits, kr_cu_decode_ws ws,                                \
+             const __grid_constant__ dp_maps maps) {                                               \
+        body;                                                                                      \
+    }
 #define DM_KERNELS(D)                                                                              \
-    DECODE_KERNEL(dm_f16_r4_d##D, dm_body(a, splits, ws, 4, KR_F16, D))                            \
-    DECODE_KERNEL(dm_f16_r8_d##D, dm_body(a, splits, ws, 8, KR_F16, D))                            \
-    DECODE_KERNEL(dm_bf16_r4_d##D, dm_body(a, splits, ws, 4, KR_BF16, D))                          \
-    DECODE_KERNEL(dm_bf16_r8_d##D, dm_body(a, splits, ws, 8, KR_BF16, D))
+    DECODE_KERNEL(dm_f16_r4_d##D, dm_body(a, splits, ws, NULL, 4, KR_F16, D))                      \
+    DECODE_KERNEL(dm_f16_r8_d##D, dm_body(a, splits, ws, NULL, 8, KR_F16, D))                      \
+    DECODE_KERNEL(dm_bf16_r4_d##D, dm_body(a, splits, ws, NULL, 4, KR_BF16, D))                    \
+    DECODE_KERNEL(dm_bf16_r8_d##D, dm_body(a, splits, ws, NULL, 8, KR_BF16, D))
 DM_KERNELS(64)
 DM_KERNELS(128)
+#if DP_TMA
+#define DM_TMA_KERNELS(D)                                                                          \
+    DM_TMA_KERNEL(dmt_f16_r4_d##D, dm_body(a, splits, ws, &maps, 4, KR_F16, D))                    \
+    DM_TMA_KERNEL(dmt_f16_r8_d##D, dm_body(a, splits, ws, &maps, 8, KR_F16, D))                    \
+    DM_TMA_KERNEL(dmt_bf16_r4_d##D, dm_body(a, splits, ws, &maps, 4, KR_BF16, D))                  \
+    DM_TMA_KERNEL(dmt_bf16_r8_d##D, dm_body(a, splits, ws, &maps, 8, KR_BF16, D))
+DM_TMA_KERNELS(64)
+DM_TMA_KERNELS(128)
+#endif
 
 /* ---- v4 over the int8 cache: the same pipeline and MMAs, codes in f16 ----
  *
@@ -946,14 +1083,23 @@ __device__ __forceinline__ void dq_store_meta(float *gs, const unsigned short *w
     }
 }
 
+/* mp: the code maps of the TMA variant (DP_TMA, head_dim 128: rows of 128
+ * codes, one box a tile), else NULL (cp.async). Keys past the split need no
+ * zeroing there: codes are finite and their group scales are zero. */
 __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits,
-                                        const kr_cu_decode_ws &ws, const int ROWS, const int D) {
+                                        const kr_cu_decode_ws &ws, const dp_maps *mp,
+                                        const int ROWS, const int D) {
     extern __shared__ __align__(16) float sh[];
+    const bool tma = DP_USE_TMA && mp != NULL && D == 128;
     const int NW = KR_CU_DECODE_WARPS, NG = D / 32;
-    const int BT = DQ_BT(D), P = DQ_PITCH(D), KPW = BT / NW;
+    const int BT = DQ_BT(D), P = tma ? 128 : DQ_PITCH(D), KPW = BT / NW;
     const int NT = KPW / 8, NC = D / 8;
     float *qs = sh;                         /* [ROWS][D] */
     char *stages = (char *)(sh + ROWS * D); /* [STAGES][K codes, V codes, K gs, V gs] */
+#if DP_USE_TMA
+    uint64_t *bars = (uint64_t *)(void *)stages; /* then the stages at 1024 bytes, as dm_body's */
+    if (tma) stages = (char *)(((uintptr_t)(stages + 64) + 1023) & ~(uintptr_t)1023);
+#endif
     const int STB = 2 * BT * P + 2 * BT * NG * 4;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, q4 = lane % 4;
     const dm_unit u = dm_unit_of(a, splits, ROWS);
@@ -961,14 +1107,25 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
     const int64_t nt = (ke - ks + BT - 1) / BT;
 
     unsigned short mw[2 * 3]; /* metadata words in flight: <= 2 rows x 3 words */
+#if DP_USE_TMA
+    if (tma && threadIdx.x == 0) dp_bars_init(bars, DQ_STAGES);
+#endif
     for (int t = 0; t < DQ_STAGES - 1; t++) {
         char *st = stages + t * STB;
         if (t < nt) {
-            dq_load_tile(a, st, st + BT * P, b, hk, ks + (int64_t)t * BT, ke, D);
+            if (tma) {
+#if DP_USE_TMA
+                if (threadIdx.x == 0)
+                    dp_tma_tile(mp, st, st + BT * P, (int)b, (int)hk, (int)(ks + (int64_t)t * BT),
+                                bars + t, BT, 1);
+#endif
+            } else {
+                dq_load_tile(a, st, st + BT * P, b, hk, ks + (int64_t)t * BT, ke, D);
+            }
             dq_load_meta(a, b, hk, ks + (int64_t)t * BT, ke, mw, D);
             dq_store_meta((float *)(st + 2 * BT * P), mw, D);
         }
-        tc_commit();
+        if (!tma) tc_commit();
     }
     unsigned qa[8][2]; /* D / 16 <= 8 used */
     dm_q_frags(a, u, a.k8.chan + hk * a.D, qs, qa, ROWS, KR_F16, D, true);
@@ -978,15 +1135,29 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
 #pragma unroll
     for (int n = 0; n < NC; n++) o[n][0] = o[n][1] = 0.0f;
     for (int64_t t = 0; t < nt; t++) {
-        tc_wait(DQ_STAGES - 2);
+        if (!tma) tc_wait(DQ_STAGES - 2);
         __syncthreads();
         const int64_t tn = t + DQ_STAGES - 1;
         char *stn = stages + (tn % DQ_STAGES) * STB;
         if (tn < nt) {
-            dq_load_tile(a, stn, stn + BT * P, b, hk, ks + tn * BT, ke, D);
+            if (tma) {
+#if DP_USE_TMA
+                if (threadIdx.x == 0)
+                    dp_tma_tile(mp, stn, stn + BT * P, (int)b, (int)hk, (int)(ks + tn * BT),
+                                bars + tn % DQ_STAGES, BT, 1);
+#endif
+            } else {
+                dq_load_tile(a, stn, stn + BT * P, b, hk, ks + tn * BT, ke, D);
+            }
             dq_load_meta(a, b, hk, ks + tn * BT, ke, mw, D);
         }
-        tc_commit();
+        if (tma) {
+#if DP_USE_TMA
+            dp_bar_wait(bars + t % DQ_STAGES, (unsigned)(t / DQ_STAGES) & 1u);
+#endif
+        } else {
+            tc_commit();
+        }
         const char *st = stages + (t % DQ_STAGES) * STB;
         const char *kt = st + warp * KPW * P, *vt = st + BT * P + warp * KPW * P;
         const float *gk = (const float *)(st + 2 * BT * P) + warp * KPW * NG;
@@ -1002,11 +1173,12 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
 #pragma unroll
         for (int n = 0; n < NT; n += 2) {
             /* matrix lane / 8: (key block n + lane / 16, channel half (lane / 8) % 2) */
-            const char *kr = kt + (8 * (n + lane / 16) + lane % 8) * P + ((lane / 8) % 2) * 16;
+            const int kr_row = 8 * (n + lane / 16) + lane % 8, kc = (lane / 8) % 2;
+            const char *kr = kt + kr_row * P + kc * 16;
 #pragma unroll
             for (int g = 0; g < NG; g++) {
                 unsigned f[4];
-                tc_ldsm4(kr + 32 * g, f);
+                tc_ldsm4(tma ? kt + dp_sw(kr_row, kc + 2 * g, lane % 8, BT) : kr + 32 * g, f);
 #pragma unroll
                 for (int i = 0; i < 4; i++) f[i] ^= 0x80808080u;
                 float p0[2] = {0.0f, 0.0f}, p1[2] = {0.0f, 0.0f};
@@ -1062,7 +1234,8 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
 #pragma unroll
         for (int k = 0; k < NT / 2; k++) {
             const int ka = 16 * k + 2 * q4, kb = ka + 8;
-            const char *vr = vt + (16 * k + lane % 8 + 8 * ((lane / 8) % 2)) * P + (lane / 16) * 16;
+            const int vr_row = 16 * k + lane % 8 + 8 * ((lane / 8) % 2), vc = lane / 16;
+            const char *vr = vt + vr_row * P + vc * 16;
 #pragma unroll
             for (int g = 0; g < NG; g++) {
                 const unsigned pa0 = tc_pack(p[2 * k][0] * gv[ka * NG + g] * cf,
@@ -1070,7 +1243,7 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
                 const unsigned pa2 = tc_pack(p[2 * k + 1][0] * gv[kb * NG + g] * cf,
                                              p[2 * k + 1][1] * gv[(kb + 1) * NG + g] * cf, KR_F16);
                 unsigned f[4];
-                tc_ldsm4_t(vr + 32 * g, f);
+                tc_ldsm4_t(tma ? vt + dp_sw(vr_row, vc + 2 * g, lane % 8, BT) : vr + 32 * g, f);
 #pragma unroll
                 for (int i = 0; i < 4; i++) f[i] ^= 0x80808080u;
 #pragma unroll
@@ -1086,7 +1259,7 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
         /* the metadata of tile tn, loaded above, into its stage */
         if (tn < nt) dq_store_meta((float *)(stn + 2 * BT * P), mw, D);
     }
-    tc_wait(0);
+    if (!tma) tc_wait(0);
     dm_finish(a, splits, ws, u, (float *)stages, m, l, o, 1.0f / cf, ROWS, KR_I8, D, true);
 }
 
@@ -1100,10 +1273,20 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
         name(kr_cu_attention a, int64_t splits, kr_cu_decode_ws ws) {                              \
         body;                                                                                      \
     }
-DQ_KERNEL(dq_r4_d64, dq_body(a, splits, ws, 4, 64))
-DQ_KERNEL(dq_r8_d64, dq_body(a, splits, ws, 8, 64))
-DQ_KERNEL(dq_r4_d128, dq_body(a, splits, ws, 4, 128))
-DQ_KERNEL(dq_r8_d128, dq_body(a, splits, ws, 8, 128))
+DQ_KERNEL(dq_r4_d64, dq_body(a, splits, ws, NULL, 4, 64))
+DQ_KERNEL(dq_r8_d64, dq_body(a, splits, ws, NULL, 8, 64))
+DQ_KERNEL(dq_r4_d128, dq_body(a, splits, ws, NULL, 4, 128))
+DQ_KERNEL(dq_r8_d128, dq_body(a, splits, ws, NULL, 8, 128))
+#if DP_TMA
+#define DQ_TMA_KERNEL(name, body)                                                                  \
+    __global__ void __launch_bounds__(DC_THREADS, DQ_MIN_BLOCKS)                                   \
+        name(kr_cu_attention a, int64_t splits, kr_cu_decode_ws ws,                                \
+             const __grid_constant__ dp_maps maps) {                                               \
+        body;                                                                                      \
+    }
+DQ_TMA_KERNEL(dqt_r4_d128, dq_body(a, splits, ws, &maps, 4, 128))
+DQ_TMA_KERNEL(dqt_r8_d128, dq_body(a, splits, ws, &maps, 8, 128))
+#endif
 
 typedef void (*dc_kernel_fn)(kr_cu_attention, int64_t, kr_cu_decode_ws);
 
@@ -1238,6 +1421,52 @@ extern "C" kr_status kr_cu_decode(const kr_cu_attention *a, int64_t splits,
     const int64_t chunks = ((a->H / a->Hkv) * a->Sq + rows - 1) / rows;
     dim3 grid((unsigned)splits, (unsigned)(a->Hkv * chunks), (unsigned)a->B);
     size_t smem = 0;
+#if DP_TMA
+    if (a->cc >= 90 && !a->int8 && a->D != 256) {
+        typedef void (*dmt_fn)(kr_cu_attention, int64_t, kr_cu_decode_ws, dp_maps);
+        static const dmt_fn tk[2][2][2] = {
+            {{dmt_f16_r4_d64, dmt_f16_r8_d64}, {dmt_bf16_r4_d64, dmt_bf16_r8_d64}},
+            {{dmt_f16_r4_d128, dmt_f16_r8_d128}, {dmt_bf16_r4_d128, dmt_bf16_r8_d128}},
+        };
+        const dmt_fn f = tk[a->D == 128][a->k.dtype != KR_F16][rows == 8];
+        dp_maps mp;
+        memset(&mp, 0, sizeof mp);
+        /* a map the driver refuses: the cp.async kernel below */
+        if (cu_tensor_map(&mp.k, &a->k, a->B, a->Skv, a->Hkv, a->D, DP_BT(a->D)) &&
+            cu_tensor_map(&mp.v, &a->v, a->B, a->Skv, a->Hkv, a->D, DP_BT(a->D))) {
+            smem = sizeof(float) * (size_t)(rows * a->D) + 64 + 1024 +
+                   (size_t)(DP_STAGES * 2 * DP_BT(a->D) * 2 * a->D);
+            const kr_status st = cu_allow_smem((const void *)f, smem, "decode attention", err, n);
+            if (st) return st;
+            f<<<grid, DC_THREADS, smem, (cudaStream_t)stream>>>(*a, splits, *ws, mp);
+            return cu_launched("decode attention", err, n);
+        }
+    }
+    if (a->cc >= 90 && a->int8 && a->D == 128) {
+        /* the codes as [B][capacity][Hkv][D] i8 views */
+        const int64_t D = a->D, BT = DQ_BT(D);
+        kr_tensor kt, vt;
+        memset(&kt, 0, sizeof kt);
+        kt.data = (void *)a->k8.data, kt.dtype = KR_I8;
+        kt.stride[0] = a->k8.capacity * a->Hkv * D, kt.stride[1] = a->Hkv * D;
+        kt.stride[2] = D, kt.stride[3] = 1;
+        vt = kt, vt.data = (void *)a->v8.data, vt.stride[0] = a->v8.capacity * a->Hkv * D;
+        dp_maps mp;
+        memset(&mp, 0, sizeof mp);
+        if (cu_tensor_map(&mp.k, &kt, a->B, a->k8.capacity, a->Hkv, D, (int)BT) &&
+            cu_tensor_map(&mp.v, &vt, a->B, a->v8.capacity, a->Hkv, D, (int)BT)) {
+            typedef void (*dqt_fn)(kr_cu_attention, int64_t, kr_cu_decode_ws, dp_maps);
+            const dqt_fn f = rows == 8 ? dqt_r8_d128 : dqt_r4_d128;
+            smem = sizeof(float) * (size_t)(rows * D) + 64 + 1024 +
+                   (size_t)(DQ_STAGES * (2 * BT * 128 + 2 * BT * (D / 32) * 4));
+            const kr_status st =
+                cu_allow_smem((const void *)f, smem, "int8 decode attention", err, n);
+            if (st) return st;
+            f<<<grid, DC_THREADS, smem, (cudaStream_t)stream>>>(*a, splits, *ws, mp);
+            return cu_launched("int8 decode attention", err, n);
+        }
+    }
+#endif
     const dc_kernel_fn fn = dp_kernel(a, &smem);
     const kr_status st = cu_allow_smem((const void *)fn, smem, "decode attention", err, n);
     if (st) return st;

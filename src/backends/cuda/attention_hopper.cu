@@ -786,8 +786,8 @@ static hp_encode_fn hp_encoder(void) {
 
 /* Byte stride of a dimension for the map: a multiple of 16 below 2^40; a
  * dimension of extent 1 is never stepped, so any valid value does. */
-static bool hp_stride(int64_t elems, int64_t extent, cuuint64_t *out) {
-    const int64_t bytes = 2 * elems;
+static bool hp_stride(int64_t elems, int64_t es, int64_t extent, cuuint64_t *out) {
+    const int64_t bytes = es * elems;
     if (extent == 1) {
         *out = 16;
         return true;
@@ -798,19 +798,24 @@ static bool hp_stride(int64_t elems, int64_t extent, cuuint64_t *out) {
 }
 
 /* A [B][S][H][D] view (strides in elements, D unit) as a 4-d map {D, S, H,
- * B} with boxes of 64 channels x rows x 1 x 1, 128-byte swizzle. */
-static bool hp_map(CUtensorMap *map, const kr_tensor *t, int64_t B, int64_t S, int64_t H, int64_t D,
+ * B} with boxes of 128 bytes of channels (64 f16/bf16, 128 i8) x rows x 1 x
+ * 1, 128-byte swizzle (the decode's TMA variant uses it too: common.cuh). */
+bool cu_tensor_map(CUtensorMap *map, const kr_tensor *t, int64_t B, int64_t S, int64_t H, int64_t D,
                    int rows) {
     hp_encode_fn enc = hp_encoder();
+    const int64_t es = t->dtype == KR_I8 ? 1 : 2;
     if (!enc || t->stride[3] != 1 || (uintptr_t)t->data % 16) return false;
     const cuuint64_t dims[4] = {(cuuint64_t)D, (cuuint64_t)S, (cuuint64_t)H, (cuuint64_t)B};
     cuuint64_t strides[3];
-    if (!hp_stride(t->stride[1], S, &strides[0]) || !hp_stride(t->stride[2], H, &strides[1]) ||
-        !hp_stride(t->stride[0], B, &strides[2]))
+    if (!hp_stride(t->stride[1], es, S, &strides[0]) ||
+        !hp_stride(t->stride[2], es, H, &strides[1]) ||
+        !hp_stride(t->stride[0], es, B, &strides[2]))
         return false;
-    const cuuint32_t box[4] = {64, (cuuint32_t)rows, 1, 1}, one[4] = {1, 1, 1, 1};
-    const CUtensorMapDataType dt =
-        t->dtype == KR_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+    const cuuint32_t box[4] = {(cuuint32_t)(128 / es), (cuuint32_t)rows, 1, 1},
+                     one[4] = {1, 1, 1, 1};
+    const CUtensorMapDataType dt = t->dtype == KR_I8     ? CU_TENSOR_MAP_DATA_TYPE_UINT8
+                                   : t->dtype == KR_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                                         : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
     return enc(map, dt, 4, t->data, dims, strides, box, one, CU_TENSOR_MAP_INTERLEAVE_NONE,
                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
@@ -822,7 +827,7 @@ static bool hp_map(CUtensorMap *map, const kr_tensor *t, int64_t B, int64_t S, i
 static bool hp_stage_o(const kr_cu_attention *a, const kr_cu_prefill_ws *ws, int nc,
                        CUtensorMap *map) {
     return HP_TMA_STORE && hp_which_stages_o[hp_which(a, nc)] && ws->splits <= 1 &&
-           a->out.dtype == a->q.dtype && hp_map(map, &a->out, a->B, a->Sq, a->H, a->D, 64);
+           a->out.dtype == a->q.dtype && cu_tensor_map(map, &a->out, a->B, a->Sq, a->H, a->D, 64);
 }
 
 extern "C" int kr_cu_hopper_supported(const kr_cu_attention *a, char *why, size_t n) {
@@ -852,9 +857,9 @@ extern "C" int kr_cu_hopper_supported(const kr_cu_attention *a, char *why, size_
     }
     CUtensorMap m;
     const int bn = hp_tile_keys(a);
-    if (!hp_map(&m, &a->q, a->B, a->Sq, a->H, a->D, HP_BM(hp_consumers(a))) ||
-        !hp_map(&m, &a->k, a->B, a->Skv, a->Hkv, a->D, bn) ||
-        !hp_map(&m, &a->v, a->B, a->Skv, a->Hkv, a->D, bn)) {
+    if (!cu_tensor_map(&m, &a->q, a->B, a->Sq, a->H, a->D, HP_BM(hp_consumers(a))) ||
+        !cu_tensor_map(&m, &a->k, a->B, a->Skv, a->Hkv, a->D, bn) ||
+        !cu_tensor_map(&m, &a->v, a->B, a->Skv, a->Hkv, a->D, bn)) {
         snprintf(why, n,
                  "Hopper prefill kernel: q/K/V not expressible as tensor maps (16-byte aligned "
                  "base and strides needed)");
@@ -888,9 +893,9 @@ extern "C" kr_status kr_cu_hopper_prefill(const kr_cu_attention *a, const kr_cu_
     kr_status st = cu_allow_smem((const void *)fn, smem, "Hopper prefill attention", err, n);
     if (st) return st;
     if (a->Sq == 0 || a->B == 0 || a->H == 0) return KR_OK;
-    if (!hp_map(&mp.q, &a->q, a->B, a->Sq, a->H, a->D, HP_BM(nc)) ||
-        !hp_map(&mp.k, &a->k, a->B, a->Skv, a->Hkv, a->D, bn) ||
-        !hp_map(&mp.v, &a->v, a->B, a->Skv, a->Hkv, a->D, bn)) {
+    if (!cu_tensor_map(&mp.q, &a->q, a->B, a->Sq, a->H, a->D, HP_BM(nc)) ||
+        !cu_tensor_map(&mp.k, &a->k, a->B, a->Skv, a->Hkv, a->D, bn) ||
+        !cu_tensor_map(&mp.v, &a->v, a->B, a->Skv, a->Hkv, a->D, bn)) {
         snprintf(err, n, "Hopper prefill attention: cuTensorMapEncodeTiled refused a map");
         return KR_ERR_BACKEND;
     }

@@ -8,11 +8,19 @@
 
 #include "kernels.h"
 
+#include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
+
+/* A [B][S][H][D] f16/bf16/i8 view (unit inner stride) as a 4-d TMA map {D,
+ * S, H, B}, boxes of 128 bytes of channels x rows, 128-byte swizzle
+ * (attention_hopper.cu);
+ * false where the driver has no encoder or the strides do not fit a map. */
+bool cu_tensor_map(CUtensorMap *map, const kr_tensor *t, int64_t B, int64_t S, int64_t H, int64_t D,
+                   int rows);
 
 __device__ __forceinline__ int64_t cu_off(const kr_tensor &t, int64_t i0, int64_t i1, int64_t i2,
                                           int64_t i3) {
