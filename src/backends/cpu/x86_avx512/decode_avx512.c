@@ -80,12 +80,12 @@ KR_INLINE void qk4(const float *q, int64_t D, const char *const *k, const float 
             for (int x = 0; x < 4; x++) acc[r][x] = _mm512_fmadd_ps(qv, kv[x], acc[r][x]);
         }
     }
+    /* a masked store: a loop over nk floats became a memcpy call, which
+     * spilled every accumulator around it (CPU history 23) */
+    const __mmask8 m = (__mmask8)((1u << nk) - 1);
 #pragma GCC unroll 6
-    for (int r = 0; r < R; r++) {
-        float s[4];
-        _mm_storeu_ps(s, sum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
-        for (int x = 0; x < nk; x++) S[r * TK + x] = s[x];
-    }
+    for (int r = 0; r < R; r++)
+        _mm_mask_storeu_ps(S + r * TK, m, sum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
 }
 
 KR_INLINE void qk_all(const float *q, int64_t D, const char *const *krow, const float *gk,
