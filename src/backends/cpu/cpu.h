@@ -48,8 +48,12 @@ static inline void kr_cpu_pf_keys(const kr_cpu_pf *pf, int64_t j, int nk) {
 }
 
 typedef struct kr_cpu_decode_kernels {
+    /* qs: this head's q_state_bytes of state for the unit (its rows of q are
+     * the same in every tile), all zero when the unit starts, for qk to keep
+     * what it derives from q across the unit's tiles; NULL when
+     * q_state_bytes is 0. */
     void (*qk)(const float *q, int64_t D, const char *const *krow, const float *gk, int64_t ng,
-               int64_t n, float *S, kr_dtype dt, int R, const kr_cpu_pf *pf);
+               int64_t n, float *S, kr_dtype dt, int R, const kr_cpu_pf *pf, void *qs);
     void (*pv)(const float *P, int64_t j_lo, int64_t j_hi, const char *const *vrow, const float *gv,
                int64_t ng, int64_t D, float *O, const float *corr, kr_dtype dt, int R,
                const kr_cpu_pf *pf);
@@ -71,6 +75,7 @@ typedef struct kr_cpu_decode_kernels {
      * does; or NULL. */
     void (*dequant_row)(const int8_t *q, const uint8_t *meta, const float *chan, int64_t D,
                         float *out);
+    size_t q_state_bytes; /* a multiple of 64, or 0: qk keeps no state */
 } kr_cpu_decode_kernels;
 
 /* The tiled attention driver (x86_avx2/) with its own decode kernels (dk
@@ -126,12 +131,14 @@ const kr_cpu_append_kernels *kr_cpu_avx512_append_kernels(void);
 const kr_cpu_kernels *kr_cpu_avx512_kernels(bool int8_dot);
 
 /* decode_vnni.c: kr_cpu_decode_kernels.qk / .pv for int8 rows by integer
- * dot products (q and P quantised per call); false when the case is not
- * theirs (head_dim not a multiple of 64, ng not head_dim / 32, R not 1, 4
- * or 6, more than 64 keys, no keys) or an input is not finite; nothing is
- * written then. */
+ * dot products (q quantised once a unit when qs is given, else per call; P
+ * per call); false when the case is not theirs (head_dim not a multiple of
+ * 64, ng not head_dim / 32, R not 1, 4 or 6, more than 64 keys, no keys) or
+ * an input is not finite; nothing is written to S or O then. qs: NULL, or
+ * KR_CPU_VNNI_Q_STATE_BYTES as kr_cpu_decode_kernels.qk describes. */
+#define KR_CPU_VNNI_Q_STATE_BYTES 3712
 bool kr_cpu_vnni_qk(const float *q, int64_t D, const char *const *krow, const float *gk, int64_t ng,
-                    int64_t n, float *S, int R, const kr_cpu_pf *pf);
+                    int64_t n, float *S, int R, const kr_cpu_pf *pf, void *qs);
 bool kr_cpu_vnni_pv(const float *P, int64_t j_lo, int64_t j_hi, const char *const *vrow,
                     const float *gv, int64_t ng, int64_t D, float *O, const float *corr, int R,
                     const kr_cpu_pf *pf);

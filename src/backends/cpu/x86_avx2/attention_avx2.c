@@ -71,6 +71,7 @@ typedef struct att_scratch {
     const char *krow[TK], *vrow[TK];
     float gk[TK * (KR_CPU_MAX_HEAD_DIM / KR_KV_INT8_GROUP)],
         gv[TK * (KR_CPU_MAX_HEAD_DIM / KR_KV_INT8_GROUP)];
+    unsigned char *qs; /* the decode kernels' q state, q_state_bytes a head of the unit, or NULL */
 } att_scratch;
 
 /* ---- micro-kernels ------------------------------------------------------------ */
@@ -584,6 +585,8 @@ static void unit_run_direct(const att_plan *p, int64_t b, int64_t hk0, int64_t l
      * products: CPU history 20); where a tile is not one stretch, in one
      * burst. The first tile is a burst either way. */
     const bool spread = hk0 == 0 && p->hpu == a->Hkv;
+    const size_t qsb = p->dk ? p->dk->q_state_bytes : 0;
+    if (w->qs) memset(w->qs, 0, qsb * (size_t)p->hpu); /* this unit's rows of q */
     if (spread && lo < hi) prefetch_tile(a, b, hk0, p->hpu, lo, hi - lo < p->tk ? hi - lo : p->tk);
     for (int64_t j0 = lo; j0 < hi; j0 += p->tk) {
         const int64_t n = hi - j0 < p->tk ? hi - j0 : p->tk;
@@ -627,7 +630,7 @@ static void unit_run_direct(const att_plan *p, int64_t b, int64_t hk0, int64_t l
             const int64_t ng = (D + KR_KV_INT8_GROUP - 1) / KR_KV_INT8_GROUP;
             if (p->dk)
                 p->dk->qk(w->Qp + rb * D, D, w->krow, w->gk, ng, n, S, p->kv_dt, R,
-                          pf ? &kpf : NULL);
+                          pf ? &kpf : NULL, w->qs ? w->qs + (size_t)hh * qsb : NULL);
             else
                 qk_direct_dispatch(w->Qp + rb * D, D, w, n, S, p->kv_dt, R, pf ? &kpf : NULL);
             for (int r = 0; r < R; r++)
@@ -809,6 +812,7 @@ static void scratch_free(att_scratch *w) {
     free(w->hi);
     free(w->qi);
     free(w->qh);
+    free(w->qs);
 }
 
 static bool scratch_alloc(att_scratch *w, const att_plan *p) {
@@ -828,8 +832,10 @@ static bool scratch_alloc(att_scratch *w, const att_plan *p) {
     w->hi = calloc(rp, sizeof(int64_t));
     w->qi = calloc(rp, sizeof(int64_t));
     w->qh = calloc(rp, sizeof(int64_t));
+    const size_t qsb = p->dk && p->direct ? p->dk->q_state_bytes : 0;
+    if (qsb) w->qs = aligned_alloc(64, qsb * (size_t)p->hpu);
     if (w->Qp && w->Op && w->m && w->l && w->S && w->Kt && w->Vt && w->KT && w->corr && w->lo &&
-        w->hi && w->qi && w->qh)
+        w->hi && w->qi && w->qh && (w->qs || !qsb))
         return true;
     scratch_free(w);
     return false;

@@ -159,7 +159,9 @@ KR_INLINE void pv_all(const float *P, int64_t j_lo, int64_t j_hi, const char *co
     X(KR_F16, 6) X(KR_BF16, 6) X(KR_I8, 6) X(KR_F32, 1) X(KR_F16, 1) X(KR_BF16, 1) X(KR_I8, 1)
 
 static void qk_direct(const float *q, int64_t D, const char *const *krow, const float *gk,
-                      int64_t ng, int64_t n, float *S, kr_dtype dt, int R, const kr_cpu_pf *pf) {
+                      int64_t ng, int64_t n, float *S, kr_dtype dt, int R, const kr_cpu_pf *pf,
+                      void *qs) {
+    (void)qs; /* q_state_bytes 0 */
 #define X(DT, RR)                                                                                  \
     if (dt == (DT) && R == (RR)) {                                                                 \
         qk_all(q, D, krow, gk, ng, n, S, DT, RR, pf);                                              \
@@ -292,15 +294,16 @@ static void dequant_row(const int8_t *q, const uint8_t *meta, const float *chan,
     }
 }
 
-static const kr_cpu_decode_kernels avx512_decode = {qk_direct, pv_direct,    gemm6x32,
-                                                    gemm6x64,  softmax_full, dequant_row};
+static const kr_cpu_decode_kernels avx512_decode = {qk_direct,    pv_direct,   gemm6x32, gemm6x64,
+                                                    softmax_full, dequant_row, 0};
 
 /* With AVX512_VNNI: int8 rows by integer dot products where decode_vnni.c
  * takes the case, the float kernels above otherwise. */
 static void qk_int8_dot(const float *q, int64_t D, const char *const *krow, const float *gk,
-                        int64_t ng, int64_t n, float *S, kr_dtype dt, int R, const kr_cpu_pf *pf) {
-    if (dt == KR_I8 && kr_cpu_vnni_qk(q, D, krow, gk, ng, n, S, R, pf)) return;
-    qk_direct(q, D, krow, gk, ng, n, S, dt, R, pf);
+                        int64_t ng, int64_t n, float *S, kr_dtype dt, int R, const kr_cpu_pf *pf,
+                        void *qs) {
+    if (dt == KR_I8 && kr_cpu_vnni_qk(q, D, krow, gk, ng, n, S, R, pf, qs)) return;
+    qk_direct(q, D, krow, gk, ng, n, S, dt, R, pf, NULL);
 }
 
 static void pv_int8_dot(const float *P, int64_t j_lo, int64_t j_hi, const char *const *vrow,
@@ -310,8 +313,13 @@ static void pv_int8_dot(const float *P, int64_t j_lo, int64_t j_hi, const char *
     pv_direct(P, j_lo, j_hi, vrow, gv, ng, D, O, corr, dt, R, pf);
 }
 
-static const kr_cpu_decode_kernels avx512_vnni_decode = {qk_int8_dot, pv_int8_dot,  gemm6x32,
-                                                         gemm6x64,    softmax_full, dequant_row};
+static const kr_cpu_decode_kernels avx512_vnni_decode = {qk_int8_dot,
+                                                         pv_int8_dot,
+                                                         gemm6x32,
+                                                         gemm6x64,
+                                                         softmax_full,
+                                                         dequant_row,
+                                                         KR_CPU_VNNI_Q_STATE_BYTES};
 
 static const kr_cpu_decode_kernels *decode_kernels = &avx512_decode;
 

@@ -70,6 +70,16 @@ typedef struct q8_row {
     int32_t off_hi[MAXG], off_lo[MAXG]; /* -128 times the sum of the group's digits */
 } q8_row;
 
+/* A head's q for a unit (kr_cpu_decode_kernels.qk's qs): the rows'
+ * digits, made by the unit's first call and reused by the others. */
+typedef struct q8_state {
+    int32_t state; /* 0: not yet quantised; 1: qr holds the rows; 2: a value is not finite */
+    int32_t R;
+    q8_row qr[MAXR];
+} q8_state;
+_Static_assert(sizeof(q8_state) <= KR_CPU_VNNI_Q_STATE_BYTES && KR_CPU_VNNI_Q_STATE_BYTES % 64 == 0,
+               "KR_CPU_VNNI_Q_STATE_BYTES holds a q8_state in whole cache lines");
+
 /* The two digits of 16 values x (already divided by the step) into hi and
  * lo; each digit's sum is added to *shi / *slo (for the offset shares). */
 KR_INLINE void digits16(__m512 x, int8_t *hi, int8_t *lo, __m512i *shi, __m512i *slo) {
@@ -187,22 +197,37 @@ KR_INLINE void qk16(const q8_row *qr, int64_t D, const char *const *krow, const 
 }
 
 KR_INLINE bool qk_rows(const float *q, int64_t D, const char *const *krow, const float *gk,
-                       int64_t ng, int64_t n, float *S, const int R, const kr_cpu_pf *pf) {
-    q8_row qr[MAXR];
-    for (int r = 0; r < R; r++)
-        if (!quantise_q(q + r * D, D, &qr[r])) return false;
+                       int64_t ng, int64_t n, float *S, const int R, const kr_cpu_pf *pf,
+                       q8_state *st) {
+    q8_row local[MAXR];
+    const q8_row *qr = local;
+    if (st && st->state == 0) { /* the unit's first call */
+        st->state = 2;
+        for (int r = 0; r < R; r++)
+            if (!quantise_q(q + r * D, D, &st->qr[r])) return false;
+        st->state = 1;
+        st->R = R;
+    }
+    if (st && (st->state != 1 || st->R != R)) return false;
+    if (st) {
+        qr = st->qr;
+    } else {
+        for (int r = 0; r < R; r++)
+            if (!quantise_q(q + r * D, D, &local[r])) return false;
+    }
     for (int64_t j = 0; j < n; j += 16)
         qk16(qr, D, krow, gk, ng, j, n - j < 16 ? (int)(n - j) : 16, S, R, pf);
     return true;
 }
 
 bool kr_cpu_vnni_qk(const float *q, int64_t D, const char *const *krow, const float *gk, int64_t ng,
-                    int64_t n, float *S, int R, const kr_cpu_pf *pf) {
+                    int64_t n, float *S, int R, const kr_cpu_pf *pf, void *qs) {
     if (D % 64 || D > KR_CPU_MAX_HEAD_DIM || ng != D / G || n > TK || n < 1) return false;
+    q8_state *st = qs;
     switch (R) {
-    case 1: return qk_rows(q, D, krow, gk, ng, n, S, 1, pf);
-    case 4: return qk_rows(q, D, krow, gk, ng, n, S, 4, pf);
-    case 6: return qk_rows(q, D, krow, gk, ng, n, S, 6, pf);
+    case 1: return qk_rows(q, D, krow, gk, ng, n, S, 1, pf, st);
+    case 4: return qk_rows(q, D, krow, gk, ng, n, S, 4, pf, st);
+    case 6: return qk_rows(q, D, krow, gk, ng, n, S, 6, pf, st);
     default: return false;
     }
 }
