@@ -49,9 +49,9 @@ static inline void kr_cpu_pf_keys(const kr_cpu_pf *pf, int64_t j, int nk) {
 
 typedef struct kr_cpu_decode_kernels {
     /* qs: this head's q_state_bytes of state for the unit (its rows of q are
-     * the same in every tile), all zero when the unit starts, for qk to keep
-     * what it derives from q across the unit's tiles; NULL when
-     * q_state_bytes is 0. */
+     * the same in every tile), for qk to keep what it derives from q across
+     * the unit's tiles; its first 64 bytes are zero when the unit starts (a
+     * "not yet" flag belongs there); NULL when q_state_bytes is 0. */
     void (*qk)(const float *q, int64_t D, const char *const *krow, const float *gk, int64_t ng,
                int64_t n, float *S, kr_dtype dt, int R, const kr_cpu_pf *pf, void *qs);
     void (*pv)(const float *P, int64_t j_lo, int64_t j_hi, const char *const *vrow, const float *gv,

@@ -586,7 +586,8 @@ static void unit_run_direct(const att_plan *p, int64_t b, int64_t hk0, int64_t l
      * burst. The first tile is a burst either way. */
     const bool spread = hk0 == 0 && p->hpu == a->Hkv;
     const size_t qsb = p->dk ? p->dk->q_state_bytes : 0;
-    if (w->qs) memset(w->qs, 0, qsb * (size_t)p->hpu); /* this unit's rows of q */
+    for (int64_t hh = 0; w->qs && hh < p->hpu; hh++) /* this unit's rows of q: "not yet" */
+        memset(w->qs + (size_t)hh * qsb, 0, 64);
     if (spread && lo < hi) prefetch_tile(a, b, hk0, p->hpu, lo, hi - lo < p->tk ? hi - lo : p->tk);
     for (int64_t j0 = lo; j0 < hi; j0 += p->tk) {
         const int64_t n = hi - j0 < p->tk ? hi - j0 : p->tk;

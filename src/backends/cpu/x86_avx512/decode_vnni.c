@@ -74,7 +74,6 @@ typedef struct q8_row {
  * digits, made by the unit's first call and reused by the others. */
 typedef struct q8_state {
     int32_t state; /* 0: not yet quantised; 1: qr holds the rows; 2: a value is not finite */
-    int32_t R;
     q8_row qr[MAXR];
 } q8_state;
 _Static_assert(sizeof(q8_state) <= KR_CPU_VNNI_Q_STATE_BYTES && KR_CPU_VNNI_Q_STATE_BYTES % 64 == 0,
@@ -200,21 +199,14 @@ KR_INLINE bool qk_rows(const float *q, int64_t D, const char *const *krow, const
                        int64_t ng, int64_t n, float *S, const int R, const kr_cpu_pf *pf,
                        q8_state *st) {
     q8_row local[MAXR];
-    const q8_row *qr = local;
-    if (st && st->state == 0) { /* the unit's first call */
-        st->state = 2;
+    q8_row *qr = st ? st->qr : local;
+    if (!st || st->state == 0) { /* per call, or the unit's first call */
+        if (st) st->state = 2;
         for (int r = 0; r < R; r++)
-            if (!quantise_q(q + r * D, D, &st->qr[r])) return false;
-        st->state = 1;
-        st->R = R;
+            if (!quantise_q(q + r * D, D, &qr[r])) return false;
+        if (st) st->state = 1;
     }
-    if (st && (st->state != 1 || st->R != R)) return false;
-    if (st) {
-        qr = st->qr;
-    } else {
-        for (int r = 0; r < R; r++)
-            if (!quantise_q(q + r * D, D, &local[r])) return false;
-    }
+    if (st && st->state != 1) return false; /* not finite: the float kernels take it */
     for (int64_t j = 0; j < n; j += 16)
         qk16(qr, D, krow, gk, ng, j, n - j < 16 ? (int)(n - j) : 16, S, R, pf);
     return true;
