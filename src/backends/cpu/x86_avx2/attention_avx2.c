@@ -194,18 +194,36 @@ KR_INLINE void qk_direct(const float *q, int64_t D, const char *k0, const char *
         }
 #pragma GCC unroll 6
         for (int r = 0; r < R; r++) {
-            const __m256 qv = _mm256_loadu_ps(q + r * D + d);
+            __m256 qv = _mm256_loadu_ps(q + r * D + d);
+            __asm__("" : "+x"(qv)); /* one load for both keys, not a memory operand in each FMA */
             acc[r][0] = _mm256_fmadd_ps(qv, a, acc[r][0]);
             acc[r][1] = _mm256_fmadd_ps(qv, b, acc[r][1]);
         }
     }
-#pragma GCC unroll 6
-    for (int r = 0; r < R; r++) {
+    /* the sums, four rows at a time in one pass of shuffles: hadd of
+     * (key 0, key 1) per row, hadd of row pairs, the two 128-bit halves
+     * added, leaving (r, k0), (r, k1) in adjacent lanes for each row */
+    int r = 0;
+#pragma GCC unroll 2
+    for (; r + 4 <= R; r += 4) {
+        const __m256 h01 = _mm256_hadd_ps(_mm256_hadd_ps(acc[r][0], acc[r][1]),
+                                          _mm256_hadd_ps(acc[r + 1][0], acc[r + 1][1]));
+        const __m256 h23 = _mm256_hadd_ps(_mm256_hadd_ps(acc[r + 2][0], acc[r + 2][1]),
+                                          _mm256_hadd_ps(acc[r + 3][0], acc[r + 3][1]));
+        const __m256 t = _mm256_add_ps(_mm256_permute2f128_ps(h01, h23, 0x20),
+                                       _mm256_permute2f128_ps(h01, h23, 0x31));
+        const __m128 lo = _mm256_castps256_ps128(t), hi = _mm256_extractf128_ps(t, 1);
+        _mm_storel_pi((__m64 *)(void *)(s + r * TK), lo);
+        _mm_storeh_pi((__m64 *)(void *)(s + (r + 1) * TK), lo);
+        _mm_storel_pi((__m64 *)(void *)(s + (r + 2) * TK), hi);
+        _mm_storeh_pi((__m64 *)(void *)(s + (r + 3) * TK), hi);
+    }
+#pragma GCC unroll 3
+    for (; r < R; r++) {
         const __m256 h = _mm256_hadd_ps(acc[r][0], acc[r][1]);
         const __m128 x = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
         const __m128 y = _mm_hadd_ps(x, x);
-        s[r * TK] = _mm_cvtss_f32(y);
-        s[r * TK + 1] = _mm_cvtss_f32(_mm_shuffle_ps(y, y, 1));
+        _mm_storel_pi((__m64 *)(void *)(s + r * TK), y);
     }
 }
 
