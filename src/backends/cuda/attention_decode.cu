@@ -439,7 +439,7 @@ __device__ __forceinline__ void dp_load_tile(const kr_cu_attention &a, char *ks_
     }
 }
 
-/* DP_TMA (lab variant, sm_90 and up): the tensor-core kernels' f16/bf16
+/* DP_TMA (lab variant, sm_90 and up; -DDP_TMA=1): the tensor-core kernels' f16/bf16
  * tiles come in by bulk tensor copies (TMA) completing on one mbarrier per
  * stage, issued by one thread, instead of every thread's 16-byte cp.async
  * (32 a thread a tile at head_dim 128, with their address arithmetic). A
@@ -450,9 +450,10 @@ __device__ __forceinline__ void dp_load_tile(const kr_cu_attention &a, char *ks_
  * zero weight would not cancel). A 1-d bulk copy per row (cp.async.bulk)
  * was measured first: 2.8x slower (docs/PERFORMANCE.md, CUDA history 57).
  * The tensor maps measured up to 4 % faster for fp16 and 2-8 % for int8 on
- * the H100, but racecheck reports hazards in the int8 kernel (dqt_*) and the
- * full conformance grid has not been run on them (history 58): off by
- * default until both are settled. */
+ * the H100 (history 58). Off by default until racecheck is re-run on the
+ * int8 kernel: its warnings were traced to the prologue's copies issued
+ * apart from the mbarriers' init and that is mended (history 59), but the
+ * mended kernel has not run on a GPU yet, nor the full conformance grid. */
 #ifndef DP_TMA
 #define DP_TMA 0
 #endif
@@ -1112,20 +1113,21 @@ __device__ __forceinline__ void dq_body(const kr_cu_attention &a, int64_t splits
 
     unsigned short mw[2 * 3]; /* metadata words in flight: <= 2 rows x 3 words */
 #if DP_USE_TMA
-    if (tma && threadIdx.x == 0) dp_bars_init(bars, DQ_STAGES);
+    /* the mbarriers' init and the first tiles' copies in one branch of thread
+     * 0, as dm_body's: issued from a second branch after the warp reconverged,
+     * racecheck reported each copy's expect_tx against the init (a potential
+     * warp-level RAW hazard, 1,443 warnings; CUDA history 59) */
+    if (tma && threadIdx.x == 0) {
+        dp_bars_init(bars, DQ_STAGES);
+        for (int t = 0; t < DQ_STAGES - 1 && t < nt; t++)
+            dp_tma_tile(mp, stages + t * STB, stages + t * STB + BT * P, (int)b, (int)hk,
+                        (int)(ks + (int64_t)t * BT), bars + t, BT, 1);
+    }
 #endif
     for (int t = 0; t < DQ_STAGES - 1; t++) {
         char *st = stages + t * STB;
         if (t < nt) {
-            if (tma) {
-#if DP_USE_TMA
-                if (threadIdx.x == 0)
-                    dp_tma_tile(mp, st, st + BT * P, (int)b, (int)hk, (int)(ks + (int64_t)t * BT),
-                                bars + t, BT, 1);
-#endif
-            } else {
-                dq_load_tile(a, st, st + BT * P, b, hk, ks + (int64_t)t * BT, ke, D);
-            }
+            if (!tma) dq_load_tile(a, st, st + BT * P, b, hk, ks + (int64_t)t * BT, ke, D);
             dq_load_meta(a, b, hk, ks + (int64_t)t * BT, ke, mw, D);
             dq_store_meta((float *)(st + 2 * BT * P), mw, D);
         }
