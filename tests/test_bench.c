@@ -306,6 +306,39 @@ static void test_json_schema(void **state) {
 
 /* A backend that answers wrongly is reported WRONG and not timed; a right
  * one is timed, with its calls counted as accelerated. */
+/* An append that reports success and writes nothing: the bench fills the
+ * cache with other values before the checked run, so the unwritten slots
+ * read back wrong (not as the reference's own run left them). */
+static void test_unwritten_append_is_wrong(void **state) {
+    (void)state;
+    setenv("KRSERVE_PLUGIN_PATH", KR_TEST_PLUGIN_DIR "/libkrserve-test.so", 1);
+    setenv("KRSERVE_TEST_WRONG", "append", 1);
+    kb_options o;
+    tiny_options(&o);
+    for (int k = 0; k < KB_KIND_COUNT_; k++) o.kinds[k] = k == KB_KV_APPEND;
+    o.all_backends = false;
+    o.n_backends = 1;
+    snprintf(o.backends[0], sizeof o.backends[0], "test");
+    kb_report rep;
+    char err[512] = "";
+    if (kb_run(&o, &rep, err, sizeof err)) fail_msg("kb_run: %s", err);
+    int n_test = 0;
+    for (int i = 0; i < rep.n_results; i++) {
+        const kb_result *r = &rep.results[i];
+        if (!strcmp(r->backend, "ref")) continue;
+        n_test++;
+        if (r->state != KB_WRONG)
+            fail_msg("kv-append to %s, context %lld: state %s, wanted wrong",
+                     kr_dtype_name(r->shape.kv_dtype), (long long)r->shape.context,
+                     kb_state_name(r->state));
+        assert_int_equal(r->reps, 0);
+    }
+    assert_int_equal(n_test, 4); /* 2 contexts x the f16 and int8 caches */
+    kb_report_free(&rep);
+    unsetenv("KRSERVE_TEST_WRONG");
+    unsetenv("KRSERVE_PLUGIN_PATH");
+}
+
 static void test_checked_before_timed(void **state) {
     (void)state;
     setenv("KRSERVE_PLUGIN_PATH", KR_TEST_PLUGIN_DIR "/libkrserve-test.so", 1);
@@ -393,9 +426,13 @@ static void test_plot(void **state) {
 int main(void) {
     kt_base_seed();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_defaults),    cmocka_unit_test(test_parse_good),
-        cmocka_unit_test(test_parse_bad),   cmocka_unit_test(test_formulas),
-        cmocka_unit_test(test_json_schema), cmocka_unit_test(test_checked_before_timed),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_parse_good),
+        cmocka_unit_test(test_parse_bad),
+        cmocka_unit_test(test_formulas),
+        cmocka_unit_test(test_json_schema),
+        cmocka_unit_test(test_checked_before_timed),
+        cmocka_unit_test(test_unwritten_append_is_wrong),
         cmocka_unit_test(test_plot),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

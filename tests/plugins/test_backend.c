@@ -8,12 +8,14 @@
  * head_dim 80 attention, to show a supported-case refusal. With
  * KRSERVE_TEST_WRONG=1 in the environment its attention is deliberately
  * wrong (twice the score scale), so `krserve bench` can show it refuses to
- * time a wrong answer.
+ * time a wrong answer; with KRSERVE_TEST_WRONG=append its KV append reports
+ * success and writes nothing (the bench must see the unwritten slots).
  */
 #include "../../src/backends/ref/ref.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #ifndef TEST_API_VERSION
 #define TEST_API_VERSION KR_BACKEND_API_VERSION
@@ -48,6 +50,12 @@ static kr_status test_attention(const kr_attention_args *a, char *err, size_t n)
     return kr_ref_attention(&w, err, n);
 }
 
+static kr_status test_kv_append(const kr_kv_append_args *a, char *err, size_t n) {
+    const char *wrong = getenv("KRSERVE_TEST_WRONG");
+    if (wrong && !strcmp(wrong, "append")) return KR_OK; /* nothing written */
+    return kr_ref_kv_append(a, err, n);
+}
+
 static const kr_backend test_table = {
     .api_version = TEST_API_VERSION,
     .name = "test",
@@ -59,7 +67,7 @@ static const kr_backend test_table = {
     .supports = test_supports,
     .attention = test_attention,
     .rope = kr_ref_rope,
-    .kv_append = kr_ref_kv_append,
+    .kv_append = test_kv_append,
 };
 
 #ifndef TEST_NO_ENTRY

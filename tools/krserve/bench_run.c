@@ -289,6 +289,7 @@ typedef struct kb_case {
     int64_t n_q, n_kv, n_out, n_x;
     int64_t *positions;
     kr_kv_cache *cache; /* decode: filled once; kv-append: reset per run */
+    kr_context *ref;    /* the reference's context (kv-append poisons the cache with it) */
     /* the reference's check output, as float */
     float *want;
     int64_t n_want;
@@ -339,6 +340,20 @@ static kr_status kv_prime(kb_case *c, kr_context *ctx) {
     kr_tensor v = kr_tensor_bshd(c->v, s->dtype, s->batch, 1, s->kv_heads, s->head_dim);
     k.stride[0] = v.stride[0] = s->context * s->kv_heads * s->head_dim;
     return kr_kv_cache_append(ctx, c->cache, 0, &k, &v, NULL, NULL, &c->rope);
+}
+
+/* kv-append: every slot the checked append writes filled first, by the
+ * reference, with other values (the case's K and V swapped), so that an
+ * accelerated append that leaves a slot unwritten reads back wrong instead
+ * of reading back the reference's own run. */
+static kr_status kv_poison(kb_case *c) {
+    const kb_shape *s = &c->s;
+    kr_status st = kr_kv_cache_reset(c->ref, c->cache);
+    if (st) return st;
+    kr_tensor k = kr_tensor_bshd(c->v, s->dtype, s->batch, s->context, s->kv_heads, s->head_dim);
+    kr_tensor v = kr_tensor_bshd(c->k, s->dtype, s->batch, s->context, s->kv_heads, s->head_dim);
+    st = kr_kv_cache_append(c->ref, c->cache, 0, &k, &v, NULL, NULL, &c->rope);
+    return st ? st : kr_kv_cache_reset(c->ref, c->cache);
 }
 
 /* Runs the case once on ctx. `rows` < context: attention on the last rows
@@ -574,6 +589,7 @@ static int case_build(kb_case *c, const kb_shape *s, uint64_t seed, kr_context *
 /* The reference's check output (and its time, for the first estimate). */
 static kr_status case_reference(kb_case *c, kr_context *ref, double *seconds) {
     const kb_shape *s = &c->s;
+    c->ref = ref;
     reset_inputs(c);
     const double t0 = kb_now();
     kr_status st;
@@ -658,7 +674,14 @@ static void case_backend(kb_case *c, kb_be *be, const kb_options *o, const kb_ce
     int warm = o->warmup;
     if (!be->is_ref) {
         reset_inputs(c);
-        const kr_status st = run_once(c, be->ctx, rows);
+        kr_status st = s->kind == KB_KV_APPEND ? kv_poison(c) : KR_OK;
+        if (st != KR_OK) {
+            r->state = KB_FAILED;
+            snprintf(r->note, sizeof r->note, "failed: poisoning the cache (reference): %s: %s",
+                     kr_status_string(st), kr_context_last_error(c->ref));
+            return;
+        }
+        st = run_once(c, be->ctx, rows);
         if (st != KR_OK) {
             r->state = KB_FAILED;
             snprintf(r->note, sizeof r->note, "failed: %s: %s", kr_status_string(st),
