@@ -26,6 +26,7 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #define NR 16 /* rows quantised together: one a lane */
@@ -173,8 +174,11 @@ KR_INLINE void stage_row(const char *src, kr_dtype dt, const int64_t D, const in
 /* Codes of one row: round(x * inv[g]) to nearest even by the conversion,
  * saturated by the narrowing, -128 lifted to -127 (ref's clamp). inv is 0
  * for a group without a usable scale: there every x is finite (a row with
- * NaN/inf is zeroed by the caller), so its codes come out 0, as ref's. */
-KR_INLINE void codes_row(const float *x, const int64_t D, const float *inv, int8_t *q) {
+ * NaN/inf is zeroed by the caller), so its codes come out 0, as ref's.
+ * nt: q is 64-byte aligned and D a multiple of 64; the codes bypass the
+ * caches (non-temporal stores). */
+KR_INLINE void codes_row(const float *x, const int64_t D, const float *inv, int8_t *q,
+                         const bool nt) {
     int64_t c = 0;
     /* 64 channels (two groups) a step: two packs, one dword permute */
     const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
@@ -187,8 +191,12 @@ KR_INLINE void codes_row(const float *x, const int64_t D, const float *inv, int8
         const __m512i c3 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_load_ps(x + c + 48), s1));
         const __m512i b =
             _mm512_packs_epi16(_mm512_packs_epi32(c0, c1), _mm512_packs_epi32(c2, c3));
-        _mm512_storeu_si512((void *)(q + c), _mm512_max_epi8(_mm512_permutexvar_epi32(order, b),
-                                                             _mm512_set1_epi8(-127)));
+        const __m512i codes =
+            _mm512_max_epi8(_mm512_permutexvar_epi32(order, b), _mm512_set1_epi8(-127));
+        if (nt)
+            _mm512_stream_si512((void *)(q + c), codes);
+        else
+            _mm512_storeu_si512((void *)(q + c), codes);
     }
     for (; c < D; c += KR_KV_INT8_GROUP) {
         const __m512 sv = _mm512_set1_ps(inv[c / KR_KV_INT8_GROUP]);
@@ -282,8 +290,9 @@ KR_INLINE void chain_batch(const int64_t D, uint16_t f16_nan, i8_batch *bt) {
         for (int64_t g = 0; g < G; g++) bt->inv[i][g] = inv_g[g][i];
 }
 
-/* Each row's metadata and codes. */
-KR_INLINE void codes_batch(const kr_cpu_i8_run *t, const int64_t D, const i8_batch *bt) {
+/* Each row's metadata and codes (nt: as codes_row). */
+KR_INLINE void codes_batch(const kr_cpu_i8_run *t, const int64_t D, const i8_batch *bt,
+                           const bool nt) {
     const int64_t Hkv = t->Hkv, G = D / KR_KV_INT8_GROUP, M = KR_KV_INT8_META_BYTES(D);
     for (int i = 0; i < bt->nr; i++) {
         const int64_t row = bt->r0 + i;
@@ -298,16 +307,17 @@ KR_INLINE void codes_batch(const kr_cpu_i8_run *t, const int64_t D, const i8_bat
         if (!(bt->fin >> i & 1)) /* NaN or infinity in the row: no usable scale, codes 0 */
             memset(q, 0, (size_t)D);
         else
-            codes_row(bt->x[i], D, bt->inv[i], q);
+            codes_row(bt->x[i], D, bt->inv[i], q, nt);
     }
 }
 
 /* The run's rows in batches of 16 (a token's K rows, then its V rows),
  * pipelined: a batch's scale chain (a long dependent sequence) is followed
  * by the previous batch's codes, which do not wait on it. D and half are
- * constants where the caller is specialised. */
+ * constants where the caller is specialised; nt: the codes by non-temporal
+ * stores (codes_row). */
 KR_INLINE void i8_run_body(const kr_cpu_i8_run *t, const int64_t D, const int64_t half,
-                           i8_batch *bts) {
+                           i8_batch *bts, const bool nt) {
     const int64_t Hkv = t->Hkv, per_tok = (2 * Hkv + NR - 1) / NR, total = t->n_tok * per_tok;
     const uint16_t f16_nan = kr_f32_to_f16(NAN); /* ref's scale for a row it cannot quantise */
     _Alignas(64) float cosv[KR_CPU_MAX_HEAD_DIM / 2 + 16], sinv[KR_CPU_MAX_HEAD_DIM / 2 + 16];
@@ -332,15 +342,17 @@ KR_INLINE void i8_run_body(const kr_cpu_i8_run *t, const int64_t D, const int64_
                     }
             }
             if (bt->r0 == 0 && bt->tok + 1 < t->n_tok) {
-                /* the next token's rows on their way in, and the cache lines it will write */
+                /* the next token's rows on their way into L2 (into L1 they
+                 * were 1.4x slower on a Zen 4 VM: CPU history 27), and, for
+                 * write-back stores, the cache lines it will write */
                 const int64_t nx = bt->tok + 1;
                 for (int64_t h = 0; h < Hkv; h++) {
                     const char *pk = t->k + nx * t->k_ts + h * t->k_hs;
                     const char *pv = t->v + nx * t->v_ts + h * t->v_hs;
-                    for (int64_t o = 0; o < k_row; o += 64) _mm_prefetch(pk + o, _MM_HINT_T0);
-                    for (int64_t o = 0; o < v_row; o += 64) _mm_prefetch(pv + o, _MM_HINT_T0);
+                    for (int64_t o = 0; o < k_row; o += 64) _mm_prefetch(pk + o, _MM_HINT_T1);
+                    for (int64_t o = 0; o < v_row; o += 64) _mm_prefetch(pv + o, _MM_HINT_T1);
                 }
-                for (int64_t o = 0; o < Hkv * D; o += 64) {
+                for (int64_t o = 0; !nt && o < Hkv * D; o += 64) {
                     _m_prefetchw(t->kq + nx * Hkv * D + o);
                     _m_prefetchw(t->vq + nx * Hkv * D + o);
                 }
@@ -348,18 +360,25 @@ KR_INLINE void i8_run_body(const kr_cpu_i8_run *t, const int64_t D, const int64_
             stage_batch(t, D, half, rope ? cosv : NULL, sinv, cd, sd, bt);
             chain_batch(D, f16_nan, bt);
         }
-        if (j > 0) codes_batch(t, D, &bts[(j - 1) & 1]);
+        if (j > 0) codes_batch(t, D, &bts[(j - 1) & 1], nt);
     }
+    if (nt) _mm_sfence(); /* the streamed codes ordered before what follows the run */
 }
 
 /* kr_cpu_append_kernels.i8_run. */
 static void i8_run(const kr_cpu_i8_run *t, void *scratch) {
     i8_batch *bts = scratch; /* two batches, ~50 KB: the driver's, not the stack's */
+    /* A run whose codes outgrow the L2 (a prefill chunk, not a decode step's
+     * token) streams them past the caches: no read for ownership of lines it
+     * overwrites whole (CPU history 27). A short run keeps write-back stores,
+     * so the attention that follows finds its rows in cache. */
+    const bool nt = t->D % 64 == 0 && ((uintptr_t)t->kq | (uintptr_t)t->vq) % 64 == 0 &&
+                    t->n_tok * 2 * t->Hkv * t->D >= (int64_t)1 << 20;
     /* the usual shape with everything constant, so that the group maxima stay in registers */
     if (t->D == 128 && t->half == 64)
-        i8_run_body(t, 128, 64, bts);
+        i8_run_body(t, 128, 64, bts, nt);
     else
-        i8_run_body(t, t->D, t->half, bts);
+        i8_run_body(t, t->D, t->half, bts, nt);
 }
 
 static const kr_cpu_append_kernels avx512_append = {rope_table8, i8_run, 2 * sizeof(i8_batch)};
