@@ -758,65 +758,74 @@ static void test_kv_append_int8_shapes(void **state) {
            (long long)cases);
 }
 
-/* A prefill-sized int8 append: every thread's run of tokens writes more than
- * 1 MiB of codes, so the wide quantiser streams them (non-temporal stores),
- * after a first append that leaves the second one's slots mid-cache. Codes
- * and scales read back equal to ref's value for value without RoPE, and but
- * for rare last-bit cos/sin differences with it (as above). */
-static void test_kv_append_int8_long_run(void **state) {
+/* Prefill-sized appends: every thread's share of the tokens writes more than
+ * 1 MiB, so the rows go by non-temporal stores (the int8 quantiser's codes,
+ * and a same-dtype float cache's rows), after a first append that leaves the
+ * second one's slots mid-cache. They read back equal to ref's value for
+ * value (int8 with RoPE: but for rare last-bit cos/sin differences, as
+ * above). */
+static void test_kv_append_long_run(void **state) {
     (void)state;
     if (!cpu_available(KR_FEATURE_KV_QUANTIZATION)) skip();
     int64_t threads = kr_context_threads(ctx_cpu);
     if (threads < 1 || threads > 64) threads = 64;
     const int64_t B = 1, Hkv = 8, D = 128, S1 = 5, S = 520 * threads;
-    for (int rope = 0; rope < 2; rope++) {
-        const uint64_t id = 98000 + (uint64_t)rope;
-        kt_rng r = kt_rng_for(id);
-        kr_kv_cache_options o = {1, B, S1 + S, Hkv, D, KR_I8, {KR_DEVICE_CPU, 0}};
-        kr_kv_cache *c1 = NULL, *c2 = NULL;
-        assert_int_equal(kr_kv_cache_create(ctx_ref, &o, &c1), KR_OK);
-        assert_int_equal(kr_kv_cache_create(ctx_ref, &o, &c2), KR_OK);
-        kr_rope_params p = kr_rope_params_default();
-        const kr_rope_params *pp = rope ? &p : NULL;
-        for (int step = 0; step < 2; step++) {
-            const int64_t n = step ? S : S1;
-            kt_buf k = kt_buf_new(KR_F16, B * n * Hkv * D), v = kt_buf_new(KR_F16, k.n);
-            fill(&r, &k, NULL);
-            fill(&r, &v, NULL);
-            kr_tensor tk = kr_tensor_bshd(k.data, KR_F16, B, n, Hkv, D);
-            kr_tensor tv = kr_tensor_bshd(v.data, KR_F16, B, n, Hkv, D);
-            assert_int_equal(kr_kv_cache_append(ctx_ref, c1, 0, &tk, &tv, NULL, NULL, pp), KR_OK);
-            assert_int_equal(kr_kv_cache_append(ctx_cpu, c2, 0, &tk, &tv, NULL, NULL, pp), KR_OK);
-            kt_buf_free(&k);
-            kt_buf_free(&v);
-        }
-        kt_buf k1, v1, k2, v2;
-        assert_int_equal(kt_read_seq(ctx_ref, c1, 0, 0, S1 + S, Hkv, D, &k1, &v1), KR_OK);
-        assert_int_equal(kt_read_seq(ctx_ref, c2, 0, 0, S1 + S, Hkv, D, &k2, &v2), KR_OK);
-        for (int w = 0; w < 2; w++) {
-            int64_t differ = 0;
-            for (int64_t i = 0; i < k1.n; i++) {
-                const double x = kt_get(w ? &v2 : &k2, i), y = kt_get(w ? &v1 : &k1, i);
-                if (x == y) continue;
-                differ++;
-                if (!rope || x != x || y != y)
-                    fail_msg("int8 append of %lld tokens, rope %d, %s element %lld: cpu %.9g, "
-                             "ref %.9g (seed id %llu)",
-                             (long long)S, rope, w ? "V" : "K", (long long)i, x, y,
-                             (unsigned long long)id);
+    const kr_dtype cache_dt[] = {KR_I8, KR_F16, KR_BF16, KR_F32};
+    const kr_dtype in_dt[] = {KR_F16, KR_F16, KR_BF16, KR_F32};
+    for (int d = 0; d < 4; d++)
+        for (int rope = 0; rope < 2; rope++) {
+            const uint64_t id = 98000 + (uint64_t)(2 * d + rope);
+            const kr_dtype dt = in_dt[d];
+            kt_rng r = kt_rng_for(id);
+            kr_kv_cache_options o = {1, B, S1 + S, Hkv, D, cache_dt[d], {KR_DEVICE_CPU, 0}};
+            kr_kv_cache *c1 = NULL, *c2 = NULL;
+            assert_int_equal(kr_kv_cache_create(ctx_ref, &o, &c1), KR_OK);
+            assert_int_equal(kr_kv_cache_create(ctx_ref, &o, &c2), KR_OK);
+            kr_rope_params p = kr_rope_params_default();
+            const kr_rope_params *pp = rope ? &p : NULL;
+            for (int step = 0; step < 2; step++) {
+                const int64_t n = step ? S : S1;
+                kt_buf k = kt_buf_new(dt, B * n * Hkv * D), v = kt_buf_new(dt, k.n);
+                fill(&r, &k, NULL);
+                fill(&r, &v, NULL);
+                kr_tensor tk = kr_tensor_bshd(k.data, dt, B, n, Hkv, D);
+                kr_tensor tv = kr_tensor_bshd(v.data, dt, B, n, Hkv, D);
+                assert_int_equal(kr_kv_cache_append(ctx_ref, c1, 0, &tk, &tv, NULL, NULL, pp),
+                                 KR_OK);
+                assert_int_equal(kr_kv_cache_append(ctx_cpu, c2, 0, &tk, &tv, NULL, NULL, pp),
+                                 KR_OK);
+                kt_buf_free(&k);
+                kt_buf_free(&v);
             }
-            if (differ * 1000 > k1.n)
-                fail_msg("int8 append of %lld tokens, rope %d, %s: %lld of %lld values differ",
-                         (long long)S, rope, w ? "V" : "K", (long long)differ, (long long)k1.n);
+            kt_buf k1, v1, k2, v2;
+            assert_int_equal(kt_read_seq(ctx_ref, c1, 0, 0, S1 + S, Hkv, D, &k1, &v1), KR_OK);
+            assert_int_equal(kt_read_seq(ctx_ref, c2, 0, 0, S1 + S, Hkv, D, &k2, &v2), KR_OK);
+            for (int w = 0; w < 2; w++) {
+                int64_t differ = 0;
+                for (int64_t i = 0; i < k1.n; i++) {
+                    const double x = kt_get(w ? &v2 : &k2, i), y = kt_get(w ? &v1 : &k1, i);
+                    if (x == y) continue;
+                    differ++;
+                    if (!rope || cache_dt[d] != KR_I8 || x != x || y != y)
+                        fail_msg("%s append of %lld tokens, rope %d, %s element %lld: cpu %.9g, "
+                                 "ref %.9g (seed id %llu)",
+                                 kr_dtype_name(cache_dt[d]), (long long)S, rope, w ? "V" : "K",
+                                 (long long)i, x, y, (unsigned long long)id);
+                }
+                if (differ * 1000 > k1.n)
+                    fail_msg("%s append of %lld tokens, rope %d, %s: %lld of %lld values differ",
+                             kr_dtype_name(cache_dt[d]), (long long)S, rope, w ? "V" : "K",
+                             (long long)differ, (long long)k1.n);
+            }
+            kt_buf_free(&k1);
+            kt_buf_free(&v1);
+            kt_buf_free(&k2);
+            kt_buf_free(&v2);
+            kr_kv_cache_free(c1);
+            kr_kv_cache_free(c2);
         }
-        kt_buf_free(&k1);
-        kt_buf_free(&v1);
-        kt_buf_free(&k2);
-        kt_buf_free(&v2);
-        kr_kv_cache_free(c1);
-        kr_kv_cache_free(c2);
-    }
-    printf("# cpu int8 append of %lld tokens (streamed codes) vs ref: equal\n", (long long)S);
+    printf("# cpu int8/f16/bf16/f32 appends of %lld tokens (streamed rows) vs ref: equal\n",
+           (long long)S);
 }
 
 int main(void) {
@@ -830,7 +839,7 @@ int main(void) {
         cmocka_unit_test(test_kv_cache_int8_dot_off),
         cmocka_unit_test(test_kv_append_int8_edges),
         cmocka_unit_test(test_kv_append_int8_shapes),
-        cmocka_unit_test(test_kv_append_int8_long_run),
+        cmocka_unit_test(test_kv_append_long_run),
         cmocka_unit_test(test_declined_case),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

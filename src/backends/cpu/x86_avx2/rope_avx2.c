@@ -21,6 +21,7 @@
 #include "../../ref/ref.h"
 
 #include <omp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -165,11 +166,21 @@ KR_INLINE void rotate_inplace(char *row, const kr_dtype dt, int64_t half, kr_rop
     }
 }
 
+/* kr_avx2_store8, or its non-temporal twin when nt. */
+KR_INLINE void store8_as(bool nt, void *p, kr_dtype dt, __m256 v) {
+    if (nt)
+        kr_avx2_store8_nt(p, dt, v);
+    else
+        kr_avx2_store8(p, dt, v);
+}
+
 /* dst = RoPE(src) for a row of D channels (rotated ones first, then the
  * rest copied), src and dst of the same dtype dt (a constant in each
- * instantiation): each value is read once and written once. */
+ * instantiation): each value is read once and written once. nt: dst by
+ * non-temporal stores (dst 32-byte aligned, D * size a multiple of 32). */
 KR_INLINE void rotate_copy(char *dst, const char *src, const kr_dtype dt, int64_t D, int64_t half,
-                           kr_rope_layout layout, const float *cosv, const float *sinv) {
+                           kr_rope_layout layout, const float *cosv, const float *sinv,
+                           const bool nt) {
     const size_t es = dt == KR_F32 ? 4 : 2;
     int64_t done = 0;
     if (layout == KR_ROPE_HALF_SPLIT) {
@@ -177,10 +188,10 @@ KR_INLINE void rotate_copy(char *dst, const char *src, const kr_dtype dt, int64_
             const __m256 x = kr_avx2_load8(src + (size_t)i * es, dt);
             const __m256 y = kr_avx2_load8(src + (size_t)(half + i) * es, dt);
             const __m256 c = _mm256_loadu_ps(cosv + i), s = _mm256_loadu_ps(sinv + i);
-            kr_avx2_store8(dst + (size_t)i * es, dt,
-                           _mm256_sub_ps(_mm256_mul_ps(x, c), _mm256_mul_ps(y, s)));
-            kr_avx2_store8(dst + (size_t)(half + i) * es, dt,
-                           _mm256_add_ps(_mm256_mul_ps(x, s), _mm256_mul_ps(y, c)));
+            store8_as(nt, dst + (size_t)i * es, dt,
+                      _mm256_sub_ps(_mm256_mul_ps(x, c), _mm256_mul_ps(y, s)));
+            store8_as(nt, dst + (size_t)(half + i) * es, dt,
+                      _mm256_add_ps(_mm256_mul_ps(x, s), _mm256_mul_ps(y, c)));
         }
         done = 2 * half;
     } else {
@@ -194,12 +205,14 @@ KR_INLINE void rotate_copy(char *dst, const char *src, const kr_dtype dt, int64_
             const __m256 s =
                 _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(sinv + i)), dup);
             const __m256 prod = _mm256_xor_ps(_mm256_mul_ps(_mm256_permute_ps(v, 0xB1), s), sign);
-            kr_avx2_store8(dst + (size_t)(2 * i) * es, dt,
-                           _mm256_add_ps(_mm256_mul_ps(v, c), prod));
+            store8_as(nt, dst + (size_t)(2 * i) * es, dt, _mm256_add_ps(_mm256_mul_ps(v, c), prod));
         }
         done = 2 * half;
     }
-    memcpy(dst + (size_t)done * es, src + (size_t)done * es, (size_t)(D - done) * es);
+    if (nt)
+        kr_avx2_copy_nt(dst + (size_t)done * es, src + (size_t)done * es, (size_t)(D - done) * es);
+    else
+        memcpy(dst + (size_t)done * es, src + (size_t)done * es, (size_t)(D - done) * es);
 }
 
 /* Every head of token (b, s), in place. */
@@ -430,8 +443,11 @@ static void quantize_row_pair(float *const *x, const float *const *chan, const b
 /* ---- append ------------------------------------------------------------------------ */
 
 /* The new token slots: token (b, t) with t < n_new[b]. */
+/* nt: the float cache's rows of a same-dtype append by non-temporal stores
+ * (kr_cpu_kv_append says when). */
 static void append_token(const kr_kv_append_args *a, const kr_cpu_append_kernels *ak, int64_t b,
-                         int64_t t, float *row, float *cosv, float *sinv, const bool *chan_ones) {
+                         int64_t t, float *row, float *cosv, float *sinv, const bool *chan_ones,
+                         bool nt) {
     kr_kv_cache *c = a->cache;
     const kr_kv_cache_options *o = &c->o;
     const int64_t D = o->head_dim, Hkv = o->n_kv_heads, half = a->rotary_dim / 2;
@@ -480,13 +496,20 @@ static void append_token(const kr_kv_append_args *a, const kr_cpu_append_kernels
                     (size_t)(b * src->stride[0] + t * src->stride[1] + h * src->stride[2]) * es;
                 char *dst = data + (size_t)(r * D) * es;
                 if (!rope_k) {
-                    memcpy(dst, sp, (size_t)D * es);
+                    if (nt)
+                        kr_avx2_copy_nt(dst, sp, (size_t)D * es);
+                    else
+                        memcpy(dst, sp, (size_t)D * es);
                     continue;
                 }
                 switch (o->dtype) {
-                case KR_F16: rotate_copy(dst, sp, KR_F16, D, half, a->layout, cosv, sinv); break;
-                case KR_BF16: rotate_copy(dst, sp, KR_BF16, D, half, a->layout, cosv, sinv); break;
-                default: rotate_copy(dst, sp, KR_F32, D, half, a->layout, cosv, sinv); break;
+                case KR_F16:
+                    rotate_copy(dst, sp, KR_F16, D, half, a->layout, cosv, sinv, nt);
+                    break;
+                case KR_BF16:
+                    rotate_copy(dst, sp, KR_BF16, D, half, a->layout, cosv, sinv, nt);
+                    break;
+                default: rotate_copy(dst, sp, KR_F32, D, half, a->layout, cosv, sinv, nt); break;
                 }
                 continue;
             }
@@ -673,17 +696,27 @@ kr_status kr_cpu_kv_append(const kr_kv_append_args *a, const kr_cpu_append_kerne
             free(scratch);
         }
     } else {
+        /* An append whose rows outgrow a thread's L2 (a prefill chunk, not a
+         * decode step's token) streams a float cache's rows past the caches:
+         * no read for ownership of lines it overwrites whole (CPU history 27).
+         * A short one keeps write-back stores, so the attention that follows
+         * finds its rows in cache. */
+        const size_t es = kr_dtype_size(o->dtype);
+        const bool nt = o->dtype != KR_I8 && (D * (int64_t)es) % 32 == 0 &&
+                        ((uintptr_t)ly->k | (uintptr_t)ly->v) % 32 == 0 &&
+                        B * S * 2 * Hkv * D * (int64_t)es / threads >= (int64_t)1 << 20;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
         {
             /* row, cos, sin, and a second row (int8 pairs) */
             float *buf = malloc(sizeof(float) * (size_t)(3 * D + 24));
             if (!buf) failed = 1;
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
             for (int64_t bt = 0; bt < B * S; bt++) {
                 const int64_t b = bt / S, t = bt % S;
                 if (!buf || t >= a->n_new[b]) continue;
-                append_token(a, ak, b, t, buf, buf + D, buf + D + D / 2 + 8, ones);
+                append_token(a, ak, b, t, buf, buf + D, buf + D + D / 2 + 8, ones, nt);
             }
+            if (nt) _mm_sfence(); /* this thread's streamed rows before the region ends */
             free(buf);
         }
     }

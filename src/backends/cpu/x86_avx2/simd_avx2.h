@@ -49,6 +49,26 @@ KR_INLINE void kr_avx2_store8(void *p, kr_dtype dt, __m256 v) {
     }
 }
 
+/* kr_avx2_store8 by a non-temporal store (past the caches): p 16-byte
+ * aligned for f16/bf16, 32-byte for f32. */
+KR_INLINE void kr_avx2_store8_nt(void *p, kr_dtype dt, __m256 v) {
+    switch (dt) {
+    case KR_F16:
+        _mm_stream_si128((__m128i *)p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+        break;
+    case KR_BF16: _mm_stream_si128((__m128i *)p, kr_avx2_to_bf16(v)); break;
+    default: _mm256_stream_ps((float *)p, v); break;
+    }
+}
+
+/* Copies n bytes (a multiple of 16) to 16-byte aligned dst by non-temporal
+ * stores. */
+KR_INLINE void kr_avx2_copy_nt(void *dst, const void *src, size_t n) {
+    for (size_t i = 0; i < n; i += 16)
+        _mm_stream_si128((__m128i *)((char *)dst + i),
+                         _mm_loadu_si128((const __m128i *)((const char *)src + i)));
+}
+
 /* Loads n (a multiple of 8) values of a row as fp32. */
 KR_INLINE void kr_avx2_load_row(const void *src, kr_dtype dt, int64_t n, float *dst) {
     const size_t es = kr_dtype_size(dt);
