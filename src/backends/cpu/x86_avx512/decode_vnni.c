@@ -58,6 +58,7 @@
 
 _Static_assert(KR_KV_INT8_GROUP == 32, "the kernels hold a group in 8 dword lanes");
 _Static_assert(TK % 16 == 0, "q.k takes keys 16 at a time");
+_Static_assert(TK == 64, "quantise_p packs a tile's 64 codes of a row and group at once");
 
 /* ---- q.k ------------------------------------------------------------------------- */
 
@@ -234,58 +235,77 @@ typedef struct p8 {
 } p8;
 
 /* Quantises R rows of P (at P + r * TK + j_lo, n keys) times V's group
- * scales; false when a product is not finite. */
+ * scales; false when a value is not finite. The step of row r and group g
+ * is bounded from maxima taken once, ps = max_j p_j * max_j sv_g(j) / 255,
+ * instead of the maximum of the products themselves: the keys' scaled V
+ * scales w_g(j) = sv_g(j) / max sv_g are shared by the rows, and each
+ * (row, group) costs one product a key before its digits (y = p_j 255 /
+ * max p times w_g(j) <= 255). Where the two maxima fall on different keys
+ * the digits use less of their range, still two of them: ~1.5e-5 of the
+ * bound a value (a third of the call's time went to the per-product
+ * maxima: CPU history 27). */
 KR_INLINE bool quantise_p(const float *P, int64_t j_lo, int64_t n, const float *gv, int64_t ng,
                           p8 *o, const int R) {
-    const int nv = (int)((n + 15) / 16);
     const __m512i idx =
         _mm512_mullo_epi32(/* 16 keys' scales of one group */
                            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                            _mm512_set1_epi32((int)ng));
-    __m512 sv[MAXG][TK / 16];
-    for (int v = 0; v < nv; v++) {
-        const int64_t left = n - 16 * v;
-        const __mmask16 m = (__mmask16)(left >= 16 ? 0xffffu : (1u << left) - 1);
-        for (int64_t g = 0; g < ng; g++)
-            sv[g][v] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx,
-                                                gv + (j_lo + 16 * v) * ng + g, 4);
+    const __m512 big = _mm512_set1_ps(3.0e38f); /* max_ps drops NaNs: compare first */
+    /* the packs leave 128-bit lane L of each source in the result's dword
+     * 4 L' + ...: this puts the 64 keys back in order */
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    __m512 w[MAXG][TK / 16];
+    float svmax[MAXG];
+    for (int64_t g = 0; g < ng; g++) {
+        __m512 mx = _mm512_setzero_ps();
+        __mmask16 bad = 0;
+        for (int v = 0; v < TK / 16; v++) {
+            const int64_t left = n - 16 * v;
+            const __mmask16 m = (__mmask16)(left >= 16 ? 0xffffu : left > 0 ? (1u << left) - 1 : 0);
+            w[g][v] = m ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx,
+                                                   gv + (j_lo + 16 * v) * ng + g, 4)
+                        : _mm512_setzero_ps();
+            bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(w[g][v]), big, _CMP_NLE_UQ);
+            mx = _mm512_max_ps(mx, w[g][v]);
+        }
+        if (bad) return false; /* NaN, inf or huge */
+        svmax[g] = _mm512_reduce_max_ps(mx);
+        const __m512 iv = _mm512_set1_ps(svmax[g] > 0.0f ? 1.0f / svmax[g] : 0.0f);
+        for (int v = 0; v < TK / 16; v++)
+            w[g][v] = _mm512_min_ps(_mm512_mul_ps(w[g][v], iv), _mm512_set1_ps(1.0f));
     }
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++) {
-        __m512 p[TK / 16];
-        for (int v = 0; v < nv; v++) {
+        __m512 p[TK / 16], mx = _mm512_setzero_ps();
+        __mmask16 bad = 0;
+        for (int v = 0; v < TK / 16; v++) {
             const int64_t left = n - 16 * v;
-            const __mmask16 m = (__mmask16)(left >= 16 ? 0xffffu : (1u << left) - 1);
+            const __mmask16 m = (__mmask16)(left >= 16 ? 0xffffu : left > 0 ? (1u << left) - 1 : 0);
             p[v] = _mm512_maskz_loadu_ps(m, P + r * TK + j_lo + 16 * v);
+            bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(p[v]), big, _CMP_NLE_UQ);
+            mx = _mm512_max_ps(mx, p[v]);
         }
+        if (bad) return false;
+        const float pmax = _mm512_reduce_max_ps(mx);
+        const __m512 iv = _mm512_set1_ps(pmax > 0.0f ? 255.0f / pmax : 0.0f);
+        for (int v = 0; v < TK / 16; v++) p[v] = _mm512_mul_ps(p[v], iv);
         for (int64_t g = 0; g < ng; g++) {
-            __m512 x[TK / 16], mx = _mm512_setzero_ps();
-            __mmask16 bad = 0;
-            for (int v = 0; v < nv; v++) {
-                x[v] = _mm512_mul_ps(p[v], sv[g][v]);
-                bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(x[v]), _mm512_set1_ps(3.0e38f),
-                                          _CMP_NLE_UQ); /* NaN, inf or huge */
-                mx = _mm512_max_ps(mx, x[v]);
-            }
-            if (bad) return false;
-            const float m = _mm512_reduce_max_ps(mx);
-            const __m512 iv = _mm512_set1_ps(m > 0.0f ? 255.0f / m : 0.0f);
-            for (int v = 0; v < nv; v++) {
+            __m512i hi[TK / 16], lo[TK / 16];
+            for (int v = 0; v < TK / 16; v++) {
                 /* hi = floor(y) in [0, 255], lo = nearest of (y - hi) 255 in [0, 255] */
-                const __m512 y = _mm512_mul_ps(x[v], iv);
-                const __m512 hi =
-                    _mm512_roundscale_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-                const __m512 lo = _mm512_mul_ps(_mm512_sub_ps(y, hi), _mm512_set1_ps(255.0f));
-                _mm_storeu_si128((__m128i *)(void *)&o->pq[0][r][g][16 * v],
-                                 _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(hi)));
-                _mm_storeu_si128((__m128i *)(void *)&o->pq[1][r][g][16 * v],
-                                 _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(lo)));
+                const __m512 y = _mm512_mul_ps(p[v], w[g][v]);
+                const __m512 h = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+                hi[v] = _mm512_cvtps_epi32(h);
+                lo[v] =
+                    _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(y, h), _mm512_set1_ps(255.0f)));
             }
-            for (int64_t j = 16 * nv; j < TK; j += 16) {
-                _mm_storeu_si128((__m128i *)(void *)&o->pq[0][r][g][j], _mm_setzero_si128());
-                _mm_storeu_si128((__m128i *)(void *)&o->pq[1][r][g][j], _mm_setzero_si128());
-            }
-            o->ps[r][g] = m * (1.0f / 255.0f);
+            const __m512i h8 = _mm512_packus_epi16(_mm512_packus_epi32(hi[0], hi[1]),
+                                                   _mm512_packus_epi32(hi[2], hi[3]));
+            const __m512i l8 = _mm512_packus_epi16(_mm512_packus_epi32(lo[0], lo[1]),
+                                                   _mm512_packus_epi32(lo[2], lo[3]));
+            _mm512_storeu_si512((void *)&o->pq[0][r][g][0], _mm512_permutexvar_epi32(order, h8));
+            _mm512_storeu_si512((void *)&o->pq[1][r][g][0], _mm512_permutexvar_epi32(order, l8));
+            o->ps[r][g] = pmax * svmax[g] * (1.0f / 255.0f);
         }
     }
     return true;
