@@ -306,6 +306,16 @@ static void test_json_schema(void **state) {
 
 /* A backend that answers wrongly is reported WRONG and not timed; a right
  * one is timed, with its calls counted as accelerated. */
+/* tiny_options with one sub-benchmark, on the test plugin's backend alone
+ * (beside ref). */
+static void test_plugin_options(kb_options *o, kb_kind kind) {
+    tiny_options(o);
+    for (int k = 0; k < KB_KIND_COUNT_; k++) o->kinds[k] = k == (int)kind;
+    o->all_backends = false;
+    o->n_backends = 1;
+    snprintf(o->backends[0], sizeof o->backends[0], "test");
+}
+
 /* An append that reports success and writes nothing: the bench fills the
  * cache with other values before the checked run, so the unwritten slots
  * read back wrong (not as the reference's own run left them). */
@@ -314,11 +324,7 @@ static void test_unwritten_append_is_wrong(void **state) {
     setenv("KRSERVE_PLUGIN_PATH", KR_TEST_PLUGIN_DIR "/libkrserve-test.so", 1);
     setenv("KRSERVE_TEST_WRONG", "append", 1);
     kb_options o;
-    tiny_options(&o);
-    for (int k = 0; k < KB_KIND_COUNT_; k++) o.kinds[k] = k == KB_KV_APPEND;
-    o.all_backends = false;
-    o.n_backends = 1;
-    snprintf(o.backends[0], sizeof o.backends[0], "test");
+    test_plugin_options(&o, KB_KV_APPEND);
     kb_report rep;
     char err[512] = "";
     if (kb_run(&o, &rep, err, sizeof err)) fail_msg("kb_run: %s", err);
@@ -348,11 +354,7 @@ static void test_checked_before_timed(void **state) {
         else
             unsetenv("KRSERVE_TEST_WRONG");
         kb_options o;
-        tiny_options(&o);
-        for (int k = 0; k < KB_KIND_COUNT_; k++) o.kinds[k] = k == KB_ATTENTION;
-        o.all_backends = false;
-        o.n_backends = 1;
-        snprintf(o.backends[0], sizeof o.backends[0], "test");
+        test_plugin_options(&o, KB_ATTENTION);
         kb_report rep;
         char err[512] = "";
         if (kb_run(&o, &rep, err, sizeof err)) fail_msg("kb_run: %s", err);
