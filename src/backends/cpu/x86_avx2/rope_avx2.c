@@ -442,9 +442,9 @@ static void quantize_row_pair(float *const *x, const float *const *chan, const b
 
 /* ---- append ------------------------------------------------------------------------ */
 
-/* The new token slots: token (b, t) with t < n_new[b]. */
-/* nt: the float cache's rows of a same-dtype append by non-temporal stores
- * (kr_cpu_kv_append says when). */
+/* The new token slots: token (b, t) with t < n_new[b]. nt: a float cache's
+ * rows of a same-dtype append by non-temporal stores (kr_cpu_kv_append says
+ * when). */
 static void append_token(const kr_kv_append_args *a, const kr_cpu_append_kernels *ak, int64_t b,
                          int64_t t, float *row, float *cosv, float *sinv, const bool *chan_ones,
                          bool nt) {

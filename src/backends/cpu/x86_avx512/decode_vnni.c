@@ -242,8 +242,8 @@ typedef struct p8 {
  * (row, group) costs one product a key before its digits (y = p_j 255 /
  * max p times w_g(j) <= 255). Where the two maxima fall on different keys
  * the digits use less of their range, still two of them: ~1.5e-5 of the
- * bound a value (a third of the call's time went to the per-product
- * maxima: CPU history 27). */
+ * bound a value (the per-product maxima and 16-key digit stores took a
+ * sixth of a single-thread decode: CPU history 27). */
 KR_INLINE bool quantise_p(const float *P, int64_t j_lo, int64_t n, const float *gv, int64_t ng,
                           p8 *o, const int R) {
     const __m512i idx =
