@@ -826,8 +826,8 @@ static void test_kv_append_long_run(void **state) {
             kr_kv_cache_free(c1);
             kr_kv_cache_free(c2);
         }
-    printf("# cpu int8/f16/bf16/f32 appends of %lld tokens (streamed rows) vs ref: equal\n",
-           (long long)S);
+    printf("# cpu appends of %lld tokens into %s caches (streamed rows) vs ref: equal\n",
+           (long long)S, n_dt == 4 ? "int8/f16/bf16/f32" : "int8/f16");
 }
 
 int main(void) {
