@@ -21,6 +21,14 @@ typedef struct kr_cpu_kernels {
     kr_status (*kv_append)(const kr_kv_append_args *a, char *err, size_t err_len);
 } kr_cpu_kernels;
 
+/* An append whose rows written by one thread reach this many bytes (a
+ * prefill chunk, not a decode step's token) stores them past the caches
+ * (non-temporal stores: no read for ownership of lines written whole); a
+ * shorter one keeps write-back stores, so the attention after it finds its
+ * rows in cache (CPU history 27). The float append driver and the wide
+ * int8 quantiser both decide by it. */
+#define KR_CPU_STREAM_BYTES ((int64_t)1 << 20)
+
 /* The AVX2 + FMA + F16C variant (x86_avx2/), or NULL when the build has no
  * such variant (not x86-64). Call only when the CPU has the features. */
 const kr_cpu_kernels *kr_cpu_avx2_kernels(void);

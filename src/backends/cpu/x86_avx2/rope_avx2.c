@@ -696,15 +696,12 @@ kr_status kr_cpu_kv_append(const kr_kv_append_args *a, const kr_cpu_append_kerne
             free(scratch);
         }
     } else {
-        /* An append whose rows outgrow a thread's L2 (a prefill chunk, not a
-         * decode step's token) streams a float cache's rows past the caches:
-         * no read for ownership of lines it overwrites whole (CPU history 27).
-         * A short one keeps write-back stores, so the attention that follows
-         * finds its rows in cache. */
+        /* a float cache's rows past the caches where a thread's share is
+         * long enough (KR_CPU_STREAM_BYTES) */
         const size_t es = kr_dtype_size(o->dtype);
         const bool nt = o->dtype != KR_I8 && (D * (int64_t)es) % 32 == 0 &&
                         ((uintptr_t)ly->k | (uintptr_t)ly->v) % 32 == 0 &&
-                        B * S * 2 * Hkv * D * (int64_t)es / threads >= (int64_t)1 << 20;
+                        B * S * 2 * Hkv * D * (int64_t)es / threads >= KR_CPU_STREAM_BYTES;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
         {
             /* row, cos, sin, and a second row (int8 pairs) */

@@ -368,12 +368,9 @@ KR_INLINE void i8_run_body(const kr_cpu_i8_run *t, const int64_t D, const int64_
 /* kr_cpu_append_kernels.i8_run. */
 static void i8_run(const kr_cpu_i8_run *t, void *scratch) {
     i8_batch *bts = scratch; /* two batches, ~50 KB: the driver's, not the stack's */
-    /* A run whose codes outgrow the L2 (a prefill chunk, not a decode step's
-     * token) streams them past the caches: no read for ownership of lines it
-     * overwrites whole (CPU history 27). A short run keeps write-back stores,
-     * so the attention that follows finds its rows in cache. */
+    /* the codes past the caches where the run is long enough (KR_CPU_STREAM_BYTES) */
     const bool nt = t->D % 64 == 0 && ((uintptr_t)t->kq | (uintptr_t)t->vq) % 64 == 0 &&
-                    t->n_tok * 2 * t->Hkv * t->D >= (int64_t)1 << 20;
+                    t->n_tok * 2 * t->Hkv * t->D >= KR_CPU_STREAM_BYTES;
     /* the usual shape with everything constant, so that the group maxima stay in registers */
     if (t->D == 128 && t->half == 64)
         i8_run_body(t, 128, 64, bts, nt);
